@@ -1,0 +1,1 @@
+"""The supplement's analysis tools: visualisations, cost table, ablation sweeps."""

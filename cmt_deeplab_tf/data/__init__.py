@@ -1,0 +1,1 @@
+"""Panoptic data: on-disk formats, converters to TFRecords, the tf.data pipeline."""

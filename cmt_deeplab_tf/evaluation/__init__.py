@@ -1,0 +1,1 @@
+"""Panoptic evaluation (PQ / SQ / RQ, mIoU) and submission formats."""

@@ -1,0 +1,1 @@
+"""Hungarian matching and the MaX-DeepLab / CMT-DeepLab training objectives."""

@@ -1,0 +1,1 @@
+"""Keras layers and models of the CMT-DeepLab family and the MaX-DeepLab-S baseline."""

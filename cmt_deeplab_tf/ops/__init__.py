@@ -1,0 +1,1 @@
+"""TensorFlow ops on model outputs: post-processing into panoptic maps."""

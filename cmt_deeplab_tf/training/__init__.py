@@ -1,0 +1,1 @@
+"""The absl + gin + Orbit training system under TensorFlow distribution strategies."""

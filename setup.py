@@ -1,0 +1,31 @@
+"""Installs cmt-deeplab-tf: CMT-DeepLab (CVPR 2022) in TensorFlow 2 / tf_keras."""
+import setuptools
+
+_CLIS = {
+    'cmt-synthetic-data': 'cmt_deeplab_tf.data.synthetic:run',
+    'cmt-convert-coco': 'cmt_deeplab_tf.data.convert_coco:run',
+    'cmt-convert-cityscapes': 'cmt_deeplab_tf.data.convert_cityscapes:run',
+}
+
+setuptools.setup(
+    name='cmt-deeplab-tf',
+    version='0.1.0',
+    description='CMT-DeepLab: Clustering Mask Transformers for Panoptic '
+                'Segmentation, in TensorFlow 2.',
+    packages=setuptools.find_packages(include=['cmt_deeplab_tf', 'cmt_deeplab_tf.*']),
+    python_requires='>=3.9',
+    install_requires=[
+        'tensorflow==2.20.*',
+        'tf-keras==2.20.*',
+        'tf-models-official==2.20.0',
+        'tensorflow-datasets',
+        'numpy',
+        'scipy',
+        'pycocotools',
+        'absl-py',
+        'gin-config',
+        'pillow',
+    ],
+    extras_require={'test': ['pytest', 'pytest-xdist', 'cityscapesscripts']},
+    entry_points={'console_scripts': [f'{k}={v}' for k, v in _CLIS.items()]},
+)
