@@ -1,0 +1,1 @@
+"""Building blocks of the backbones: norms, convolutions, axial attention, blocks."""

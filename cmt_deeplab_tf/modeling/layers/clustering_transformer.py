@@ -1,0 +1,345 @@
+"""The Clustering Mask Transformer (CMT) layer, and MaX-DeepLab's dual-path layer.
+
+A CMT layer [1] treats the object queries as cluster centers and alternates
+  (a) pixel-cluster assignment: softmax over the *cluster* axis of the
+      center-pixel affinities, plus a residual path that adds the previous
+      layer's assignment logits, plus the log of each center's dynamic
+      reference mask (location-sensitive clustering; pixels carry coordinates);
+  (b) center update: pixel values aggregated with the assignment (clustering),
+      combined with the original cross-attention (softmax over pixels), then
+      center self-attention and a feed-forward network (MaX memory path);
+  (c) pixel update: pixel features retrieve center values with the same
+      assignment ("frequent pixel update", supplement §2).
+
+Every mechanism is a switch. With `use_clustering_update`,
+`use_assignment_residual`, `pixel_update_from_assignment`,
+`use_coordinate_features` off and `reference_mask=None` (see `DUAL_PATH_SWITCHES`),
+the layer computes exactly MaX-DeepLab's dual-path transformer layer [2]
+(DeepLab2 `DualPathTransformerLayer`): memory -> [pixel; memory] attention with one
+softmax, FFN, and pixel -> memory attention.
+
+Widths follow DeepLab2: bottleneck = 2 * filters, keys = filters, values =
+2 * filters, 8 heads, FFN 2048, zero-initialised last BN of every residual branch.
+
+[1] CMT-DeepLab: Clustering Mask Transformers for Panoptic Segmentation,
+    Yu et al., CVPR 2022.
+[2] MaX-DeepLab: End-to-End Panoptic Segmentation with Mask Transformers,
+    Wang et al., CVPR 2021.
+"""
+import gin
+import tensorflow as tf
+import tf_keras
+
+from cmt_deeplab_tf.modeling.layers import attention
+from cmt_deeplab_tf.modeling.layers import drop_path
+from cmt_deeplab_tf.modeling.layers import linear_bn
+from cmt_deeplab_tf.modeling.layers import reference_mask as reference_mask_lib
+
+# Keys of the dict a layer returns.
+PIXELS = 'pixels'                  # [B, H, W, Cp]
+CENTERS = 'centers'                # [B, N, Cc]
+ASSIGNMENT_LOGITS = 'assignment_logits'    # float32 [B, H, W, N], head mean.
+REFERENCE_PARAMETERS = 'reference_parameters'  # float32 [B, N, 5].
+CLUSTERING_MAP = 'clustering_map'  # float32 [B, H, W, N], softmax over N.
+ATTENTION_MAP = 'attention_map'    # float32 [B, H, W, N], softmax over pixels.
+
+# The switch values that turn a CMT layer into MaX-DeepLab's dual-path layer.
+DUAL_PATH_SWITCHES = dict(
+    use_clustering_update=False,
+    use_cross_attention_update=True,
+    use_center_self_attention=True,
+    use_assignment_residual=False,
+    update_pixels=True,
+    pixel_update_from_assignment=False,
+    reference_mask=None,
+    use_coordinate_features=False)
+
+_REFERENCE_MASKS = (None, reference_mask_lib.GAUSSIAN)
+
+
+def resize_to(features, height, width):
+  """Bilinear align-corners resize of [B, h, w, C] to [B, height, width, C]."""
+  if features.shape[1] == height and features.shape[2] == width:
+    return features
+  return tf.compat.v1.image.resize_bilinear(
+      features, [height, width], align_corners=True)
+
+
+@gin.configurable('ClusteringTransformerLayer')
+class ClusteringTransformerLayer(tf_keras.layers.Layer):
+  """One CMT layer (or, with `DUAL_PATH_SWITCHES`, one MaX dual-path layer)."""
+
+  def __init__(self,
+               filters=128,
+               center_channels=256,
+               num_heads=8,
+               feed_forward_channels=2048,
+               use_clustering_update=True,
+               use_cross_attention_update=True,
+               use_center_self_attention=True,
+               use_assignment_residual=True,
+               update_pixels=True,
+               pixel_update_from_assignment=True,
+               reference_mask=reference_mask_lib.GAUSSIAN,
+               use_coordinate_features=True,
+               drop_path_rate=0.0,
+               name=None):
+    """Initializes the layer.
+
+    Args:
+      filters: Base width; the bottleneck has 2 * filters channels, keys
+        filters, values 2 * filters (DeepLab2's MaX-DeepLab defaults).
+      center_channels: Width of the cluster centers (MaX-DeepLab's memory,
+        256).
+      num_heads: Number of attention heads.
+      feed_forward_channels: Hidden width of the center FFN; 0 disables it.
+      use_clustering_update: Update centers with pixel values aggregated by
+        the assignment (softmax over clusters).
+      use_cross_attention_update: Update centers with cross-attention over the
+        pixels (softmax over pixels), as MaX-DeepLab.
+      use_center_self_attention: Centers also attend to centers (shares the
+        cross-attention softmax, as MaX-DeepLab).
+      use_assignment_residual: Add the previous layer's assignment logits to
+        this layer's (resized to this layer's resolution).
+      update_pixels: Update pixel features from the centers.
+      pixel_update_from_assignment: Pixels retrieve center values with the
+        clustering assignment (CMT); otherwise with their own pixel -> center
+        attention (MaX-DeepLab).
+      reference_mask: 'gaussian' (each center predicts a 2-D Gaussian reference
+        mask whose log-sigmoid biases the assignment) or None.
+      use_coordinate_features: Concatenate (y, x) coordinates to the pixel
+        features before their projection (coordinate convolution).
+      drop_path_rate: Drop-path rate of every residual branch.
+      name: The layer name.
+
+    Raises:
+      ValueError: On a switch combination that leaves centers without an
+        update, or on an unknown `reference_mask`.
+    """
+    if not (use_clustering_update or use_cross_attention_update or
+            use_center_self_attention):
+      raise ValueError('At least one center update must be on: '
+                       'use_clustering_update, use_cross_attention_update or '
+                       'use_center_self_attention (all are False).')
+    if reference_mask not in _REFERENCE_MASKS:
+      raise ValueError(f'reference_mask must be one of {_REFERENCE_MASKS}, '
+                       f'got {reference_mask!r}.')
+    if filters % num_heads:
+      raise ValueError(f'filters ({filters}) must be divisible by num_heads '
+                       f'({num_heads}).')
+    super().__init__(name=name)
+    self._filters = filters
+    self._center_channels = center_channels
+    self._num_heads = num_heads
+    self._feed_forward_channels = feed_forward_channels
+    self._use_clustering_update = use_clustering_update
+    self._use_cross_attention = use_cross_attention_update
+    self._use_self_attention = use_center_self_attention
+    self._use_residual = use_assignment_residual
+    self._update_pixels = update_pixels
+    self._pixel_update_from_assignment = pixel_update_from_assignment
+    self._reference_mask = reference_mask
+    self._use_coordinates = use_coordinate_features
+    self._drop_path_rate = drop_path_rate
+
+  @property
+  def computes_assignment(self):
+    """Whether the layer computes the pixel-cluster assignment."""
+    return (self._use_clustering_update or self._use_residual or
+            self._reference_mask is not None or
+            (self._update_pixels and self._pixel_update_from_assignment))
+
+  def _projection(self, units, name, use_relu=False, gamma='ones'):
+    std = (2 * self._filters) ** -0.5
+    initializer = (tf_keras.initializers.TruncatedNormal(stddev=std)
+                   if not use_relu else 'he_normal')
+    return linear_bn.LinearBN(units, use_relu=use_relu, gamma_initializer=gamma,
+                              kernel_initializer=initializer, name=name)
+
+  def build(self, input_shape):
+    pixel_channels = input_shape[-1]
+    center_channels = self._center_channels
+    bottleneck, key_depth, value_depth = (2 * self._filters, self._filters,
+                                          2 * self._filters)
+    pixel_attention_by_query = (self._update_pixels and
+                                not self._pixel_update_from_assignment)
+    needs_pixel_kv = (self.computes_assignment or self._use_cross_attention)
+    needs_center_key = self._use_self_attention or pixel_attention_by_query
+    needs_center_value = self._use_self_attention or self._update_pixels
+    self._pixel_in = self._projection(bottleneck, 'pixel_conv1_bn_act', True)
+    self._center_in = self._projection(bottleneck, 'center_conv1_bn_act', True)
+    self._center_query = self._projection(key_depth, 'center_query')
+    self._center_key = (self._projection(key_depth, 'center_key')
+                        if needs_center_key else None)
+    self._center_value = (self._projection(value_depth, 'center_value')
+                          if needs_center_value else None)
+    self._pixel_key = (self._projection(key_depth, 'pixel_key')
+                       if needs_pixel_kv else None)
+    self._pixel_value = (self._projection(value_depth, 'pixel_value')
+                         if (self._use_clustering_update or
+                             self._use_cross_attention) else None)
+    self._pixel_query = (self._projection(key_depth, 'pixel_query')
+                         if pixel_attention_by_query else None)
+    self._clustering = None
+    if self.computes_assignment:
+      self._clustering = attention.MultiHeadAttention(
+          self._num_heads, attention.SOFTMAX_OVER_QUERIES, name='clustering')
+    self._clustering_out = (
+        self._projection(center_channels, 'clustering_conv3_bn', gamma='zeros')
+        if self._use_clustering_update else None)
+    self._center_attention = None
+    if self._use_cross_attention or self._use_self_attention:
+      self._center_attention = attention.MultiHeadAttention(
+          self._num_heads, attention.SOFTMAX_OVER_KEYS, name='center_attention')
+      self._center_attention_out = self._projection(
+          center_channels, 'center_conv3_bn', gamma='zeros')
+    self._ffn = None
+    if self._feed_forward_channels:
+      self._ffn = [
+          self._projection(self._feed_forward_channels, 'ffn_conv1_bn_act',
+                           True),
+          self._projection(center_channels, 'ffn_conv2_bn', gamma='zeros')]
+    self._pixel_attention = None
+    if self._update_pixels:
+      self._pixel_attention = attention.MultiHeadAttention(
+          self._num_heads, attention.SOFTMAX_OVER_KEYS, name='pixel_attention')
+      self._pixel_out = self._projection(pixel_channels, 'pixel_conv3_bn',
+                                         gamma='zeros')
+    self._reference = None
+    if self._reference_mask == reference_mask_lib.GAUSSIAN:
+      self._reference = reference_mask_lib.GaussianReferenceMask(
+          name='reference_mask')
+    self._drop_path = drop_path.DropPath(self._drop_path_rate)
+    super().build(input_shape)
+
+  def _assignment_bias(self, centers, previous_assignment, height, width):
+    """Residual assignment logits + log reference prior, [B, 1, N, HW]."""
+    outputs = {}
+    bias = None
+    if self._use_residual and previous_assignment is not None:
+      bias = resize_to(previous_assignment, height, width)
+    if self._reference is not None:
+      parameters = self._reference(centers)
+      outputs[REFERENCE_PARAMETERS] = parameters
+      prior = reference_mask_lib.log_reference_prior(
+          reference_mask_lib.gaussian_mask_logits(parameters, height, width))
+      bias = prior if bias is None else bias + prior
+    if bias is not None:
+      batch, num_centers = tf.shape(bias)[0], tf.shape(bias)[-1]
+      bias = tf.reshape(tf.transpose(bias, [0, 3, 1, 2]),
+                        [batch, 1, num_centers, -1])
+    return bias, outputs
+
+  def _to_map(self, centers_by_pixels, height, width):
+    """[B, N, HW] -> [B, H, W, N]."""
+    shape = tf.shape(centers_by_pixels)
+    return tf.transpose(
+        tf.reshape(centers_by_pixels, [shape[0], shape[1], height, width]),
+        [0, 2, 3, 1])
+
+  def call(self, pixels, centers, previous_assignment=None, training=None,
+           return_maps=False):
+    """Runs the layer.
+
+    Args:
+      pixels: [B, H, W, Cp] (activated) pixel features.
+      centers: [B, N, Cc] cluster centers (MaX-DeepLab's memory).
+      previous_assignment: Optional float32 [B, h', w', N] assignment logits of
+        the previous layer (any resolution), for the residual path.
+      training: Whether batch norms and drop path run in training mode.
+      return_maps: Also return the head-averaged clustering and attention maps
+        (by-products; the computation is unchanged).
+
+    Returns:
+      A dict with PIXELS [B, H, W, Cp], CENTERS [B, N, Cc], and when computed
+      ASSIGNMENT_LOGITS [B, H, W, N], REFERENCE_PARAMETERS [B, N, 5],
+      CLUSTERING_MAP and ATTENTION_MAP [B, H, W, N].
+    """
+    height, width = tf.shape(pixels)[1], tf.shape(pixels)[2]
+    pixel_inputs = pixels
+    if self._use_coordinates:
+      pixel_inputs = reference_mask_lib.add_coordinate_features(pixels)
+    flat_shape = tf.shape(pixel_inputs)
+    pixel_inputs = tf.reshape(
+        pixel_inputs,
+        [flat_shape[0], flat_shape[1] * flat_shape[2], pixel_inputs.shape[-1]])
+    pixel_hidden = self._pixel_in(pixel_inputs, training=training)
+    center_hidden = self._center_in(centers, training=training)
+
+    def project(layer, inputs):
+      return None if layer is None else layer(inputs, training=training)
+    center_query = project(self._center_query, center_hidden)
+    center_key = project(self._center_key, center_hidden)
+    center_value = project(self._center_value, center_hidden)
+    pixel_key = project(self._pixel_key, pixel_hidden)
+    pixel_value = project(self._pixel_value, pixel_hidden)
+
+    outputs = {}
+    center_updates = []
+    assignment = None
+    if self._clustering is not None:
+      bias, reference_outputs = self._assignment_bias(
+          centers, previous_assignment, height, width)
+      outputs.update(reference_outputs)
+      logits = self._clustering.compute_logits(
+          center_query, pixel_key, bias, training=training)
+      assignment = self._clustering.normalize(logits)
+      outputs[ASSIGNMENT_LOGITS] = self._to_map(
+          attention.mean_over_heads(logits), height, width)
+      if return_maps:
+        outputs[CLUSTERING_MAP] = self._to_map(
+            attention.mean_over_heads(assignment), height, width)
+      if self._use_clustering_update:
+        clustered = self._clustering.retrieve(assignment, pixel_value,
+                                              training=training)
+        center_updates.append(self._clustering_out(clustered,
+                                                   training=training))
+
+    if self._center_attention is not None:
+      keys, values = [], []
+      if self._use_cross_attention:
+        keys.append(pixel_key)
+        values.append(pixel_value)
+      if self._use_self_attention:
+        keys.append(center_key)
+        values.append(center_value)
+      result = self._center_attention(
+          center_query, tf.concat(keys, axis=1), tf.concat(values, axis=1),
+          training=training)
+      center_updates.append(self._center_attention_out(result.output,
+                                                       training=training))
+      if return_maps and self._use_cross_attention:
+        num_pixels = height * width
+        outputs[ATTENTION_MAP] = self._to_map(
+            attention.mean_over_heads(result.probabilities[..., :num_pixels]),
+            height, width)
+
+    new_centers = centers
+    for update in center_updates:
+      new_centers += self._drop_path(update, training=training)
+    new_centers = tf.nn.relu(new_centers)
+    if self._ffn is not None:
+      hidden = self._ffn[0](new_centers, training=training)
+      update = self._ffn[1](hidden, training=training)
+      new_centers = tf.nn.relu(new_centers +
+                               self._drop_path(update, training=training))
+    outputs[CENTERS] = new_centers
+    outputs[PIXELS] = pixels
+    if self._update_pixels:
+      outputs[PIXELS] = self._update_pixel_features(
+          pixels, pixel_hidden, assignment, center_key, center_value, training)
+    return outputs
+
+  def _update_pixel_features(self, pixels, pixel_hidden, assignment,
+                             center_key, center_value, training):
+    """Pixels retrieve center values, by the assignment or by attention."""
+    if self._pixel_update_from_assignment:
+      retrieved = self._pixel_attention.retrieve(
+          assignment, center_value, training=training, transpose_weights=True)
+    else:
+      pixel_query = self._pixel_query(pixel_hidden, training=training)
+      retrieved = self._pixel_attention(
+          pixel_query, center_key, center_value, training=training).output
+    update = self._pixel_out(retrieved, training=training)
+    update = tf.reshape(update, tf.shape(pixels))
+    return tf.nn.relu(pixels + self._drop_path(update, training=training))

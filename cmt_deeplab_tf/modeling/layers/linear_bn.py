@@ -1,0 +1,41 @@
+"""A bias-free linear projection, a batch norm and an optional ReLU.
+
+The token-wise (1x1) projection of MaX-DeepLab's memory path (DeepLab2's
+`Conv1D(use_bn=True)`): it acts on the last axis of a tensor of any rank, e.g.
+cluster centers [B, N, C] or flattened pixels [B, HW, C].
+"""
+import tensorflow as tf
+import tf_keras
+
+from cmt_deeplab_tf.modeling.layers import normalization
+
+
+class LinearBN(tf_keras.layers.Layer):
+  """Dense (no bias) -> batch norm over the last axis -> optional ReLU."""
+
+  def __init__(self, units, use_relu=False, gamma_initializer='ones',
+               kernel_initializer='he_normal', name=None):
+    """Initializes the layer.
+
+    Args:
+      units: Number of output channels.
+      use_relu: Whether a ReLU follows the batch norm.
+      gamma_initializer: Initializer of the batch-norm scale; 'zeros' for the
+        last norm of a residual branch (Goyal et al., 2017).
+      kernel_initializer: Initializer of the projection.
+      name: The layer name.
+    """
+    super().__init__(name=name)
+    self._dense = tf_keras.layers.Dense(
+        units, use_bias=False, kernel_initializer=kernel_initializer,
+        name='dense')
+    self._norm = normalization.get_norm_layer(
+        name='batch_norm', gamma_initializer=gamma_initializer)
+    self._use_relu = use_relu
+
+  def call(self, inputs, training=None):
+    """Projects [..., C_in] to [..., units]."""
+    x = self._norm(self._dense(inputs), training=training)
+    if self._use_relu:
+      x = tf.nn.relu(x)
+    return x

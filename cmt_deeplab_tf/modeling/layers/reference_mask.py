@@ -1,0 +1,97 @@
+"""Dynamic reference masks and coordinate features (location-sensitive clustering).
+
+CMT-DeepLab [1] makes the clustering location-sensitive: every cluster center
+predicts a dynamic reference mask, pixel features carry their coordinates
+(coordinate convolution [2]), and a mask-approximation loss pulls each reference
+mask toward its matched ground-truth mask. The paper's exact parameterisation is
+not public; ours is an axis-aligned 2-D Gaussian per center:
+
+  r_n(y, x) = a_n - ((y - cy_n)^2 / sy_n^2 + (x - cx_n)^2 / sx_n^2) / 2
+
+with (cy, cx) = tanh(.) in the normalised [-1, 1] image frame, (sy, sx) = exp(.)
+and a level a_n, all predicted linearly from the center feature. sigmoid(r_n) is
+the soft reference mask (peak sigmoid(a_n) at the predicted center). Being
+analytic, the mask can be evaluated on the grid of any layer (stride 16, 8, 4)
+from the same 5 numbers, and costs 5 * C parameters per layer.
+
+[1] CMT-DeepLab: Clustering Mask Transformers for Panoptic Segmentation,
+    Yu et al., CVPR 2022.
+[2] An intriguing failing of convolutional neural networks and the CoordConv
+    solution, Liu et al., NeurIPS 2018.
+"""
+import tensorflow as tf
+import tf_keras
+
+GAUSSIAN = 'gaussian'
+NUM_GAUSSIAN_PARAMETERS = 5  # cy, cx, log sy, log sx, level.
+# At initialisation every reference mask covers the whole image (sigma = 1 in
+# the [-1, 1] frame) at level 0 (sigmoid = 0.5 at its center).
+_INITIAL_LOG_SIGMA = 0.0
+
+
+def normalized_coordinates(height, width, dtype=tf.float32):
+  """Returns [height, width, 2] (y, x) pixel coordinates spanning [-1, 1].
+
+  The first and last row (column) sit at -1 and 1, matching align-corners
+  resizing of 32k+1 crops; a size-1 axis sits at 0.
+  """
+  def axis(size):
+    steps = tf.cast(tf.range(size), tf.float32)
+    last = tf.cast(tf.maximum(size - 1, 1), tf.float32)
+    single = tf.cast(tf.equal(size, 1), tf.float32)
+    return 2.0 * steps / last - 1.0 + single
+  y, x = tf.meshgrid(axis(height), axis(width), indexing='ij')
+  return tf.cast(tf.stack([y, x], axis=-1), dtype)
+
+
+def add_coordinate_features(pixels):
+  """Concatenates (y, x) coordinates to [B, H, W, C] -> [B, H, W, C + 2]."""
+  shape = tf.shape(pixels)
+  coordinates = normalized_coordinates(shape[1], shape[2], pixels.dtype)
+  coordinates = tf.tile(coordinates[tf.newaxis], [shape[0], 1, 1, 1])
+  return tf.concat([pixels, coordinates], axis=-1)
+
+
+class GaussianReferenceMask(tf_keras.layers.Layer):
+  """Predicts one 2-D Gaussian reference mask per cluster center."""
+
+  def __init__(self, name=None):
+    super().__init__(name=name)
+    self._projection = tf_keras.layers.Dense(
+        NUM_GAUSSIAN_PARAMETERS,
+        kernel_initializer=tf_keras.initializers.TruncatedNormal(stddev=0.01),
+        bias_initializer=tf_keras.initializers.Constant(
+            [0.0, 0.0, _INITIAL_LOG_SIGMA, _INITIAL_LOG_SIGMA, 0.0]),
+        name='gaussian_parameters')
+
+  def call(self, centers):
+    """Maps centers [B, N, C] to float32 Gaussian parameters [B, N, 5]."""
+    return tf.cast(self._projection(centers), tf.float32)
+
+
+def gaussian_mask_logits(parameters, height, width):
+  """Evaluates Gaussian reference-mask logits on a height x width grid.
+
+  Args:
+    parameters: float32 [B, N, 5] from `GaussianReferenceMask`.
+    height: Grid height (Python int or scalar tensor).
+    width: Grid width.
+
+  Returns:
+    float32 [B, height, width, N] logits; sigmoid gives the soft mask.
+  """
+  center = tf.tanh(parameters[..., 0:2])           # [B, N, 2]
+  inverse_sigma = tf.exp(-parameters[..., 2:4])    # [B, N, 2]
+  level = parameters[..., 4]                       # [B, N]
+  grid = normalized_coordinates(height, width)     # [H, W, 2]
+  offset = (grid[tf.newaxis, :, :, tf.newaxis, :] -
+            center[:, tf.newaxis, tf.newaxis, :, :])  # [B, H, W, N, 2]
+  distance = tf.reduce_sum(
+      tf.square(offset * inverse_sigma[:, tf.newaxis, tf.newaxis]), axis=-1)
+  return level[:, tf.newaxis, tf.newaxis, :] - 0.5 * distance
+
+
+def log_reference_prior(mask_logits):
+  """log(sigmoid(r)) <= 0: the additive clustering prior of a reference mask."""
+  return tf.math.log_sigmoid(mask_logits)
+
