@@ -1,0 +1,152 @@
+"""The gin-configured tf.data input pipeline over panoptic TFRecords.
+
+    shards --interleave--> decode --augment (train) / fit + pad (eval)--> targets
+           --batch--> prefetch
+
+Every element has static shapes (TPU): images and maps are `crop_size`, the
+ground-truth lists have `max_num_masks` slots. Under a distribution strategy pass
+the `tf.distribute.InputContext`: each input pipeline reads its own subset of the
+shards and batches `per-replica batch size` examples.
+"""
+import glob
+from typing import Dict, Optional, Sequence
+
+import gin
+import tensorflow as tf
+
+from cmt_deeplab_tf import common
+from cmt_deeplab_tf.data import augment
+from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
+from cmt_deeplab_tf.data import targets as targets_lib
+from cmt_deeplab_tf.data import tfrecord_format
+
+
+def check_crop_size(crop_size: Sequence[int], stride: int = 32,
+                    flag: str = 'crop_size') -> None:
+  """Crops must be `stride * k + 1` (e.g. 641, 1025, 2049) to align all strides."""
+  if len(crop_size) != 2 or any((s - 1) % stride or s <= 1 for s in crop_size):
+    raise ValueError(
+        f'{flag}={list(crop_size)} violates the model\'s stride constraint: each side must '
+        f'be {stride} * k + 1 (e.g. 129, 641, 1025, 2049).')
+
+
+def list_shards(file_pattern: str) -> Sequence[str]:
+  """Expands a comma-separated list of glob patterns; errors if nothing matches."""
+  files = []
+  for pattern in file_pattern.split(','):
+    matched = sorted(glob.glob(pattern.strip()))
+    if not matched:
+      raise ValueError(f'file_pattern {pattern.strip()!r} matches no file.')
+    files.extend(matched)
+  return files
+
+
+def _train_example(decoded: Dict[str, tf.Tensor], seed: tf.Tensor, crop_size, min_scale,
+                   max_scale, scale_step, void_value) -> Dict[str, tf.Tensor]:
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  image = tf.cast(decoded['image'], tf.float32)
+  label = decoded['panoptic']
+  image, label = augment.random_scale(image, label, min_scale, max_scale, scale_step,
+                                      seeds[0])
+  image, label = augment.random_crop(image, label, crop_size, void_value, seeds[1])
+  image, label = augment.random_flip(image, label, seeds[2])
+  return {'image': image, 'panoptic': label}
+
+
+def _eval_example(decoded: Dict[str, tf.Tensor], crop_size,
+                  void_value) -> Dict[str, tf.Tensor]:
+  original_size = tf.shape(decoded['panoptic'])
+  image, label, valid_size = augment.fit_to_size(decoded['image'], decoded['panoptic'],
+                                                 *crop_size)
+  image, label = augment.pad_pair(image, label, *crop_size, void_value)
+  return {'image': tf.ensure_shape(image, list(crop_size) + [3]),
+          'panoptic': tf.ensure_shape(label, crop_size),
+          common.VALID_SIZE: valid_size, common.ORIGINAL_SIZE: original_size}
+
+
+@gin.configurable
+def panoptic_dataset(file_pattern: str = gin.REQUIRED,
+                     dataset_name: str = gin.REQUIRED,
+                     is_training: bool = True,
+                     batch_size: int = 8,
+                     crop_size: Sequence[int] = (641, 641),
+                     min_scale: float = 0.5,
+                     max_scale: float = 1.5,
+                     scale_step: float = 0.1,
+                     max_num_masks: int = 128,
+                     shuffle_buffer_size: int = 256,
+                     cycle_length: int = 8,
+                     deterministic: bool = False,
+                     seed: Optional[int] = None,
+                     input_context: Optional[tf.distribute.InputContext] = None
+                     ) -> tf.data.Dataset:
+  """Builds the training or evaluation dataset.
+
+  Args:
+    file_pattern: comma-separated globs of TFRecord shards.
+    dataset_name: a registered data set (coco, cityscapes, synthetic).
+    is_training: augment, shuffle and repeat (True), or one ordered pass (False).
+    batch_size: the GLOBAL batch size; divided among replicas via `input_context`.
+    crop_size: (height, width) of every element; each `32 * k + 1`.
+    min_scale, max_scale, scale_step: random rescaling range (training).
+    max_num_masks: ground-truth slots per image (M).
+    shuffle_buffer_size: examples in the shuffle buffer (training).
+    cycle_length: shards read in parallel.
+    deterministic: keep the element order fixed despite parallel reads and maps.
+    seed: seed of shuffling and augmentation; with `deterministic` the dataset
+      repeats exactly.
+    input_context: from `strategy.distribute_datasets_from_function`.
+
+  Returns:
+    A dataset of dicts keyed by `common` names: IMAGE [B, H, W, 3] float32 in
+    [-1, 1], IMAGE_ID, PANOPTIC, the targets of `targets.build_targets`, and for
+    evaluation VALID_SIZE and ORIGINAL_SIZE.
+  """
+  crop_size = tuple(int(s) for s in crop_size)
+  check_crop_size(crop_size)
+  if not 0 < min_scale <= max_scale:
+    raise ValueError(f'Need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}.')
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
+  info = dataset_info_lib.get_dataset_info(dataset_name)
+  void_value = info.ignore_label * info.label_divisor
+  files = list_shards(file_pattern)
+  if input_context and input_context.num_input_pipelines > 1:
+    if len(files) < input_context.num_input_pipelines:
+      raise ValueError(f'file_pattern {file_pattern!r} has {len(files)} shards, fewer '
+                       f'than the {input_context.num_input_pipelines} input pipelines.')
+    files = files[input_context.input_pipeline_id::input_context.num_input_pipelines]
+  local_batch = (input_context.get_per_replica_batch_size(batch_size)
+                 if input_context else batch_size)
+
+  dataset = tf.data.Dataset.from_tensor_slices(files)
+  if is_training:
+    dataset = dataset.shuffle(len(files), seed=seed).repeat()
+  dataset = dataset.interleave(
+      tf.data.TFRecordDataset, cycle_length=min(cycle_length, len(files)),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not is_training)
+  if is_training:
+    dataset = dataset.shuffle(shuffle_buffer_size, seed=seed)
+
+  def prepare(serialized, example_seed):
+    decoded = tfrecord_format.decode_example(serialized)
+    if is_training:
+      example = _train_example(decoded, example_seed, crop_size, min_scale, max_scale,
+                               scale_step, void_value)
+    else:
+      example = _eval_example(decoded, crop_size, void_value)
+    panoptic = example.pop('panoptic')
+    features = targets_lib.build_targets(panoptic, info.is_thing, info.label_divisor,
+                                         max_num_masks, info.ignore_label)
+    features.update({k: v for k, v in example.items() if k != 'image'})
+    features[common.IMAGE] = augment.normalize_image(example['image'])
+    features[common.PANOPTIC] = panoptic
+    features[common.IMAGE_ID] = decoded['image_id']
+    return features
+
+  seeds = tf.data.Dataset.random(seed=seed).batch(2).map(lambda s: tf.cast(s, tf.int32))
+  dataset = tf.data.Dataset.zip((dataset, seeds))
+  dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=deterministic or not is_training)
+  dataset = dataset.batch(local_batch, drop_remainder=is_training)
+  return dataset.prefetch(tf.data.AUTOTUNE)
