@@ -22,6 +22,7 @@ class LossTargets:
     mask_index: int32 [B, P], the ground-truth mask of each pixel in 0..M-1,
       -1 on void, crowd and padding.
     pixel_weight: float32 [B, P], 0 on void, crowd and padding.
+    pixel_valid: float32 [B, P], 1 on pixels that belong to a ground-truth mask.
     semantic: int32 [B, P], train ids, IGNORE_LABEL on void.
     gt_masks: float32 [B, P, M], one_hot(mask_index); rows of ignored pixels are 0.
     gt_area: float32 [B, M], pixel count of each ground-truth mask.
@@ -32,6 +33,7 @@ class LossTargets:
   """
   mask_index: tf.Tensor
   pixel_weight: tf.Tensor
+  pixel_valid: tf.Tensor
   semantic: tf.Tensor
   gt_masks: tf.Tensor
   gt_area: tf.Tensor
@@ -67,9 +69,9 @@ def prepare_loss_targets(targets: Mapping[str, tf.Tensor], num_classes: int,
     return tf.reshape(x, [tf.shape(x)[0], -1])
 
   mask_index = flat(tf.cast(targets[common.MASK_INDEX], tf.int32))
-  pixel_weight = flat(tf.cast(targets[common.PIXEL_WEIGHT], tf.float32))
-  pixel_weight *= tf.cast(mask_index >= 0, tf.float32)
   gt_masks = tf.one_hot(mask_index, num_masks, dtype=tf.float32)
+  pixel_valid = tf.reduce_sum(gt_masks, axis=-1)
+  pixel_weight = flat(tf.cast(targets[common.PIXEL_WEIGHT], tf.float32)) * pixel_valid
   gt_area = tf.reduce_sum(gt_masks, axis=1)
   gt_valid = (tf.cast(targets[common.GT_VALID], tf.float32) *
               tf.cast(gt_area > 0.5, tf.float32))
@@ -77,6 +79,7 @@ def prepare_loss_targets(targets: Mapping[str, tf.Tensor], num_classes: int,
   return LossTargets(
       mask_index=mask_index,
       pixel_weight=pixel_weight,
+      pixel_valid=pixel_valid,
       semantic=flat(tf.cast(targets[common.SEMANTIC], tf.int32)),
       gt_masks=gt_masks,
       gt_area=gt_area,
@@ -84,3 +87,8 @@ def prepare_loss_targets(targets: Mapping[str, tf.Tensor], num_classes: int,
       gt_classes=gt_classes,
       gt_class_one_hot=tf.one_hot(gt_classes, num_classes, dtype=tf.float32),
       gt_is_thing=tf.cast(targets[common.GT_IS_THING], tf.float32))
+
+
+def flatten_pixels(x: tf.Tensor) -> tf.Tensor:
+  """[B, h, w, K] -> [B, h * w, K], the pixel order of `LossTargets`."""
+  return tf.reshape(x, [tf.shape(x)[0], x.shape[1] * x.shape[2], x.shape[3]])

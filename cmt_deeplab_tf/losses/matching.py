@@ -129,3 +129,8 @@ def pq_style_similarity(class_probs: tf.Tensor, mask_probs: tf.Tensor,
   """
   return (class_similarity(gt_class_one_hot, class_probs),
           mask_dice_similarity(gt_masks, mask_probs))
+
+
+def matched_permutation(matching: Matching, num_pred: int) -> tf.Tensor:
+  """float32 [B, M, N]: 1 where ground-truth mask m is matched to prediction n."""
+  return tf.one_hot(matching.gt_to_pred, num_pred, dtype=tf.float32)
