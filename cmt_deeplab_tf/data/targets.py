@@ -35,48 +35,50 @@ def build_targets(panoptic: tf.Tensor, is_thing: Sequence[bool], label_divisor: 
     GT_CLASSES [M], GT_IS_THING [M], GT_VALID [M] (see `common`).
   """
   num_classes = len(is_thing)
-  semantic = panoptic // label_divisor
-  instance = panoptic % label_divisor
   thing_table = tf.constant(list(is_thing) + [False], tf.bool)
+  # One pass over the pixels: the distinct ids and each pixel's index among them.
+  ids, pixel_to_id = tf.unique(tf.reshape(panoptic, [-1]))
+  id_semantic = ids // label_divisor
+  id_is_void = tf.logical_or(id_semantic < 0, id_semantic >= num_classes)
+  id_is_crowd = tf.logical_and(
+      tf.gather(thing_table, tf.where(id_is_void, num_classes, id_semantic)),
+      tf.equal(ids % label_divisor, 0))
+  id_is_kept = _keep_largest(tf.logical_not(tf.logical_or(id_is_void, id_is_crowd)),
+                             pixel_to_id, max_num_masks)
+  # Slots follow increasing panoptic id among the kept ids; -1 for the rest.
+  kept_ids = tf.sort(tf.boolean_mask(ids, id_is_kept))
+  id_slot = tf.where(id_is_kept, tf.searchsorted(kept_ids, ids, out_type=tf.int32), -1)
+  mask_index = tf.reshape(tf.gather(id_slot, pixel_to_id), tf.shape(panoptic))
+
+  semantic = panoptic // label_divisor
   is_void = tf.logical_or(semantic < 0, semantic >= num_classes)
-  safe_semantic = tf.where(is_void, num_classes, semantic)
-  is_crowd = tf.logical_and(tf.gather(thing_table, safe_semantic), tf.equal(instance, 0))
-  is_labeled = tf.logical_not(tf.logical_or(is_void, is_crowd))
-
-  segment_ids = tf.sort(tf.unique(tf.boolean_mask(panoptic, is_labeled)).y)
-  segment_ids = _keep_largest(segment_ids, panoptic, is_labeled, max_num_masks)
-  slot = tf.searchsorted(segment_ids, tf.reshape(panoptic, [-1]), out_type=tf.int32)
-  slot = tf.reshape(slot, tf.shape(panoptic))
-  found = tf.equal(tf.gather(tf.concat([segment_ids, [-1]], 0), slot), panoptic)
-  is_kept = tf.logical_and(is_labeled, found)
-
-  num_masks = tf.shape(segment_ids)[0]
-  padding = [[0, max_num_masks - num_masks]]
+  padding = [[0, max_num_masks - tf.shape(kept_ids)[0]]]
   gt_classes = tf.ensure_shape(
-      tf.pad(segment_ids // label_divisor, padding, constant_values=num_classes),
+      tf.pad(kept_ids // label_divisor, padding, constant_values=num_classes),
       [max_num_masks])
-  gt_valid = tf.ensure_shape(tf.pad(tf.ones([num_masks], tf.float32), padding),
+  gt_valid = tf.ensure_shape(tf.pad(tf.ones_like(kept_ids, tf.float32), padding),
                              [max_num_masks])
   return {
       common.SEMANTIC: tf.where(is_void, ignore_label, semantic),
-      common.MASK_INDEX: tf.where(is_kept, slot, -1),
-      common.PIXEL_WEIGHT: tf.cast(is_kept, tf.float32),
+      common.MASK_INDEX: mask_index,
+      common.PIXEL_WEIGHT: tf.cast(mask_index >= 0, tf.float32),
       common.GT_CLASSES: gt_classes,
       common.GT_IS_THING: tf.cast(tf.gather(thing_table, gt_classes), tf.float32),
       common.GT_VALID: gt_valid,
   }
 
 
-def _keep_largest(segment_ids: tf.Tensor, panoptic: tf.Tensor, is_labeled: tf.Tensor,
+def _keep_largest(is_labeled: tf.Tensor, pixel_to_id: tf.Tensor,
                   max_num_masks: int) -> tf.Tensor:
-  """Keeps the `max_num_masks` largest segments, still in increasing id order."""
+  """Restricts the labeled ids [K] to the `max_num_masks` of largest area."""
   def largest():
-    labeled = tf.boolean_mask(panoptic, is_labeled)
-    areas = tf.math.unsorted_segment_sum(
-        tf.ones_like(labeled), tf.searchsorted(segment_ids, labeled),
-        tf.shape(segment_ids)[0])
-    return tf.sort(tf.gather(segment_ids, tf.math.top_k(areas, max_num_masks).indices))
-  return tf.cond(tf.shape(segment_ids)[0] > max_num_masks, largest, lambda: segment_ids)
+    areas = tf.math.unsorted_segment_sum(tf.ones_like(pixel_to_id), pixel_to_id,
+                                         tf.shape(is_labeled)[0])
+    areas = tf.where(is_labeled, areas, -1)
+    top = tf.math.top_k(areas, max_num_masks).indices
+    return tf.scatter_nd(top[:, None], tf.ones_like(top, tf.bool), tf.shape(is_labeled))
+  num_labeled = tf.reduce_sum(tf.cast(is_labeled, tf.int32))
+  return tf.cond(num_labeled > max_num_masks, largest, lambda: is_labeled)
 
 
 def masks_from_index(mask_index: tf.Tensor, max_num_masks: int) -> tf.Tensor:
