@@ -52,24 +52,29 @@ class MeanIoU:
     num_classes = self._info.num_classes
     gt_semantic = self._checked(gt_semantic, 'gt_semantic')
     pred_semantic = self._checked(pred_semantic, 'pred_semantic')
-    labelled = gt_semantic != self._info.ignore_label
-    pred_column = np.minimum(pred_semantic[labelled], num_classes)
-    self.confusion += np.bincount(
-        gt_semantic[labelled] * (num_classes + 1) + pred_column,
-        minlength=num_classes * (num_classes + 1)).reshape(self.confusion.shape)
+    # The ignore label becomes index C in both maps; row C (void ground truth)
+    # is dropped.
+    counts = np.bincount(
+        np.minimum(gt_semantic, num_classes) * (num_classes + 1) +
+        np.minimum(pred_semantic, num_classes),
+        minlength=(num_classes + 1)**2)
+    self.confusion += counts.reshape(num_classes + 1, num_classes + 1)[:num_classes]
 
   def _checked(self, semantic: np.ndarray, name: str) -> np.ndarray:
-    """Returns `semantic` as int64 after checking its ids."""
+    """Returns `semantic` as int64 after checking its ids (one bincount)."""
     if not np.issubdtype(semantic.dtype, np.integer):
       raise ValueError(f'{name} must hold integers, got dtype {semantic.dtype}.')
-    semantic = semantic.astype(np.int64)
-    known = (((semantic >= 0) & (semantic < self._info.num_classes)) |
-             (semantic == self._info.ignore_label))
-    if not np.all(known):
-      bad = np.unique(semantic[~known])[:10].tolist()
+    semantic = semantic.astype(np.int64).ravel()
+    num_classes, ignore_label = self._info.num_classes, self._info.ignore_label
+    in_range = semantic.size == 0 or (
+        semantic.min() >= 0 and semantic.max() <= max(num_classes - 1, ignore_label))
+    present = np.flatnonzero(np.bincount(semantic)) if in_range else semantic
+    unknown = present[((present < 0) | (present >= num_classes)) &
+                      (present != ignore_label)]
+    if unknown.size:
       raise ValueError(
-          f'{name} holds unknown semantic ids {bad}; expected 0..'
-          f'{self._info.num_classes - 1} or {self._info.ignore_label}.')
+          f'{name} holds unknown semantic ids {np.unique(unknown)[:10].tolist()}; '
+          f'expected 0..{num_classes - 1} or {ignore_label}.')
     return semantic
 
   def result(self) -> Dict[str, object]:

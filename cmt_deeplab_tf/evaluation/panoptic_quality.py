@@ -32,7 +32,7 @@ single segment per image (its instance ids are dropped), as COCO panoptic and
 Cityscapes annotate stuff. A predicted thing pixel with instance 0 is an
 ordinary segment.
 """
-from typing import Dict, Tuple
+from typing import Dict, NamedTuple, Tuple
 
 import numpy as np
 
@@ -41,10 +41,27 @@ from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 _IOU_THRESHOLD = 0.5
 
 
-def canonical_segment_ids(panoptic: np.ndarray,
-                          info: dataset_info_lib.DatasetInfo,
-                          name: str) -> np.ndarray:
-  """Validates a panoptic map and gives every segment one id.
+class Segments(NamedTuple):
+  """The segments of one panoptic map.
+
+  Attributes:
+    ids: int64 [S], sorted segment ids: `semantic * label_divisor + instance`,
+      with void as `ignore_label * label_divisor` and stuff as
+      `semantic * label_divisor`.
+    areas: int64 [S], pixels per segment.
+    index: int64 [H, W], every pixel's index into `ids`.
+  """
+  ids: np.ndarray
+  areas: np.ndarray
+  index: np.ndarray
+
+
+def find_segments(panoptic: np.ndarray, info: dataset_info_lib.DatasetInfo,
+                  name: str) -> Segments:
+  """Validates a panoptic map and splits it into segments.
+
+  One bincount over the pixels; the rules (void, one stuff segment per class)
+  are applied to the few distinct ids, not to every pixel.
 
   Args:
     panoptic: integer [H, W] map, `semantic * label_divisor + instance`.
@@ -52,34 +69,48 @@ def canonical_segment_ids(panoptic: np.ndarray,
     name: the argument's name, for error messages.
 
   Returns:
-    int64 [H, W]: void pixels set to `ignore_label * label_divisor`, stuff pixels
-    to `semantic * label_divisor`, thing pixels unchanged.
+    The map's `Segments`.
 
   Raises:
-    ValueError: if the map is not 2-D and integer, or holds a negative id or a
-      semantic id that is neither a train id nor the ignore label.
+    ValueError: if the map is not a non-empty 2-D integer array, or holds a
+      negative id or a semantic id that is neither a train id nor the ignore
+      label.
   """
   panoptic = np.asarray(panoptic)
-  if panoptic.ndim != 2:
-    raise ValueError(f'{name} must be a [height, width] map, got shape '
-                     f'{panoptic.shape}.')
+  if panoptic.ndim != 2 or panoptic.size == 0:
+    raise ValueError(f'{name} must be a non-empty [height, width] map, got '
+                     f'shape {panoptic.shape}.')
   if not np.issubdtype(panoptic.dtype, np.integer):
     raise ValueError(f'{name} must hold integers, got dtype {panoptic.dtype}.')
-  panoptic = panoptic.astype(np.int64)
+  flat = panoptic.ravel().astype(np.int64)
   divisor = info.label_divisor
-  semantic = panoptic // divisor
-  known = (panoptic >= 0) & ((semantic < info.num_classes) |
-                             (semantic == info.ignore_label))
-  if not np.all(known):
-    bad = np.unique(semantic[~known])[:10].tolist()
-    raise ValueError(
-        f'{name} holds unknown semantic ids {bad} (label_divisor {divisor}); '
-        f'expected train ids 0..{info.num_classes - 1} or the ignore label '
-        f'{info.ignore_label}.')
+  largest_known = (max(info.num_classes - 1, info.ignore_label) + 1) * divisor - 1
+  if flat.min() < 0 or flat.max() > largest_known:
+    out_of_range = (flat < 0) | (flat > largest_known)
+    raise _unknown_semantic_error(name, flat[out_of_range] // divisor, info)
+  counts = np.bincount(flat)
+  raw_ids = np.flatnonzero(counts)
+  semantic = raw_ids // divisor
+  known = (semantic < info.num_classes) | (semantic == info.ignore_label)
+  if not known.all():
+    raise _unknown_semantic_error(name, semantic[~known], info)
   void = semantic == info.ignore_label
   stuff = ~_thing_lookup(info)[semantic] & ~void
-  segment_ids = np.where(stuff, semantic * divisor, panoptic)
-  return np.where(void, info.ignore_label * divisor, segment_ids)
+  canonical = np.where(stuff, semantic * divisor, raw_ids)
+  canonical = np.where(void, info.ignore_label * divisor, canonical)
+  ids, merged = np.unique(canonical, return_inverse=True)
+  areas = np.bincount(merged, weights=counts[raw_ids]).astype(np.int64)
+  lookup = np.zeros(counts.size, np.int64)
+  lookup[raw_ids] = merged
+  return Segments(ids, areas, lookup[flat].reshape(panoptic.shape))
+
+
+def _unknown_semantic_error(name: str, semantic: np.ndarray,
+                            info: dataset_info_lib.DatasetInfo) -> ValueError:
+  return ValueError(
+      f'{name} holds unknown semantic ids {np.unique(semantic)[:10].tolist()} '
+      f'(label_divisor {info.label_divisor}); expected train ids '
+      f'0..{info.num_classes - 1} or the ignore label {info.ignore_label}.')
 
 
 def _thing_lookup(info: dataset_info_lib.DatasetInfo) -> np.ndarray:
@@ -89,31 +120,14 @@ def _thing_lookup(info: dataset_info_lib.DatasetInfo) -> np.ndarray:
   return lookup
 
 
-def _compact(segment_ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Unique ids, their areas, and each pixel's index into them (one bincount).
-
-  Args:
-    segment_ids: non-negative int64 [H, W].
-
-  Returns:
-    ids int64 [S] (sorted), areas int64 [S], index int64 [H * W].
-  """
-  flat = segment_ids.ravel()
-  counts = np.bincount(flat)
-  ids = np.flatnonzero(counts)
-  lookup = np.zeros(counts.size, np.int64)
-  lookup[ids] = np.arange(ids.size)
-  return ids, counts[ids], lookup[flat]
-
-
-def image_statistics(gt_segments: np.ndarray, pred_segments: np.ndarray,
+def image_statistics(gt: Segments, pred: Segments,
                      info: dataset_info_lib.DatasetInfo
                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """Matches the segments of one image under the official rules.
 
   Args:
-    gt_segments: int64 [H, W] from `canonical_segment_ids` of the ground truth.
-    pred_segments: int64 [H, W] from `canonical_segment_ids` of the prediction.
+    gt: the ground truth's segments (`find_segments`).
+    pred: the prediction's segments, of the same image size.
     info: the data set's class table.
 
   Returns:
@@ -122,11 +136,11 @@ def image_statistics(gt_segments: np.ndarray, pred_segments: np.ndarray,
   """
   divisor, num_classes = info.label_divisor, info.num_classes
   void_id = info.ignore_label * divisor
-  gt_ids, gt_area, gt_index = _compact(gt_segments)
-  pred_ids, pred_area, pred_index = _compact(pred_segments)
+  gt_ids, gt_area = gt.ids, gt.areas
+  pred_ids, pred_area = pred.ids, pred.areas
   # intersection[i, j]: pixels of ground-truth segment i and predicted segment j.
   intersection = np.bincount(
-      gt_index * pred_ids.size + pred_index,
+      (gt.index * pred_ids.size + pred.index).ravel(),
       minlength=gt_ids.size * pred_ids.size).reshape(gt_ids.size, pred_ids.size)
 
   gt_class, pred_class = gt_ids // divisor, pred_ids // divisor
@@ -194,10 +208,9 @@ class PanopticQuality:
     if gt_panoptic.shape != pred_panoptic.shape:
       raise ValueError(f'pred_panoptic has shape {pred_panoptic.shape}, but '
                        f'gt_panoptic has shape {gt_panoptic.shape}.')
-    gt_segments = canonical_segment_ids(gt_panoptic, self._info, 'gt_panoptic')
-    pred_segments = canonical_segment_ids(pred_panoptic, self._info,
-                                          'pred_panoptic')
-    tp, fp, fn, iou_sum = image_statistics(gt_segments, pred_segments, self._info)
+    tp, fp, fn, iou_sum = image_statistics(
+        find_segments(gt_panoptic, self._info, 'gt_panoptic'),
+        find_segments(pred_panoptic, self._info, 'pred_panoptic'), self._info)
     self.tp += tp
     self.fp += fp
     self.fn += fn

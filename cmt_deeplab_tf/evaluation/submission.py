@@ -101,11 +101,8 @@ class _PanopticWriter:
     json_image_id, file_name = self._normalized_image_id(image_id)
     if json_image_id in self._image_ids:
       raise ValueError(f'image_id {json_image_id!r} was already added.')
-    canonical = panoptic_quality.canonical_segment_ids(
+    ids, areas, index = panoptic_quality.find_segments(
         panoptic_pred, self._info, 'panoptic_pred')
-    ids, index, areas = np.unique(canonical, return_inverse=True,
-                                  return_counts=True)
-    index = index.reshape(canonical.shape)
     boxes = _bounding_boxes(index, ids.size)
     divisor = self._info.label_divisor
     segment_ids = np.zeros(ids.size, np.int64)  # 0 stays for void.

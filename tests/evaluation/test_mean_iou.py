@@ -60,6 +60,7 @@ def test_hand_computed_with_void_prediction():
 @pytest.mark.parametrize('gt, pred, message', [
     (np.zeros((2, 2), int), np.zeros((2, 3), int), 'shape'),
     (np.zeros((2, 2), int), np.full((2, 2), 8), 'unknown semantic'),
+    (np.full((2, 2), -1), np.zeros((2, 2), int), 'unknown semantic'),
     (np.zeros((2, 2), float), np.zeros((2, 2), int), 'integers'),
 ])
 def test_bad_input_raises(gt, pred, message):
