@@ -25,6 +25,7 @@ pytestmark = pytest.mark.filterwarnings('ignore::RuntimeWarning')
 
 SYNTHETIC = dataset_info_lib.get_dataset_info('synthetic')
 CITYSCAPES = dataset_info_lib.get_dataset_info('cityscapes')
+COCO = dataset_info_lib.get_dataset_info('coco')
 NUM_RANDOM_CASES = 200
 
 
@@ -149,14 +150,16 @@ def test_agrees_with_tf_models_official_on_random_cases():
                         _tfm_reference(SYNTHETIC, pairs), SYNTHETIC)
 
 
-def test_agrees_with_both_on_cityscapes_classes(tmp_path):
+@pytest.mark.parametrize('info', [CITYSCAPES, COCO], ids=lambda info: info.name)
+def test_agrees_with_both_on_real_class_tables(info, tmp_path):
   rng = np.random.default_rng(2)
-  pairs = [random_panoptic.random_pair(rng, CITYSCAPES, crowd=False)
+  pairs = [random_panoptic.random_pair(rng, info, (96, 128), crowd=False)
            for _ in range(20)]
-  ours = _evaluate(CITYSCAPES, pairs)
-  _assert_matches_tfm(ours, _tfm_reference(CITYSCAPES, pairs), CITYSCAPES)
-  reference, categories = _cityscapes_reference(tmp_path, CITYSCAPES, pairs)
+  ours = _evaluate(info, pairs)
+  _assert_matches_tfm(ours, _tfm_reference(info, pairs), info)
+  reference, categories = _cityscapes_reference(tmp_path, info, pairs)
   _assert_matches_cityscapes(ours, reference, categories)
+  assert ours.tp.sum() > 20
 
 
 # -------------------------------------------------------- adversarial cases.
