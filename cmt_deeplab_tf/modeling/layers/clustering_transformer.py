@@ -34,6 +34,7 @@ from cmt_deeplab_tf.modeling.layers import attention
 from cmt_deeplab_tf.modeling.layers import drop_path
 from cmt_deeplab_tf.modeling.layers import linear_bn
 from cmt_deeplab_tf.modeling.layers import reference_mask as reference_mask_lib
+from cmt_deeplab_tf.modeling.layers import resize
 
 # Keys of the dict a layer returns.
 PIXELS = 'pixels'                  # [B, H, W, Cp]
@@ -55,14 +56,6 @@ DUAL_PATH_SWITCHES = dict(
     use_coordinate_features=False)
 
 _REFERENCE_MASKS = (None, reference_mask_lib.GAUSSIAN)
-
-
-def resize_to(features, height, width):
-  """Bilinear align-corners resize of [B, h, w, C] to [B, height, width, C]."""
-  if features.shape[1] == height and features.shape[2] == width:
-    return features
-  return tf.compat.v1.image.resize_bilinear(
-      features, [height, width], align_corners=True)
 
 
 @gin.configurable('ClusteringTransformerLayer')
@@ -217,7 +210,7 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     outputs = {}
     bias = None
     if self._use_residual and previous_assignment is not None:
-      bias = resize_to(previous_assignment, height, width)
+      bias = resize.resize_align_corners(previous_assignment, height, width)
     if self._reference is not None:
       parameters = self._reference(centers)
       outputs[REFERENCE_PARAMETERS] = parameters

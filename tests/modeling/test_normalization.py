@@ -1,0 +1,68 @@
+"""Tests of the synchronized batch norm factory."""
+import ast
+import os
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from cmt_deeplab_tf.modeling.layers import normalization
+
+
+def test_returns_synchronized_batch_norm_with_deeplab_defaults():
+  norm = normalization.get_norm_layer(name='bn', axis=2)
+  assert isinstance(norm, tf_keras.layers.BatchNormalization)
+  assert norm.synchronized
+  assert norm.momentum == 0.99 and norm.epsilon == 1e-3
+  assert norm.axis == 2 and norm.name == 'bn'
+
+
+def test_gin_binds_momentum_and_epsilon():
+  with gin.unlock_config():
+    gin.bind_parameter('get_norm_layer.momentum', 0.9)
+    gin.bind_parameter('get_norm_layer.epsilon', 1e-5)
+  try:
+    norm = normalization.get_norm_layer()
+  finally:
+    gin.clear_config()
+  assert norm.momentum == 0.9 and norm.epsilon == 1e-5
+
+
+def test_normalizes_with_batch_statistics_without_a_strategy():
+  x = tf.random.normal([64, 3], mean=5.0, stddev=3.0)
+  y = normalization.get_norm_layer()(x, training=True).numpy()
+  np.testing.assert_allclose(y.mean(axis=0), 0.0, atol=1e-4)
+  np.testing.assert_allclose(y.std(axis=0), 1.0, atol=1e-3)
+
+
+_TWO_REPLICA_SCRIPT = """
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from cmt_deeplab_tf.modeling.layers import normalization
+strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+with strategy.scope():
+  norm = normalization.get_norm_layer()
+  norm.build([None, 1])
+batches = [tf.constant([[1.0], [3.0]]), tf.constant([[5.0], [7.0]])]
+x = strategy.experimental_distribute_values_from_function(
+    lambda context: batches[context.replica_id_in_sync_group])
+y = strategy.run(lambda t: norm(t, training=True), args=(x,))
+print(np.concatenate([t.numpy() for t in strategy.experimental_local_results(y)]).ravel().tolist())
+"""
+
+
+def test_statistics_are_all_reduced_over_replicas():
+  # Two replicas see batches {1, 3} and {5, 7}. Synchronized, both use the
+  # global mean 4 and variance 5; unsynchronized, replica 0 would give -1, 1.
+  result = subprocess.run(
+      [sys.executable, '-c', _TWO_REPLICA_SCRIPT], capture_output=True,
+      text=True, check=True, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+  got = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+  want = (np.array([1.0, 3.0, 5.0, 7.0]) - 4.0) / np.sqrt(5.0 + 1e-3)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
