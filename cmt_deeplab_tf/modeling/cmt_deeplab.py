@@ -1,0 +1,181 @@
+"""The mask-transformer panoptic model: CMT-DeepLab (and MaX-DeepLab-S).
+
+images -> backbone -> pixel decoder (stride 16 -> 8 -> 4) with transformer layers
+after its blocks (CMT layers [1]; MaX-S also has dual-path layers inside its
+backbone [2]) -> heads on the final cluster centers and stride-4 pixel
+embeddings. Every transformer layer but the last also gets a prediction (deep
+supervision) from the same heads.
+
+Attributes `backbone`, `pixel_decoder`, `transformer`, `heads` and the
+training-only `semantic_head` split the parameters as the paper counts them.
+
+[1] CMT-DeepLab: Clustering Mask Transformers for Panoptic Segmentation,
+    Yu et al., CVPR 2022.
+[2] MaX-DeepLab: End-to-End Panoptic Segmentation with Mask Transformers,
+    Wang et al., CVPR 2021.
+"""
+import gin
+import tensorflow as tf
+import tf_keras
+
+from cmt_deeplab_tf import common
+from cmt_deeplab_tf.modeling.backbones import axial_resnet
+from cmt_deeplab_tf.modeling.decoders import transformer_decoder
+from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
+from cmt_deeplab_tf.modeling.layers import reference_mask
+
+
+def run_backbone(backbone, images, training=None, after_block=None,
+                 res2_fusion=None):
+  """Runs an `AxialResNet` block by block, with the hooks the models need.
+
+  Args:
+    backbone: An `AxialResNet` (its `stem` and per-stage `stages` blocks).
+    images: [B, H, W, 3] images.
+    training: Training mode.
+    after_block: Optional callable (stage_index, block_index, features) ->
+      features after every block (MaX-S's stage-5 dual-path layers).
+    res2_fusion: Optional [B, h, w, C2] features averaged into the stride-4
+      encoder features before stage 3 (RFN, supplement §1).
+
+  Returns:
+    The endpoint dict RES2..RES5 (RES2 after the fusion).
+  """
+  features = backbone.stem(images, training=training)
+  endpoints = {}
+  for stage_index, (endpoint, stage) in enumerate(
+      zip(axial_resnet.ENDPOINTS, backbone.stages)):
+    for block_index, block in enumerate(stage):
+      features = block(features, training=training)
+      if after_block is not None:
+        features = after_block(stage_index, block_index, features)
+    if endpoint == axial_resnet.RES2 and res2_fusion is not None:
+      features = 0.5 * (features + tf.cast(res2_fusion, features.dtype))
+    endpoints[endpoint] = features
+  return endpoints
+
+
+def _reference_mask_logits(layer_outputs, height, width):
+  """The layer's reference-mask logits on the stride-4 grid, if it has any."""
+  parameters = layer_outputs.get(ct.REFERENCE_PARAMETERS)
+  if parameters is None:
+    return None
+  return reference_mask.gaussian_mask_logits(parameters, height, width)
+
+
+@gin.configurable
+class CMTDeepLab(tf_keras.Model):
+  """Backbone + pixel decoder + transformer layers + heads."""
+
+  def __init__(self, backbone, pixel_decoder, transformer, heads,
+               semantic_head=None, name='cmt_deeplab'):
+    """Initializes the model.
+
+    Args:
+      backbone: An `AxialResNet` (endpoints RES2, RES3, RES5).
+      pixel_decoder: A `PixelDecoder`.
+      transformer: A `TransformerDecoder` whose layer locations are blocks of
+        the pixel decoder (and of the backbone).
+      heads: A `MaskTransformerHeads`.
+      semantic_head: Optional training-only `SemanticHead`.
+      name: The model name.
+    """
+    super().__init__(name=name)
+    self.backbone = backbone
+    self.pixel_decoder = pixel_decoder
+    self.transformer = transformer
+    self.heads = heads
+    self.semantic_head = semantic_head
+    self._backbone_has_transformer = any(
+        location.startswith(transformer_decoder.BACKBONE)
+        for location in transformer.locations)
+
+  def call(self, images, training=None, return_visualization=False):
+    """Runs the model.
+
+    Args:
+      images: float32 [B, H, W, 3] in [-1, 1], any size.
+      training: Training mode (batch norms, drop path, semantic head).
+      return_visualization: Also return CLUSTERING_MAPS / ATTENTION_MAPS (the
+        rest of the graph is unchanged).
+
+    Returns:
+      The output dict of `common` (see `forward`).
+    """
+    outputs, _, _ = self.forward(images, training=training,
+                                 return_visualization=return_visualization)
+    return outputs
+
+  def forward(self, images, training=None, return_visualization=False,
+              centers=None, res2_fusion=None):
+    """Runs the model and also returns what RFN chains between networks.
+
+    Args:
+      images: float32 [B, H, W, 3].
+      training: Training mode.
+      return_visualization: Also return the per-layer maps.
+      centers: Optional [B, N, Cc] centers to start from (RFN); by default the
+        transformer's learnt initial centers.
+      res2_fusion: Optional [B, h, w, 256w] features averaged into the
+        backbone's stride-4 features (RFN's second network).
+
+    Returns:
+      outputs: dict with CLASS_LOGITS [B, N, C + 1], MASK_LOGITS [B, h, w, N],
+        PIXEL_EMBEDDINGS [B, h, w, D], REFERENCE_MASK_LOGITS [B, h, w, N] (CMT
+        layers with reference masks), AUX_OUTPUTS (one dict per layer but the
+        last), SEMANTIC_LOGITS [B, h, w, C] (training only), and with
+        `return_visualization` CLUSTERING_MAPS / ATTENTION_MAPS (lists of
+        [B, h', w', N] per layer that computes them). h = ceil(H / 4).
+      centers: The final [B, N, Cc] cluster centers.
+      features: The stride-4 decoder features [B, h, w, 256w].
+    """
+    if centers is None:
+      centers = self.transformer.initial_centers(tf.shape(images)[0])
+    state = transformer_decoder.TransformerState(centers)
+    if self._backbone_has_transformer or res2_fusion is not None:
+      after_block = None
+      if self._backbone_has_transformer:
+        after_block = self.transformer.block_hook(
+            transformer_decoder.BACKBONE, state, training, return_visualization)
+      endpoints = run_backbone(self.backbone, images, training, after_block,
+                               res2_fusion)
+    else:
+      endpoints = self.backbone(images, training=training)
+    features = self.pixel_decoder(
+        endpoints, training=training,
+        after_block=self.transformer.block_hook(
+            transformer_decoder.DECODER, state, training,
+            return_visualization))[-1]
+    outputs = self._predict(features, state, training)
+    if return_visualization:
+      outputs[common.CLUSTERING_MAPS] = [
+          o[ct.CLUSTERING_MAP] for o in state.layer_outputs
+          if ct.CLUSTERING_MAP in o]
+      outputs[common.ATTENTION_MAPS] = [
+          o[ct.ATTENTION_MAP] for o in state.layer_outputs
+          if ct.ATTENTION_MAP in o]
+    return outputs, state.centers, features
+
+  def _predict(self, features, state, training):
+    """Heads on the final and on every intermediate layer's centers."""
+    embeddings = self.heads.embed_pixels(features, training=training)
+    height, width = tf.shape(embeddings)[1], tf.shape(embeddings)[2]
+    outputs = self.heads(embeddings, state.centers, training=training)
+    outputs[common.PIXEL_EMBEDDINGS] = embeddings
+    final_reference = _reference_mask_logits(state.layer_outputs[-1], height,
+                                             width)
+    if final_reference is not None:
+      outputs[common.REFERENCE_MASK_LOGITS] = final_reference
+    aux_outputs = []
+    for layer_outputs in state.layer_outputs[:-1]:
+      aux = self.heads(embeddings, layer_outputs[ct.CENTERS],
+                       training=training)
+      reference = _reference_mask_logits(layer_outputs, height, width)
+      if reference is not None:
+        aux[common.REFERENCE_MASK_LOGITS] = reference
+      aux_outputs.append(aux)
+    outputs[common.AUX_OUTPUTS] = aux_outputs
+    if training and self.semantic_head is not None:
+      outputs[common.SEMANTIC_LOGITS] = self.semantic_head(features,
+                                                           training=training)
+    return outputs

@@ -1,0 +1,1 @@
+"""Pixel and transformer decoders of the mask-transformer models."""

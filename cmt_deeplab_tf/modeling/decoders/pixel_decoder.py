@@ -1,0 +1,138 @@
+"""The pixel decoder: stride 16 -> 8 -> 4 with stacked residual blocks.
+
+As MaX-DeepLab's extra decoder [1] (DeepLab2 `AxialResNet` with
+`extra_decoder_*`): a stride-16 stage of stage-5-like axial blocks on the
+backbone's `res5`, then at strides 8 and 4 a fusion of the upsampled features with
+the backbone's `res3` / `res2` (1x1 conv + BN of the inputs whose width differs,
+align-corners bilinear resize, sum, ReLU; DeepLab2 `ResizedFuse`) followed by
+bottleneck blocks. Stage widths follow ResNet (2048, 512, 256 channels).
+
+MaX-DeepLab-S uses one block per stage. CMT-DeepLab "stacks more blocks in the
+decoder" (supplement §1, Fig. 1); the count per stage is `num_blocks`.
+
+The optional `after_block(stage, block, features) -> features` callback runs after
+every block; the models use it to interleave transformer layers with the decoder
+blocks (the dual-path design of [1], the frequent pixel update of [2]).
+
+[1] MaX-DeepLab: End-to-End Panoptic Segmentation with Mask Transformers,
+    Wang et al., CVPR 2021.
+[2] CMT-DeepLab: Clustering Mask Transformers for Panoptic Segmentation,
+    Yu et al., CVPR 2022.
+"""
+import gin
+import tensorflow as tf
+import tf_keras
+
+from cmt_deeplab_tf.modeling.backbones import axial_resnet
+from cmt_deeplab_tf.modeling.layers import blocks
+from cmt_deeplab_tf.modeling.layers import conv_bn
+from cmt_deeplab_tf.modeling.layers import resize
+
+AXIAL = 'axial'
+BOTTLENECK = 'bottleneck'
+STRIDES = (16, 8, 4)
+# Backbone endpoint fused into each stage (the stride-16 stage reads res5).
+_STAGE_INPUTS = (axial_resnet.RES5, axial_resnet.RES3, axial_resnet.RES2)
+
+
+class ResizedFuse(tf_keras.layers.Layer):
+  """Projects (1x1 conv + BN, if needed), resizes and sums two features, ReLU."""
+
+  def __init__(self, channels, name=None):
+    super().__init__(name=name)
+    self._channels = channels
+    self._projections = None
+
+  def build(self, input_shape):
+    self._projections = [
+        None if shape[-1] == self._channels else
+        conv_bn.ConvBN(self._channels, 1, use_relu=False, name=f'project{i}')
+        for i, shape in enumerate(input_shape)]
+    super().build(input_shape)
+
+  def call(self, inputs, training=None):
+    """Fuses [coarse, skip] into [B, skip_h, skip_w, channels]."""
+    height, width = tf.shape(inputs[-1])[1], tf.shape(inputs[-1])[2]
+    fused = []
+    for features, projection in zip(inputs, self._projections):
+      if projection is not None:
+        features = projection(features, training=training)
+      fused.append(resize.resize_align_corners(features, height, width))
+    return tf.nn.relu(tf.add_n(fused))
+
+
+@gin.configurable
+class PixelDecoder(tf_keras.layers.Layer):
+  """Stacked decoder stages at strides 16, 8 and 4."""
+
+  def __init__(self,
+               num_blocks=(4, 2, 2),
+               block_types=(AXIAL, BOTTLENECK, BOTTLENECK),
+               width_multiplier=1.0,
+               drop_path_rate=0.0,
+               name='pixel_decoder'):
+    """Initializes the decoder.
+
+    Args:
+      num_blocks: Blocks at strides 16, 8, 4 (MaX-DeepLab-S: (1, 1, 1)).
+      block_types: 'axial' or 'bottleneck' per stage.
+      width_multiplier: Scales the stage widths 2048, 512, 256 (as the
+        backbone's `width_multiplier`).
+      drop_path_rate: Drop-path rate of every decoder block.
+      name: The layer name.
+
+    Raises:
+      ValueError: On a bad `num_blocks` or `block_types`.
+    """
+    num_blocks, block_types = tuple(num_blocks), tuple(block_types)
+    if len(num_blocks) != len(STRIDES) or any(n < 1 for n in num_blocks):
+      raise ValueError('PixelDecoder num_blocks must be 3 positive counts '
+                       f'(strides 16, 8, 4), got num_blocks={num_blocks}.')
+    if len(block_types) != len(STRIDES) or any(
+        t not in (AXIAL, BOTTLENECK) for t in block_types):
+      raise ValueError(f'PixelDecoder block_types must be 3 of {AXIAL!r} or '
+                       f'{BOTTLENECK!r}, got block_types={block_types}.')
+    super().__init__(name=name)
+    self.num_blocks = num_blocks
+    # Bottleneck widths of ResNet stages 5, 3, 2: blocks output 4x these.
+    stage_filters = [int(round(f * width_multiplier)) for f in (512, 128, 64)]
+    self.output_channels = tuple(4 * f for f in stage_filters)
+    self._fuses = [None] + [
+        ResizedFuse(channels, name=f'stride{stride}_fuse')
+        for stride, channels in zip(STRIDES[1:], self.output_channels[1:])]
+    self.stages = []
+    for stride, count, block_type, filters in zip(
+        STRIDES, num_blocks, block_types, stage_filters):
+      block_class = (blocks.AxialBlock if block_type == AXIAL else
+                     blocks.BottleneckBlock)
+      self.stages.append([
+          block_class(filters, drop_path_rate=drop_path_rate,
+                      name=f'stride{stride}_block{index + 1}')
+          for index in range(count)])
+
+  def call(self, endpoints, training=None, after_block=None):
+    """Runs the decoder.
+
+    Args:
+      endpoints: The backbone's dict with RES2, RES3 and RES5 (any widths).
+      training: Whether batch norms use batch statistics.
+      after_block: Optional callable (stage_index, block_index, features) ->
+        features, run after every block.
+
+    Returns:
+      A list of the activated stage outputs at strides 16, 8, 4:
+      [B, ceil(H/16), ceil(W/16), 2048w], [B, ceil(H/8), ..., 512w],
+      [B, ceil(H/4), ceil(W/4), 256w].
+    """
+    outputs = []
+    features = endpoints[_STAGE_INPUTS[0]]
+    for stage_index, (fuse, stage) in enumerate(zip(self._fuses, self.stages)):
+      if fuse is not None:
+        features = fuse([features, endpoints[_STAGE_INPUTS[stage_index]]],
+                        training=training)
+      for block_index, block in enumerate(stage):
+        features = block(features, training=training)
+        if after_block is not None:
+          features = after_block(stage_index, block_index, features)
+      outputs.append(features)
+    return outputs

@@ -1,0 +1,135 @@
+"""The stack of transformer layers that updates the cluster centers.
+
+The layers are placed after residual blocks of the pixel path (dual-path design of
+MaX-DeepLab [1]): each is keyed by a location string `block_location(path, stage,
+block)` and runs through `block_hook`, the `after_block` callback of the pixel
+decoder (or of MaX-S's backbone). The cluster centers start from a learnt
+embedding (MaX-DeepLab's memory, truncated normal, std 1) and flow through the
+layers in order, together with the assignment logits of the CMT residual path
+[2].
+
+[1] MaX-DeepLab: End-to-End Panoptic Segmentation with Mask Transformers,
+    Wang et al., CVPR 2021.
+[2] CMT-DeepLab: Clustering Mask Transformers for Panoptic Segmentation,
+    Yu et al., CVPR 2022.
+"""
+import gin
+import tensorflow as tf
+import tf_keras
+
+from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
+
+DECODER = 'decoder'
+BACKBONE = 'backbone'
+
+
+def block_location(path, stage, block):
+  """The key of the layer after block `block` of stage `stage` of `path`."""
+  return f'{path}_stage{stage}_block{block}'
+
+
+def all_block_locations(path, num_blocks, stages=None):
+  """Locations after every block of the given stages (default: all)."""
+  stages = range(len(num_blocks)) if stages is None else stages
+  return [block_location(path, stage, block)
+          for stage in stages for block in range(num_blocks[stage])]
+
+
+class TransformerState:
+  """The centers, last assignment and per-layer outputs of one forward pass."""
+
+  def __init__(self, centers):
+    self.centers = centers
+    self.assignment = None
+    self.layer_outputs = []
+
+
+@gin.configurable
+class TransformerDecoder(tf_keras.layers.Layer):
+  """Cluster-center embedding + CMT (or MaX dual-path) layers by location."""
+
+  def __init__(self,
+               locations,
+               num_clusters=128,
+               center_channels=256,
+               filters=128,
+               num_heads=8,
+               feed_forward_channels=2048,
+               dual_path=False,
+               learn_initial_centers=True,
+               drop_path_rate=0.0,
+               name='transformer'):
+    """Initializes the stack.
+
+    Args:
+      locations: Keys (see `block_location`) of the blocks followed by a layer,
+        in execution order.
+      num_clusters: Number of cluster centers N (mask slots).
+      center_channels: Width of the centers (MaX-DeepLab memory: 256).
+      filters: Base width of every layer (see `ClusteringTransformerLayer`).
+      num_heads: Attention heads per layer.
+      feed_forward_channels: Hidden width of the center FFN.
+      dual_path: Build MaX-DeepLab dual-path layers (the CMT switches off)
+        instead of CMT layers configured by gin / their defaults.
+      learn_initial_centers: Own the initial center embedding. False for RFN's
+        second network, which continues from the first network's centers.
+      drop_path_rate: Drop-path rate of the layers' residual branches.
+      name: The layer name.
+
+    Raises:
+      ValueError: On empty or repeated locations or a non-positive
+        `num_clusters`.
+    """
+    locations = list(locations)
+    if not locations or len(set(locations)) != len(locations):
+      raise ValueError('TransformerDecoder locations must be non-empty and '
+                       f'unique, got locations={locations}.')
+    if num_clusters < 1:
+      raise ValueError(f'num_clusters must be positive, got {num_clusters}.')
+    super().__init__(name=name)
+    self.num_clusters = num_clusters
+    self.center_channels = center_channels
+    self.locations = locations
+    switches = ct.DUAL_PATH_SWITCHES if dual_path else {}
+    self.transformer_layers = {
+        location: ct.ClusteringTransformerLayer(
+            filters=filters, center_channels=center_channels,
+            num_heads=num_heads, feed_forward_channels=feed_forward_channels,
+            drop_path_rate=drop_path_rate, name=location, **switches)
+        for location in locations}
+    self._initial_centers = None
+    if learn_initial_centers:
+      self._initial_centers = self.add_weight(
+          name='initial_centers', shape=[num_clusters, center_channels],
+          initializer=tf_keras.initializers.TruncatedNormal(stddev=1.0),
+          trainable=True)
+
+  @property
+  def has_initial_centers(self):
+    return self._initial_centers is not None
+
+  def initial_centers(self, batch_size):
+    """The learnt centers tiled to [batch_size, N, Cc]."""
+    if self._initial_centers is None:
+      raise ValueError('This TransformerDecoder was built with '
+                       'learn_initial_centers=False; pass centers explicitly.')
+    centers = tf.cast(self._initial_centers, self.compute_dtype)
+    return tf.tile(centers[tf.newaxis], [batch_size, 1, 1])
+
+  def block_hook(self, path, state, training=None, return_maps=False):
+    """Returns an `after_block(stage, block, pixels)` callback for `path`.
+
+    The callback runs the layer at that location, if any, on the pixels and
+    `state.centers`, updates `state` and returns the updated pixels.
+    """
+    def after_block(stage, block, pixels):
+      layer = self.transformer_layers.get(block_location(path, stage, block))
+      if layer is None:
+        return pixels
+      outputs = layer(pixels, state.centers, state.assignment,
+                      training=training, return_maps=return_maps)
+      state.centers = outputs[ct.CENTERS]
+      state.assignment = outputs.get(ct.ASSIGNMENT_LOGITS, state.assignment)
+      state.layer_outputs.append(outputs)
+      return outputs[ct.PIXELS]
+    return after_block

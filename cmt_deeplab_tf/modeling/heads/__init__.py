@@ -1,0 +1,1 @@
+"""Prediction heads: classes, masks, pixel embeddings, auxiliary semantics."""

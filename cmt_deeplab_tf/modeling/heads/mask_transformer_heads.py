@@ -1,0 +1,52 @@
+"""The inference heads of a mask transformer, shared by all its layers.
+
+Groups the pixel-embedding head (stride-4 features -> unit-norm embeddings), the
+class head and the mask head. The final prediction and the deep-supervision
+prediction of every earlier transformer layer use the same weights: each layer's
+cluster centers are classified and dotted with the final pixel embeddings
+(as DETR / MaskFormer auxiliary predictions).
+"""
+import gin
+import tf_keras
+
+from cmt_deeplab_tf import common
+from cmt_deeplab_tf.modeling.heads import class_head
+from cmt_deeplab_tf.modeling.heads import mask_head
+from cmt_deeplab_tf.modeling.heads import pixel_embedding_head
+
+
+@gin.configurable
+class MaskTransformerHeads(tf_keras.layers.Layer):
+  """Class, mask and pixel-embedding heads."""
+
+  def __init__(self, num_classes, embedding_channels=128, head_channels=256,
+               center_feature_channels=256, name='heads'):
+    """Initializes the heads.
+
+    Args:
+      num_classes: Number of classes C (the class head predicts C + 1).
+      embedding_channels: Width D of pixel and mask embeddings (MaX: 128).
+      head_channels: Hidden width of the pixel-embedding head (MaX: 256).
+      center_feature_channels: Width of the class / mask center projections
+        (MaX: 256).
+      name: The layer name.
+    """
+    super().__init__(name=name)
+    self.pixel_embedding_head = pixel_embedding_head.PixelEmbeddingHead(
+        embedding_channels, head_channels)
+    self.class_head = class_head.ClassHead(num_classes,
+                                           center_feature_channels)
+    self.mask_head = mask_head.MaskHead(embedding_channels,
+                                        center_feature_channels)
+
+  def embed_pixels(self, features, training=None):
+    """Stride-4 features [B, h, w, C] -> PIXEL_EMBEDDINGS [B, h, w, D]."""
+    return self.pixel_embedding_head(features, training=training)
+
+  def call(self, pixel_embeddings, centers, training=None):
+    """Returns {CLASS_LOGITS [B, N, C + 1], MASK_LOGITS [B, h, w, N]}."""
+    return {
+        common.CLASS_LOGITS: self.class_head(centers, training=training),
+        common.MASK_LOGITS: self.mask_head(pixel_embeddings, centers,
+                                           training=training),
+    }
