@@ -42,26 +42,35 @@ def _check_against_scipy(similarity, gt_valid, result):
     np.testing.assert_allclose(total, expected_total, rtol=1e-5, atol=1e-5)
 
 
+SOLVERS = ['shortest_path', 'tf_models']
+
+
+@pytest.mark.parametrize('solver', SOLVERS)
 @pytest.mark.parametrize('num_gt,num_pred', [(6, 10), (10, 10), (12, 7), (1, 5)])
-def test_matches_scipy_on_random_padded_problems(num_gt, num_pred):
+def test_matches_scipy_on_random_padded_problems(num_gt, num_pred, solver):
   rng = np.random.default_rng(num_gt * 100 + num_pred)
   similarity, gt_valid = _random_problems(rng, 64, num_gt, num_pred)
-  result = matching.hungarian_match(tf.constant(similarity), tf.constant(gt_valid))
+  result = matching.hungarian_match(tf.constant(similarity), tf.constant(gt_valid),
+                                    solver=solver)
   _check_against_scipy(similarity, gt_valid, result)
 
 
+@pytest.mark.parametrize('solver', SOLVERS)
 @pytest.mark.parametrize('num_gt,num_pred', [(8, 8), (9, 6)])
-def test_matches_scipy_with_ties(num_gt, num_pred):
+def test_matches_scipy_with_ties(num_gt, num_pred, solver):
   rng = np.random.default_rng(7)
   similarity, gt_valid = _random_problems(rng, 64, num_gt, num_pred, tie_levels=3)
-  result = matching.hungarian_match(tf.constant(similarity), tf.constant(gt_valid))
+  result = matching.hungarian_match(tf.constant(similarity), tf.constant(gt_valid),
+                                    solver=solver)
   _check_against_scipy(similarity, gt_valid, result)
 
 
-def test_zero_similarity_still_matches_every_valid_mask_and_no_padding():
+@pytest.mark.parametrize('solver', SOLVERS)
+def test_zero_similarity_still_matches_every_valid_mask_and_no_padding(solver):
   similarity = np.zeros((2, 5, 4), np.float32)
   gt_valid = np.array([[1, 0, 1, 0, 1], [0, 1, 1, 1, 1]], np.float32)
-  result = matching.hungarian_match(tf.constant(similarity), tf.constant(gt_valid))
+  result = matching.hungarian_match(tf.constant(similarity), tf.constant(gt_valid),
+                                    solver=solver)
   gt_to_pred = result.gt_to_pred.numpy()
   np.testing.assert_array_equal(gt_to_pred[0] >= 0, gt_valid[0] > 0)
   # Four valid masks for four predictions: all matched, padding unmatched.
@@ -79,11 +88,19 @@ def test_hand_made_problem():
   np.testing.assert_array_equal(result.pred_to_gt.numpy(), [[-1, 0, 1]])
 
 
-def test_compiles_with_xla():
+@pytest.mark.parametrize('num_gt,num_pred', [(9, 12), (12, 9)])
+def test_default_solver_compiles_with_xla(num_gt, num_pred):
   rng = np.random.default_rng(3)
-  similarity, gt_valid = _random_problems(rng, 16, 9, 12)
+  similarity, gt_valid = _random_problems(rng, 16, num_gt, num_pred)
   match_fn = tf.function(matching.hungarian_match, jit_compile=True)
   result = match_fn(tf.constant(similarity), tf.constant(gt_valid))
+  _check_against_scipy(similarity, gt_valid, result)
+
+
+def test_many_more_ground_truth_than_predictions():
+  rng = np.random.default_rng(11)
+  similarity, gt_valid = _random_problems(rng, 32, 40, 6)
+  result = matching.hungarian_match(tf.constant(similarity), tf.constant(gt_valid))
   _check_against_scipy(similarity, gt_valid, result)
 
 
@@ -101,8 +118,13 @@ def test_pq_style_similarity_hand_computed():
   np.testing.assert_allclose(class_prob.numpy(), [[[0.7, 0.25]]], rtol=1e-6)
 
 
+def test_rejects_unknown_solver():
+  with pytest.raises(ValueError, match='solver'):
+    matching.hungarian_match(tf.zeros([1, 2, 2]), tf.ones([1, 2]), solver='greedy')
+
+
 def test_rejects_unknown_sizes():
-  fn = tf.function(matching.hungarian_match,
+  fn = tf.function(matching.hungarian_match, autograph=False,
                    input_signature=[tf.TensorSpec([None, None, 4]),
                                     tf.TensorSpec([None, None])])
   with pytest.raises(ValueError, match='similarity'):

@@ -1,0 +1,53 @@
+"""The batched shortest-augmenting-path solver against scipy."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.optimize import linear_sum_assignment
+
+from cmt_deeplab_tf.losses import linear_assignment
+
+
+def _check(cost, row_active, col4row):
+  for b in range(cost.shape[0]):
+    rows = np.flatnonzero(row_active[b])
+    assert np.all(col4row[b][~row_active[b]] == -1)
+    cols = col4row[b][rows]
+    assert len(set(cols)) == len(cols) and np.all(cols >= 0)
+    r, c = linear_sum_assignment(cost[b][rows])
+    np.testing.assert_allclose(cost[b][rows, cols].sum(), cost[b][rows][r, c].sum(),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('num_rows,num_cols,tie_levels', [
+    (5, 5, 0), (4, 9, 0), (12, 12, 0), (10, 13, 3), (16, 16, 2), (1, 1, 0)])
+def test_matches_scipy(num_rows, num_cols, tie_levels):
+  rng = np.random.default_rng(num_rows * 31 + num_cols + tie_levels)
+  cost = rng.normal(size=(64, num_rows, num_cols))
+  if tie_levels:
+    cost = rng.integers(0, tie_levels, cost.shape).astype(np.float64)
+  cost = cost.astype(np.float32)
+  row_active = rng.random((64, num_rows)) < 0.75
+  col4row = linear_assignment.linear_sum_assignment(tf.constant(cost),
+                                                    tf.constant(row_active))
+  _check(cost, row_active, col4row.numpy())
+
+
+def test_hand_made():
+  # The greedy choice (row 0 -> col 0) is wrong: optimum is 0->1, 1->0 (cost 3).
+  cost = np.array([[[1.0, 2.0], [1.0, 5.0]]], np.float32)
+  col4row = linear_assignment.linear_sum_assignment(tf.constant(cost),
+                                                    tf.ones([1, 2], tf.bool))
+  np.testing.assert_array_equal(col4row.numpy(), [[1, 0]])
+
+
+def test_compiles_with_xla():
+  rng = np.random.default_rng(5)
+  cost = rng.random((8, 20, 24)).astype(np.float32)
+  row_active = np.ones((8, 20), bool)
+  solve = tf.function(linear_assignment.linear_sum_assignment, jit_compile=True)
+  _check(cost, row_active, solve(tf.constant(cost), tf.constant(row_active)).numpy())
+
+
+def test_rejects_more_rows_than_columns():
+  with pytest.raises(ValueError, match='n <= m'):
+    linear_assignment.linear_sum_assignment(tf.zeros([1, 3, 2]), tf.ones([1, 3], tf.bool))
