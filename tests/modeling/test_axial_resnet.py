@@ -8,8 +8,11 @@ import tf_keras
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.layers import blocks
 
-# A narrow model for fast tests: widths / 8, 2 heads.
+# Narrow models for fast tests: widths / 8 (and 2 heads, see `two_heads`).
 TINY = dict(width_multiplier=0.125)
+# Fewer blocks, still with a strided bottleneck, a bottleneck and an axial block
+# in stage 4 and an axial block in stage 5.
+SMALL = dict(num_blocks=(1, 1, 2, 1), width_multiplier=0.125)
 
 
 @pytest.fixture
@@ -38,7 +41,7 @@ def test_endpoints_shapes_and_strides_on_odd_sizes(two_heads):
 
 @pytest.mark.parametrize('output_stride, want', [(32, (3, 4)), (8, (9, 13))])
 def test_output_stride(two_heads, output_stride, want):
-  model = axial_resnet.axial_r50(output_stride=output_stride, **TINY)
+  model = axial_resnet.AxialResNet(output_stride=output_stride, **SMALL)
   endpoints = model(tf.zeros([1, 65, 97, 3]), training=False)
   assert endpoints[axial_resnet.RES5].shape[1:3] == want
 
@@ -65,7 +68,7 @@ def test_linear_drop_path_schedule():
 
 
 def test_runs_at_sizes_other_than_the_first(two_heads):
-  model = axial_resnet.axial_r50(**TINY)
+  model = axial_resnet.AxialResNet(**SMALL)
   run = tf.function(lambda x: model(x, training=False),
                     input_signature=[tf.TensorSpec([None, None, None, 3])])
   for size in [(33, 33), (49, 81)]:
@@ -76,7 +79,7 @@ def test_runs_at_sizes_other_than_the_first(two_heads):
 
 def test_every_variable_gets_a_gradient(two_heads):
   tf_keras.utils.set_random_seed(0)
-  model = axial_resnet.axial_r50(drop_path_rate=0.0, **TINY)
+  model = axial_resnet.AxialResNet(drop_path_rate=0.0, **SMALL)
   images = tf.random.normal([2, 33, 33, 3])
   model(images)
   # Zero-initialized gammas would block the gradients of their branches.
@@ -97,7 +100,7 @@ def test_every_variable_gets_a_gradient(two_heads):
 
 
 def test_xla_matches_eager(two_heads):
-  model = axial_resnet.axial_r50(**TINY)
+  model = axial_resnet.AxialResNet(**SMALL)
   images = tf.random.normal([1, 33, 49, 3])
   eager = model(images, training=False)
   compiled = tf.function(lambda x: model(x, training=False),
@@ -110,7 +113,7 @@ def test_xla_matches_eager(two_heads):
 def test_mixed_bfloat16(two_heads):
   tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
   try:
-    model = axial_resnet.axial_r50(**TINY)
+    model = axial_resnet.AxialResNet(**SMALL)
     endpoints = model(tf.random.normal([1, 33, 33, 3]), training=True)
   finally:
     tf_keras.mixed_precision.set_global_policy('float32')

@@ -6,6 +6,7 @@ import sys
 
 import gin
 import numpy as np
+import pytest
 import tensorflow as tf
 import tf_keras
 
@@ -40,6 +41,7 @@ def test_normalizes_with_batch_statistics_without_a_strategy():
 
 _TWO_REPLICA_SCRIPT = """
 import numpy as np
+import pytest
 import tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
@@ -57,6 +59,7 @@ print(np.concatenate([t.numpy() for t in strategy.experimental_local_results(y)]
 """
 
 
+@pytest.mark.slow  # A subprocess with two logical CPUs: about 7 s.
 def test_statistics_are_all_reduced_over_replicas():
   # Two replicas see batches {1, 3} and {5, 7}. Synchronized, both use the
   # global mean 4 and variance 5; unsynchronized, replica 0 would give -1, 1.
