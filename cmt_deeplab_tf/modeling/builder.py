@@ -21,71 +21,31 @@ from cmt_deeplab_tf.modeling import cmt_deeplab
 from cmt_deeplab_tf.modeling import max_deeplab
 from cmt_deeplab_tf.modeling import rfn
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
-from cmt_deeplab_tf.modeling.decoders import pixel_decoder as pixel_decoder_lib
-from cmt_deeplab_tf.modeling.decoders import transformer_decoder
-from cmt_deeplab_tf.modeling.heads import mask_transformer_heads
-from cmt_deeplab_tf.modeling.heads import semantic_head as semantic_head_lib
 
 CMT_DECODER_BLOCKS = (4, 2, 2)
 _TINY_BACKBONE_WIDTH = 0.125
 _TINY_HEAD_WIDTH = 0.25
 
 
-def build_cmt_deeplab(backbone, num_classes, num_clusters, decoder_blocks,
-                      width_multiplier=1.0, learn_initial_centers=True,
-                      name='cmt_deeplab'):
-  """A CMT-DeepLab network: a CMT layer after every pixel-decoder block.
-
-  Args:
-    backbone: An `AxialResNet` (endpoints RES2, RES3, RES5).
-    num_classes: Number of classes C.
-    num_clusters: Number of cluster centers N.
-    decoder_blocks: Pixel-decoder blocks at strides 16, 8, 4.
-    width_multiplier: Scales decoder, transformer and head widths (tiny).
-    learn_initial_centers: False for RFN's second network.
-    name: The model name.
-
-  Returns:
-    A `CMTDeepLab` model.
-  """
-  def width(channels):
-    return int(round(channels * width_multiplier))
-  decoder = pixel_decoder_lib.PixelDecoder(
-      num_blocks=decoder_blocks, width_multiplier=width_multiplier)
-  transformer = transformer_decoder.TransformerDecoder(
-      transformer_decoder.all_block_locations(transformer_decoder.DECODER,
-                                              decoder_blocks),
-      num_clusters=num_clusters, center_channels=width(256),
-      filters=width(128), feed_forward_channels=width(2048),
-      learn_initial_centers=learn_initial_centers)
-  heads = mask_transformer_heads.MaskTransformerHeads(
-      num_classes, embedding_channels=width(128), head_channels=width(256),
-      center_feature_channels=width(256))
-  semantic_head = semantic_head_lib.SemanticHead(num_classes,
-                                                 head_channels=width(256))
-  return cmt_deeplab.CMTDeepLab(backbone, decoder, transformer, heads,
-                                semantic_head=semantic_head, name=name)
-
-
 def cmt_deeplab_s(num_classes, num_clusters):
   """CMT-DeepLab-S: Axial-R50 backbone."""
-  return build_cmt_deeplab(axial_resnet.axial_r50(), num_classes, num_clusters,
+  return cmt_deeplab.build_network(axial_resnet.axial_r50(), num_classes, num_clusters,
                            CMT_DECODER_BLOCKS, name='cmt_deeplab_s')
 
 
 def cmt_deeplab_l(num_classes, num_clusters):
   """CMT-DeepLab-L: Axial-R104 backbone."""
-  return build_cmt_deeplab(axial_resnet.axial_r104(), num_classes,
+  return cmt_deeplab.build_network(axial_resnet.axial_r104(), num_classes,
                            num_clusters, CMT_DECODER_BLOCKS,
                            name='cmt_deeplab_l')
 
 
 def cmt_deeplab_l_rfn(num_classes, num_clusters):
   """CMT-DeepLab-L-RFN: two Axial-R104 networks sharing their centers."""
-  first = build_cmt_deeplab(axial_resnet.axial_r104(), num_classes,
+  first = cmt_deeplab.build_network(axial_resnet.axial_r104(), num_classes,
                             num_clusters, CMT_DECODER_BLOCKS,
                             name='first_network')
-  second = build_cmt_deeplab(axial_resnet.axial_r104(), num_classes,
+  second = cmt_deeplab.build_network(axial_resnet.axial_r104(), num_classes,
                              num_clusters, CMT_DECODER_BLOCKS,
                              learn_initial_centers=False,
                              name='second_network')
@@ -97,7 +57,7 @@ def tiny(num_classes, num_clusters):
   backbone = axial_resnet.AxialResNet(
       num_blocks=(1, 1, 1, 1), width_multiplier=_TINY_BACKBONE_WIDTH,
       drop_path_rate=0.0, name='tiny_axial_resnet')
-  return build_cmt_deeplab(backbone, num_classes, num_clusters, (1, 1, 1),
+  return cmt_deeplab.build_network(backbone, num_classes, num_clusters, (1, 1, 1),
                            width_multiplier=_TINY_HEAD_WIDTH, name='tiny')
 
 

@@ -20,9 +20,13 @@ import tf_keras
 
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
+from cmt_deeplab_tf.modeling.decoders import pixel_decoder as pixel_decoder_lib
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
+from cmt_deeplab_tf.modeling.heads import mask_transformer_heads
+from cmt_deeplab_tf.modeling.heads import semantic_head as semantic_head_lib
 from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
 from cmt_deeplab_tf.modeling.layers import reference_mask
+from cmt_deeplab_tf.modeling.layers import resize
 
 
 def run_backbone(backbone, images, training=None, after_block=None,
@@ -159,7 +163,7 @@ class CMTDeepLab(tf_keras.Model):
   def _predict(self, features, state, training):
     """Heads on the final and on every intermediate layer's centers."""
     embeddings = self.heads.embed_pixels(features, training=training)
-    height, width = tf.shape(embeddings)[1], tf.shape(embeddings)[2]
+    height, width = resize.spatial_size(embeddings)
     outputs = self.heads(embeddings, state.centers, training=training)
     outputs[common.PIXEL_EMBEDDINGS] = embeddings
     final_reference = _reference_mask_logits(state.layer_outputs[-1], height,
@@ -179,3 +183,46 @@ class CMTDeepLab(tf_keras.Model):
       outputs[common.SEMANTIC_LOGITS] = self.semantic_head(features,
                                                            training=training)
     return outputs
+
+
+def build_network(backbone, num_classes, num_clusters, decoder_blocks,
+                  transformer_locations=None, dual_path=False,
+                  width_multiplier=1.0, learn_initial_centers=True,
+                  name='cmt_deeplab'):
+  """Assembles a `CMTDeepLab` from a backbone and MaX-DeepLab-S widths.
+
+  Args:
+    backbone: An `AxialResNet` (endpoints RES2, RES3, RES5).
+    num_classes: Number of classes C.
+    num_clusters: Number of cluster centers N.
+    decoder_blocks: Pixel-decoder blocks at strides 16, 8, 4.
+    transformer_locations: Blocks followed by a transformer layer; by default
+      every pixel-decoder block (CMT-DeepLab).
+    dual_path: MaX-DeepLab dual-path layers instead of CMT layers.
+    width_multiplier: Scales decoder, transformer and head widths (256-wide
+      centers, 128 filters, FFN 2048, 128-wide embeddings at 1.0).
+    learn_initial_centers: False for RFN's second network.
+    name: The model name.
+
+  Returns:
+    A `CMTDeepLab` model.
+  """
+  def width(channels):
+    return int(round(channels * width_multiplier))
+  if transformer_locations is None:
+    transformer_locations = transformer_decoder.all_block_locations(
+        transformer_decoder.DECODER, decoder_blocks)
+  decoder = pixel_decoder_lib.PixelDecoder(
+      num_blocks=decoder_blocks, width_multiplier=width_multiplier)
+  transformer = transformer_decoder.TransformerDecoder(
+      transformer_locations, num_clusters=num_clusters,
+      center_channels=width(256), filters=width(128),
+      feed_forward_channels=width(2048), dual_path=dual_path,
+      learn_initial_centers=learn_initial_centers)
+  heads = mask_transformer_heads.MaskTransformerHeads(
+      num_classes, embedding_channels=width(128), head_channels=width(256),
+      center_feature_channels=width(256))
+  semantic_head = semantic_head_lib.SemanticHead(num_classes,
+                                                 head_channels=width(256))
+  return CMTDeepLab(backbone, decoder, transformer, heads,
+                    semantic_head=semantic_head, name=name)

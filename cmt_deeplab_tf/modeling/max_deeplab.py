@@ -12,10 +12,7 @@ The dual-path layers are `ClusteringTransformerLayer`s with every CMT switch off
 """
 from cmt_deeplab_tf.modeling import cmt_deeplab
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
-from cmt_deeplab_tf.modeling.decoders import pixel_decoder
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
-from cmt_deeplab_tf.modeling.heads import mask_transformer_heads
-from cmt_deeplab_tf.modeling.heads import semantic_head
 
 MAX_DECODER_BLOCKS = (1, 1, 1)
 _STAGE5_INDEX = 3  # Position of stage 5 in AxialResNet.stages.
@@ -32,22 +29,32 @@ def max_deeplab_s_locations():
   return backbone + decoder
 
 
-def max_deeplab_s(num_classes, num_clusters):
-  """Builds MaX-DeepLab-S.
+def build_max_deeplab(backbone, num_classes, num_clusters,
+                      width_multiplier=1.0, name='max_deeplab_s'):
+  """Builds a MaX-DeepLab network on an `AxialResNet` with 3 stage-5 blocks.
 
   Args:
+    backbone: An `AxialResNet` whose stage 5 has 3 blocks.
     num_classes: Number of classes C.
     num_clusters: Number of mask slots N (MaX-DeepLab: 128).
+    width_multiplier: Scales decoder, transformer and head widths.
+    name: The model name.
 
   Returns:
     A `CMTDeepLab` model with MaX-DeepLab-S's architecture.
+
+  Raises:
+    ValueError: If the backbone's stage 5 does not have 3 blocks.
   """
-  return cmt_deeplab.CMTDeepLab(
-      axial_resnet.axial_r50(),
-      pixel_decoder.PixelDecoder(num_blocks=MAX_DECODER_BLOCKS),
-      transformer_decoder.TransformerDecoder(
-          max_deeplab_s_locations(), num_clusters=num_clusters,
-          dual_path=True),
-      mask_transformer_heads.MaskTransformerHeads(num_classes),
-      semantic_head=semantic_head.SemanticHead(num_classes),
-      name='max_deeplab_s')
+  if len(backbone.stages[_STAGE5_INDEX]) != _STAGE5_BLOCKS:
+    raise ValueError(f'MaX-DeepLab-S needs {_STAGE5_BLOCKS} stage-5 blocks, '
+                     f'got {len(backbone.stages[_STAGE5_INDEX])}.')
+  return cmt_deeplab.build_network(
+      backbone, num_classes, num_clusters, MAX_DECODER_BLOCKS,
+      transformer_locations=max_deeplab_s_locations(), dual_path=True,
+      width_multiplier=width_multiplier, name=name)
+
+
+def max_deeplab_s(num_classes, num_clusters):
+  """MaX-DeepLab-S: Axial-R50 pixel path with dual-path layers."""
+  return build_max_deeplab(axial_resnet.axial_r50(), num_classes, num_clusters)

@@ -52,7 +52,7 @@ class ResizedFuse(tf_keras.layers.Layer):
 
   def call(self, inputs, training=None):
     """Fuses [coarse, skip] into [B, skip_h, skip_w, channels]."""
-    height, width = tf.shape(inputs[-1])[1], tf.shape(inputs[-1])[2]
+    height, width = resize.spatial_size(inputs[-1])
     fused = []
     for features, projection in zip(inputs, self._projections):
       if projection is not None:

@@ -248,7 +248,7 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
       ASSIGNMENT_LOGITS [B, H, W, N], REFERENCE_PARAMETERS [B, N, 5],
       CLUSTERING_MAP and ATTENTION_MAP [B, H, W, N].
     """
-    height, width = tf.shape(pixels)[1], tf.shape(pixels)[2]
+    height, width = resize.spatial_size(pixels)
     pixel_inputs = pixels
     if self._use_coordinates:
       pixel_inputs = reference_mask_lib.add_coordinate_features(pixels)

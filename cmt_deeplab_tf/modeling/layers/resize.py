@@ -7,6 +7,15 @@ align-corners resizing (DeepLab2 `resize_bilinear(align_corners=True)`).
 import tensorflow as tf
 
 
+def spatial_size(features):
+  """(height, width) of [B, H, W, C]: Python ints when static (XLA needs
+  compile-time resize sizes), scalar tensors otherwise."""
+  dynamic = tf.shape(features)
+  height, width = features.shape[1], features.shape[2]
+  return (dynamic[1] if height is None else height,
+          dynamic[2] if width is None else width)
+
+
 def resize_align_corners(features, height, width):
   """Resizes [B, h, w, C] to [B, height, width, C] (bilinear, align corners).
 

@@ -1,0 +1,154 @@
+"""Tests of the CMT-DeepLab model on a tiny configuration."""
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from cmt_deeplab_tf import common
+from cmt_deeplab_tf.modeling import cmt_deeplab
+from cmt_deeplab_tf.modeling.backbones import axial_resnet
+from tests.modeling import cmt_test_utils
+
+NUM_CLASSES = 3
+NUM_CLUSTERS = 4
+
+
+@pytest.fixture(scope='module')
+def model():
+  tf_keras.utils.set_random_seed(0)
+  network = cmt_test_utils.tiny_network(NUM_CLASSES, NUM_CLUSTERS)
+  network(tf.zeros([1, 33, 33, 3]))
+  cmt_test_utils.activate_residual_branches(network)
+  return network
+
+
+def _images(height, width, batch=2, seed=0):
+  return tf.random.stateless_uniform([batch, height, width, 3], [seed, 1],
+                                     -1.0, 1.0)
+
+
+@pytest.mark.parametrize('height,width', [(65, 97), (50, 31)])
+def test_output_shapes_at_odd_sizes(model, height, width):
+  outputs = model(_images(height, width), training=True)
+  h, w = -(-height // 4), -(-width // 4)
+  assert outputs[common.CLASS_LOGITS].shape == (2, NUM_CLUSTERS,
+                                                NUM_CLASSES + 1)
+  assert outputs[common.MASK_LOGITS].shape == (2, h, w, NUM_CLUSTERS)
+  assert outputs[common.REFERENCE_MASK_LOGITS].shape == (2, h, w,
+                                                         NUM_CLUSTERS)
+  assert outputs[common.SEMANTIC_LOGITS].shape == (2, h, w, NUM_CLASSES)
+  embeddings = outputs[common.PIXEL_EMBEDDINGS].numpy()
+  np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0,
+                             rtol=1e-4)
+  # One CMT layer per decoder block (3); all but the last are deep-supervised.
+  assert len(outputs[common.AUX_OUTPUTS]) == 2
+  for aux in outputs[common.AUX_OUTPUTS]:
+    assert aux[common.MASK_LOGITS].shape == (2, h, w, NUM_CLUSTERS)
+    assert aux[common.REFERENCE_MASK_LOGITS].shape == (2, h, w, NUM_CLUSTERS)
+    assert aux[common.CLASS_LOGITS].shape == (2, NUM_CLUSTERS,
+                                              NUM_CLASSES + 1)
+
+
+def test_semantic_head_runs_only_in_training(model):
+  outputs = model(_images(33, 33), training=False)
+  assert common.SEMANTIC_LOGITS not in outputs
+  assert common.CLUSTERING_MAPS not in outputs
+
+
+def test_visualization_adds_maps_without_changing_outputs(model):
+  images = _images(49, 41)
+  plain = model(images, training=False)
+  with_maps = model(images, training=False, return_visualization=True)
+  np.testing.assert_allclose(with_maps[common.MASK_LOGITS],
+                             plain[common.MASK_LOGITS], atol=1e-5)
+  strides = (16, 8, 4)
+  for key, normalized_axis in ((common.CLUSTERING_MAPS, -1),
+                               (common.ATTENTION_MAPS, (1, 2))):
+    maps = with_maps[key]
+    assert [m.shape[1:3] for m in maps] == [
+        (-(-49 // s), -(-41 // s)) for s in strides]
+    if key == common.CLUSTERING_MAPS:
+      # Clustering: every pixel distributes a unit mass over the clusters.
+      for m in maps:
+        np.testing.assert_allclose(tf.reduce_sum(m, normalized_axis), 1.0,
+                                   rtol=1e-4)
+    else:
+      # Cross-attention shares its softmax with center self-attention, so a
+      # center's mass over the pixels is in (0, 1).
+      for m in maps:
+        mass = tf.reduce_sum(m, normalized_axis).numpy()
+        assert np.all(mass > 0.0) and np.all(mass < 1.0)
+
+
+def test_every_trainable_variable_gets_a_gradient(model):
+  with tf.GradientTape() as tape:
+    outputs = model(_images(33, 33), training=True)
+    loss = cmt_test_utils.sum_of_outputs(outputs)
+  gradients = tape.gradient(loss, model.trainable_variables)
+  missing = [v.name for v, g in zip(model.trainable_variables, gradients)
+             if g is None]
+  assert not missing
+  zero = [v.name for v, g in zip(model.trainable_variables, gradients)
+          if not np.any(tf.convert_to_tensor(g).numpy())]
+  assert not zero
+
+
+def test_checkpoint_round_trip():
+  tf_keras.utils.set_random_seed(1)
+  source = cmt_test_utils.tiny_network(NUM_CLASSES, NUM_CLUSTERS)
+  images = _images(33, 33)
+  source(images)
+  cmt_test_utils.activate_residual_branches(source)
+  expected = source(images, training=False)[common.MASK_LOGITS]
+  target = cmt_test_utils.tiny_network(NUM_CLASSES, NUM_CLUSTERS)
+  target(images)
+  with tempfile.TemporaryDirectory() as directory:
+    path = tf.train.Checkpoint(model=source).save(
+        os.path.join(directory, 'ckpt'))
+    tf.train.Checkpoint(model=target).restore(path).assert_consumed()
+  np.testing.assert_allclose(
+      target(images, training=False)[common.MASK_LOGITS], expected, atol=1e-5)
+
+
+def test_xla_matches_eager(model):
+  images = _images(33, 49)
+  compiled = tf.function(lambda x: model(x, training=False),
+                         jit_compile=True)
+  eager = model(images, training=False)
+  xla = compiled(images)
+  for key in (common.MASK_LOGITS, common.CLASS_LOGITS,
+              common.REFERENCE_MASK_LOGITS):
+    np.testing.assert_allclose(xla[key], eager[key], atol=2e-3, rtol=2e-3)
+
+
+def test_mixed_bfloat16_outputs_float32():
+  tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  try:
+    network = cmt_test_utils.tiny_network(NUM_CLASSES, NUM_CLUSTERS)
+    outputs = network(_images(33, 33), training=True)
+  finally:
+    tf_keras.mixed_precision.set_global_policy('float32')
+  for key in (common.CLASS_LOGITS, common.MASK_LOGITS,
+              common.PIXEL_EMBEDDINGS, common.REFERENCE_MASK_LOGITS,
+              common.SEMANTIC_LOGITS):
+    assert outputs[key].dtype == tf.float32
+    assert np.all(np.isfinite(outputs[key].numpy()))
+
+
+def test_run_backbone_matches_backbone_call_and_averages_fusion(model):
+  images = _images(33, 33)
+  backbone = model.backbone
+  expected = backbone(images, training=False)
+  fusion = tf.random.stateless_normal(expected[axial_resnet.RES2].shape,
+                                      [3, 4])
+  fused = cmt_deeplab.run_backbone(backbone, images, training=False,
+                                   res2_fusion=fusion)
+  np.testing.assert_allclose(fused[axial_resnet.RES2],
+                             (expected[axial_resnet.RES2] + fusion) / 2,
+                             atol=1e-5)
+  plain = cmt_deeplab.run_backbone(backbone, images, training=False)
+  np.testing.assert_allclose(plain[axial_resnet.RES5],
+                             expected[axial_resnet.RES5], atol=1e-5)
