@@ -33,16 +33,28 @@ def _softmax(x):
   return e / e.sum()
 
 
+ALL_TERMS = dict(use_content_similarity=True, use_query_rpe_similarity=True,
+                 use_key_rpe_similarity=True, retrieve_value_content=True,
+                 retrieve_value_rpe=True)
+
+
 def _reference_width_attention(layer, x, num_heads, key_depth, value_depth,
-                               max_span):
+                               max_span, terms):
   """Eq. (4) of Axial-DeepLab along the width, one (row, head, o) at a time."""
   weights = {w.name.split('/')[-1].split(':')[0]: w.numpy()
              for w in layer.trainable_weights}
   qkv = _np_norm(layer._qkv_norm, x @ weights['qkv_kernel'], -1)
   q, k, v = np.split(qkv, [key_depth, 2 * key_depth], axis=-1)
   dk, dv = key_depth // num_heads, value_depth // num_heads
-  sim_c, sim_q, sim_k = layer._similarity_norms
-  out_c_norm, out_r_norm = layer._output_norms
+  # The layer holds one norm per term it uses, in this order.
+  similarity_norms = iter(layer._similarity_norms)
+  sim_c, sim_q, sim_k = (
+      next(similarity_norms) if terms[name] else None
+      for name in ('use_content_similarity', 'use_query_rpe_similarity',
+                   'use_key_rpe_similarity'))
+  output_norms = iter(layer._output_norms)
+  out_c, out_r = (next(output_norms) if terms[name] else None
+                  for name in ('retrieve_value_content', 'retrieve_value_rpe'))
 
   def head_norm(norm, value, head):
     gamma, beta, mean, variance = (w[head] for w in norm.get_weights())
@@ -60,39 +72,65 @@ def _reference_width_attention(layer, x, num_heads, key_depth, value_depth,
         for o in range(width):
           index = [min(max(p - o, 1 - max_span), max_span - 1) + max_span - 1
                    for p in range(width)]
-          logits = np.array([
-              head_norm(sim_c, qh[o] @ kh[p], head) +
-              head_norm(sim_q, qh[o] @ weights['query_rpe'][index[p]], head) +
-              head_norm(sim_k, kh[p] @ weights['key_rpe'][index[p]], head)
-              for p in range(width)])
+          logits = np.zeros(width)
+          for p in range(width):
+            if sim_c:
+              logits[p] += head_norm(sim_c, qh[o] @ kh[p], head)
+            if sim_q:
+              logits[p] += head_norm(
+                  sim_q, qh[o] @ weights['query_rpe'][index[p]], head)
+            if sim_k:
+              logits[p] += head_norm(
+                  sim_k, kh[p] @ weights['key_rpe'][index[p]], head)
           attention = _softmax(logits)
           channels = slice(head * dv, (head + 1) * dv)
           content[b, row, o, channels] = attention @ vh
-          positional[b, row, o, channels] = (
-              attention @ weights['value_rpe'][index])
-  return (_np_norm(out_c_norm, content, -1) +
-          _np_norm(out_r_norm, positional, -1))
+          if out_r:
+            positional[b, row, o, channels] = (
+                attention @ weights['value_rpe'][index])
+  output = 0.0
+  if out_c:
+    output += _np_norm(out_c, content, -1)
+  if out_r:
+    output += _np_norm(out_r, positional, -1)
+  return output
 
 
-@pytest.mark.parametrize('axis', [axial_attention.WIDTH, axial_attention.HEIGHT])
-@pytest.mark.parametrize('max_span', [255, 2])
-def test_matches_numpy_reference(axis, max_span):
+def _check_against_reference(axis, max_span, terms):
   rng = np.random.default_rng(0)
   num_heads, key_depth, value_depth = 2, 4, 6
   layer = axial_attention.AxialAttention(
-      axis, key_depth, value_depth, num_heads=num_heads, max_span=max_span)
+      axis, key_depth, value_depth, num_heads=num_heads, max_span=max_span,
+      **terms)
   x = rng.normal(size=[2, 3, 5, 7]).astype(np.float32)
   layer(x)
   _randomize_norms(layer, rng)
   got = layer(x, training=False).numpy()
   if axis == axial_attention.WIDTH:
     want = _reference_width_attention(layer, x, num_heads, key_depth,
-                                      value_depth, max_span)
+                                      value_depth, max_span, terms)
   else:
     want = _reference_width_attention(
         layer, x.transpose(0, 2, 1, 3), num_heads, key_depth, value_depth,
-        max_span).transpose(0, 2, 1, 3)
+        max_span, terms).transpose(0, 2, 1, 3)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('axis', [axial_attention.WIDTH, axial_attention.HEIGHT])
+@pytest.mark.parametrize('max_span', [255, 2])
+def test_matches_numpy_reference(axis, max_span):
+  _check_against_reference(axis, max_span, ALL_TERMS)
+
+
+@pytest.mark.parametrize('switched_off', [
+    ('use_query_rpe_similarity', 'use_key_rpe_similarity',
+     'retrieve_value_rpe'),  # Plain content attention.
+    ('use_content_similarity',),
+    ('retrieve_value_content',),
+])
+def test_switches_match_numpy_reference(switched_off):
+  terms = {**ALL_TERMS, **{name: False for name in switched_off}}
+  _check_against_reference(axial_attention.WIDTH, 3, terms)
 
 
 def test_relative_distance_indices_by_hand():

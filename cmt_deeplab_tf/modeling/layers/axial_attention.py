@@ -128,17 +128,21 @@ class AxialAttention(tf_keras.layers.Layer):
     self._rpe_initializer_stddev = rpe_initializer_stddev
 
     self._qkv_norm = normalization.get_norm_layer(name='batch_norm_qkv')
+    similarity_terms = [
+        term for term, used in (('content', use_content_similarity),
+                                ('query_rpe', use_query_rpe_similarity),
+                                ('key_rpe', use_key_rpe_similarity)) if used]
     # Logits and softmax stay in float32 under mixed precision.
-    num_similarities = sum([use_content_similarity, use_query_rpe_similarity,
-                            use_key_rpe_similarity])
     self._similarity_norms = [
         normalization.get_norm_layer(
-            name=f'batch_norm_similarity{i}', axis=2, dtype='float32')
-        for i in range(num_similarities)]
-    num_retrieved = sum([retrieve_value_content, retrieve_value_rpe])
+            name=f'batch_norm_{term}_similarity', axis=2, dtype='float32')
+        for term in similarity_terms]
+    retrieved_terms = [
+        term for term, used in (('content', retrieve_value_content),
+                                ('rpe', retrieve_value_rpe)) if used]
     self._output_norms = [
-        normalization.get_norm_layer(name=f'batch_norm_output{i}')
-        for i in range(num_retrieved)]
+        normalization.get_norm_layer(name=f'batch_norm_retrieved_{term}')
+        for term in retrieved_terms]
 
   def build(self, input_shape):
     channels = input_shape[-1]
