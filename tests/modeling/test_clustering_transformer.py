@@ -1,0 +1,205 @@
+"""Tests of the CMT layer: shapes, every switch, and the MaX dual-path limit."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
+from tests.modeling import cmt_test_utils
+
+BN_SCALE = 1.0 / np.sqrt(1.0 + 1e-3)  # A fresh BN at inference, before gamma.
+SMALL = dict(filters=8, center_channels=12, num_heads=2,
+             feed_forward_channels=16)
+NUM_CENTERS = 5
+
+
+def _inputs(height=7, width=9, channels=10, seed=0):
+  rng = np.random.default_rng(seed)
+  pixels = np.maximum(rng.standard_normal([2, height, width, channels]), 0.0)
+  centers = rng.standard_normal([2, NUM_CENTERS, SMALL['center_channels']])
+  return tf.constant(pixels, tf.float32), tf.constant(centers, tf.float32)
+
+
+def _layer(**switches):
+  """A built layer whose residual branches are active (gamma = 1)."""
+  tf_keras.utils.set_random_seed(0)
+  layer = ct.ClusteringTransformerLayer(**{**SMALL, **switches}, name='cmt')
+  pixels, centers = _inputs()
+  layer(pixels, centers)
+  cmt_test_utils.activate_residual_branches(layer)
+  return layer
+
+
+def _copy_shared_weights(source, target):
+  """Copies every variable of `source` that `target` also has (by name)."""
+  values = {v.name: v for v in source.weights}
+  copied = 0
+  for variable in target.weights:
+    if variable.name in values and variable.shape == values[variable.name].shape:
+      variable.assign(values[variable.name])
+      copied += 1
+  return copied
+
+
+def test_output_shapes_with_a_coarser_previous_assignment():
+  layer = _layer()
+  pixels, centers = _inputs(height=13, width=17)
+  previous = tf.random.normal([2, 4, 5, NUM_CENTERS])
+  outputs = layer(pixels, centers, previous, training=True, return_maps=True)
+  assert outputs[ct.PIXELS].shape == pixels.shape
+  assert outputs[ct.CENTERS].shape == centers.shape
+  for key in (ct.ASSIGNMENT_LOGITS, ct.CLUSTERING_MAP, ct.ATTENTION_MAP):
+    assert outputs[key].shape == (2, 13, 17, NUM_CENTERS)
+  assert outputs[ct.REFERENCE_PARAMETERS].shape == (2, NUM_CENTERS, 5)
+  np.testing.assert_allclose(tf.reduce_sum(outputs[ct.CLUSTERING_MAP], -1),
+                             1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize('switch,value', [
+    ('use_clustering_update', False),
+    ('use_cross_attention_update', False),
+    ('use_center_self_attention', False),
+    ('use_assignment_residual', False),
+    ('update_pixels', False),
+    ('pixel_update_from_assignment', False),
+    ('reference_mask', None),
+    ('use_coordinate_features', False),
+    ('feed_forward_channels', 0),
+])
+def test_each_switch_changes_the_computation(switch, value):
+  """Same weights where shared, one switch flipped: outputs must differ."""
+  default = _layer()
+  flipped = _layer(**{switch: value})
+  assert _copy_shared_weights(default, flipped) > 0
+  pixels, centers = _inputs(seed=1)
+  previous = tf.random.stateless_normal([2, 4, 5, NUM_CENTERS], [1, 2])
+  a = default(pixels, centers, previous, training=False)
+  b = flipped(pixels, centers, previous, training=False)
+  difference = max(
+      np.abs(a[ct.CENTERS] - b[ct.CENTERS]).max(),
+      np.abs(a[ct.PIXELS] - b[ct.PIXELS]).max())
+  assert difference > 1e-4
+
+
+def test_without_location_switches_the_layer_is_pixel_permutation_equivariant():
+  """Coordinates and reference masks are what make clustering location-aware."""
+  pixels, centers = _inputs(seed=2)
+  permutation = np.random.default_rng(0).permutation(7 * 9)
+
+  def permute(x):
+    flat = tf.reshape(x, [2, 7 * 9, -1])
+    return tf.reshape(tf.gather(flat, permutation, axis=1), x.shape)
+
+  def run(layer):
+    return (layer(pixels, centers, training=False),
+            layer(permute(pixels), centers, training=False))
+
+  plain, shuffled = run(_layer(reference_mask=None,
+                               use_coordinate_features=False))
+  np.testing.assert_allclose(shuffled[ct.CENTERS], plain[ct.CENTERS],
+                             atol=1e-4)
+  np.testing.assert_allclose(shuffled[ct.PIXELS], permute(plain[ct.PIXELS]),
+                             atol=1e-4)
+  for location_aware in (_layer(reference_mask=None),
+                         _layer(use_coordinate_features=False)):
+    plain, shuffled = run(location_aware)
+    assert np.abs(shuffled[ct.CENTERS] - plain[ct.CENTERS]).max() > 1e-3
+
+
+def test_update_pixels_off_passes_pixels_through():
+  layer = _layer(update_pixels=False)
+  pixels, centers = _inputs()
+  np.testing.assert_array_equal(layer(pixels, centers)[ct.PIXELS], pixels)
+
+
+def test_assignment_residual_reads_the_previous_assignment():
+  pixels, centers = _inputs()
+  previous = tf.random.stateless_normal([2, 7, 9, NUM_CENTERS], [3, 4])
+  for use_residual in (True, False):
+    layer = _layer(use_assignment_residual=use_residual)
+    with_previous = layer(pixels, centers, previous)[ct.CENTERS]
+    without = layer(pixels, centers, None)[ct.CENTERS]
+    changed = np.abs(with_previous - without).max() > 1e-4
+    assert changed == use_residual
+
+
+def test_cross_attention_alone_normalises_over_pixels():
+  layer = _layer(use_center_self_attention=False)
+  pixels, centers = _inputs()
+  maps = layer(pixels, centers, return_maps=True)
+  np.testing.assert_allclose(tf.reduce_sum(maps[ct.ATTENTION_MAP], [1, 2]),
+                             1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(use_clustering_update=False, use_cross_attention_update=False,
+         use_center_self_attention=False),
+    dict(reference_mask='box'),
+    dict(filters=10, num_heads=4),
+])
+def test_bad_arguments_raise(kwargs):
+  with pytest.raises(ValueError):
+    ct.ClusteringTransformerLayer(**kwargs)
+
+
+def _bn(layer_norm, x):
+  return x * BN_SCALE * layer_norm.gamma.numpy() + layer_norm.beta.numpy()
+
+
+def _linear_bn(projection, x, relu=False):
+  y = _bn(projection._norm, x @ projection._dense.kernel.numpy())
+  return np.maximum(y, 0.0) if relu else y
+
+
+def _max_attention(attention_layer, query, key, value, num_heads):
+  """DeepLab2 AttentionOperation: BN(logits) per head, softmax, BN(values), ReLU."""
+  norm = attention_layer._logit_norm
+  gamma, beta = norm.gamma.numpy(), norm.beta.numpy()
+  batch, num_queries, depth = query.shape
+  head_key, head_value = depth // num_heads, value.shape[-1] // num_heads
+  output = np.zeros([batch, num_queries, value.shape[-1]])
+  for h in range(num_heads):
+    q = query[..., h * head_key:(h + 1) * head_key]
+    k = key[..., h * head_key:(h + 1) * head_key]
+    logits = np.einsum('bqd,bkd->bqk', q, k) * BN_SCALE * gamma[h] + beta[h]
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    output[..., h * head_value:(h + 1) * head_value] = np.einsum(
+        'bqk,bkd->bqd', weights, value[..., h * head_value:(h + 1) * head_value])
+  return np.maximum(_bn(attention_layer._value_norm, output), 0.0)
+
+
+def test_dual_path_switches_compute_max_deeplab_dual_path_layer():
+  """NumPy re-derivation of DeepLab2's DualPathTransformerLayer (inference)."""
+  layer = _layer(**ct.DUAL_PATH_SWITCHES)
+  pixels, centers = _inputs(seed=3)
+  outputs = layer(pixels, centers, training=False)
+  heads = SMALL['num_heads']
+  p = pixels.numpy().reshape([2, 63, -1])
+  m = centers.numpy()
+  pixel_hidden = _linear_bn(layer._pixel_in, p, relu=True)
+  center_hidden = _linear_bn(layer._center_in, m, relu=True)
+  center_query = _linear_bn(layer._center_query, center_hidden)
+  center_key = _linear_bn(layer._center_key, center_hidden)
+  center_value = _linear_bn(layer._center_value, center_hidden)
+  pixel_key = _linear_bn(layer._pixel_key, pixel_hidden)
+  pixel_value = _linear_bn(layer._pixel_value, pixel_hidden)
+  pixel_query = _linear_bn(layer._pixel_query, pixel_hidden)
+  # Memory -> [pixel; memory] attention with ONE softmax (MaX-DeepLab).
+  retrieved = _max_attention(
+      layer._center_attention, center_query,
+      np.concatenate([pixel_key, center_key], 1),
+      np.concatenate([pixel_value, center_value], 1), heads)
+  new_centers = np.maximum(
+      m + _linear_bn(layer._center_attention_out, retrieved), 0.0)
+  hidden = _linear_bn(layer._ffn[0], new_centers, relu=True)
+  new_centers = np.maximum(new_centers + _linear_bn(layer._ffn[1], hidden),
+                           0.0)
+  # Pixel -> memory attention from the input memory.
+  retrieved = _max_attention(layer._pixel_attention, pixel_query, center_key,
+                             center_value, heads)
+  new_pixels = np.maximum(p + _linear_bn(layer._pixel_out, retrieved), 0.0)
+  np.testing.assert_allclose(outputs[ct.CENTERS], new_centers, atol=1e-4)
+  np.testing.assert_allclose(outputs[ct.PIXELS],
+                             new_pixels.reshape(pixels.shape), atol=1e-4)
+  assert ct.ASSIGNMENT_LOGITS not in outputs
