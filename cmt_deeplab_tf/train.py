@@ -1,0 +1,56 @@
+r"""Trains and evaluates CMT-DeepLab / MaX-DeepLab models.
+
+  python -m cmt_deeplab_tf.train --mode=train_and_eval --model_dir=runs/cmt_s \
+      --gin_file=gin_configs/coco/cmt_deeplab_s.gin \
+      --gin_param="ClusteringTransformerLayer.update_pixels=False" \
+      --strategy=mirrored --num_gpus=8
+
+Strategies: one_device (CPU or one GPU), mirrored (GPUs of one machine),
+multi_worker_mirrored (several machines; set TF_CONFIG on each), tpu (--tpu=NAME).
+"""
+from absl import app
+from absl import flags
+from absl import logging
+
+from cmt_deeplab_tf.training import train_lib
+from official.common import distribute_utils
+
+STRATEGIES = ('one_device', 'mirrored', 'multi_worker_mirrored', 'tpu')
+
+
+def _define_flags():
+  flags.DEFINE_multi_string('gin_file', [], 'Gin config files, applied in order.')
+  flags.DEFINE_multi_string('gin_param', [], 'Gin bindings, applied after the files.')
+  flags.DEFINE_string('model_dir', None, 'Checkpoints, summaries and results.')
+  flags.DEFINE_enum('mode', 'train_and_eval', train_lib.MODES, 'What to run.')
+  flags.DEFINE_enum('strategy', 'one_device', STRATEGIES, 'Distribution strategy.')
+  flags.DEFINE_string('tpu', None, 'TPU name or address (with --strategy=tpu).')
+  flags.DEFINE_integer('num_gpus', 0, 'GPUs to use (one_device / mirrored).')
+
+
+def make_strategy(name: str, num_gpus: int = 0, tpu: str = None):
+  """A `tf.distribute` strategy from its flag value, via Model Garden."""
+  if name == 'tpu' and not tpu:
+    raise ValueError('--strategy=tpu needs --tpu.')
+  return distribute_utils.get_distribution_strategy(
+      distribution_strategy=name, num_gpus=num_gpus, tpu_address=tpu)
+
+
+def main(argv):
+  del argv
+  FLAGS = flags.FLAGS
+  train_lib.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+  strategy = make_strategy(FLAGS.strategy, FLAGS.num_gpus, FLAGS.tpu)
+  logging.info('Strategy %s with %d replicas.', type(strategy).__name__,
+               strategy.num_replicas_in_sync)
+  train_lib.run(FLAGS.mode, FLAGS.model_dir, strategy)
+
+
+def run():
+  _define_flags()
+  flags.mark_flag_as_required('model_dir')
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

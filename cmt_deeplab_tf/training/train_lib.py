@@ -1,0 +1,232 @@
+"""Runs an experiment: builds everything from gin and drives an `orbit.Controller`.
+
+Modes: `train`, `eval` (the latest checkpoint), `train_and_eval` (evaluate every
+`eval_interval` steps) and `continuous_eval` (evaluate each new checkpoint until
+training is done). Checkpoints, summaries, the operative gin config and one
+`eval/results-<step>.json` per evaluated checkpoint go into the model dir.
+"""
+import dataclasses
+import json
+import os
+from typing import Dict, Optional, Sequence, Tuple
+
+from absl import logging
+import gin
+import numpy as np
+import orbit
+import tensorflow as tf
+import tf_keras
+
+from cmt_deeplab_tf import common
+from cmt_deeplab_tf.analysis import colors
+from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
+from cmt_deeplab_tf.data import pipeline
+from cmt_deeplab_tf.evaluation import panoptic_evaluator
+from cmt_deeplab_tf.losses import panoptic_loss
+from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.ops import post_processing
+from cmt_deeplab_tf.training import optimization
+from cmt_deeplab_tf.training import trainer as trainer_lib
+
+MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
+CONFIG_FILE = 'operative_config.gin'
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """The data, schedule and bookkeeping of a run (the model is `build_model`'s)."""
+  dataset_name: str = 'coco'
+  train_file_pattern: Optional[str] = None
+  eval_file_pattern: Optional[str] = None
+  train_batch_size: int = 64
+  eval_batch_size: int = 1
+  train_crop_size: Tuple[int, int] = (1025, 1025)
+  eval_crop_size: Tuple[int, int] = (641, 641)
+  max_num_masks: int = 128
+  train_steps: int = 100_000
+  steps_per_loop: int = 100
+  summary_interval: int = 100
+  checkpoint_interval: int = 1000
+  max_checkpoints: int = 5
+  eval_interval: int = 5000
+  eval_steps: int = -1
+  continuous_eval_timeout: int = 3600
+  jit_compile: bool = False
+  mixed_precision: Optional[str] = None
+  seed: Optional[int] = None
+
+
+def check_model_dir(model_dir: str) -> None:
+  """Creates the model dir and checks that it is writable."""
+  try:
+    tf.io.gfile.makedirs(model_dir)
+    probe = os.path.join(model_dir, '.write_test')
+    with tf.io.gfile.GFile(probe, 'w') as f:
+      f.write('ok')
+    tf.io.gfile.remove(probe)
+  except (tf.errors.OpError, OSError) as e:
+    raise ValueError(f'--model_dir={model_dir} is not writable: {e}') from e
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.task_type:
+    return True
+  return resolver.task_type == 'chief' or (
+      resolver.task_type == 'worker' and resolver.task_id == 0 and
+      'chief' not in resolver.cluster_spec().as_dict())
+
+
+def _dataset_fn(config: ExperimentConfig, is_training: bool):
+  pattern = config.train_file_pattern if is_training else config.eval_file_pattern
+  flag = 'train_file_pattern' if is_training else 'eval_file_pattern'
+  if not pattern:
+    raise ValueError(f'ExperimentConfig.{flag} is not set.')
+  pipeline.list_shards(pattern)  # Fails early, naming the pattern.
+
+  def dataset_fn(input_context=None):
+    return pipeline.panoptic_dataset(
+        file_pattern=pattern, dataset_name=config.dataset_name, is_training=is_training,
+        batch_size=config.train_batch_size if is_training else config.eval_batch_size,
+        crop_size=config.train_crop_size if is_training else config.eval_crop_size,
+        max_num_masks=config.max_num_masks, seed=config.seed, input_context=input_context)
+  return dataset_fn
+
+
+def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy,
+                  mode: str) -> trainer_lib.PanopticTrainer:
+  """Builds model, loss, optimizers, post-processing and data inside the strategy."""
+  info = dataset_info_lib.get_dataset_info(config.dataset_name)
+  trains, evaluates = mode in ('train', 'train_and_eval'), mode != 'train'
+  with strategy.scope():
+    model = builder.build_model(num_classes=info.num_classes)
+    model(tf.zeros([1, 65, 65, 3]), training=False)  # Any size builds the model.
+    return trainer_lib.PanopticTrainer(
+        strategy=strategy, model=model,
+        loss_fn=panoptic_loss.PanopticLoss(num_classes=info.num_classes,
+                                           global_batch_size=config.train_batch_size),
+        optimizer_config=optimization.OptimizerConfig(train_steps=config.train_steps),
+        post_processor=post_processing.PostProcessor(info.is_thing, info.label_divisor),
+        evaluator=panoptic_evaluator.PanopticEvaluator(info),
+        train_dataset_fn=_dataset_fn(config, True) if trains else None,
+        eval_dataset_fn=_dataset_fn(config, False) if evaluates else None,
+        jit_compile=config.jit_compile)
+
+
+def check_checkpoint_matches(checkpoint: tf.train.Checkpoint, path: str) -> None:
+  """Restores `path`, failing clearly if it was written by another architecture."""
+  try:
+    checkpoint.restore(path).assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+    raise ValueError(
+        f'Checkpoint {path} does not match the configured model (was it written by '
+        f'another architecture or class count?): {str(e)[:500]}') from e
+
+
+class EvalRecorder:
+  """Orbit eval action: writes results JSON and prediction images per checkpoint."""
+
+  def __init__(self, trainer: trainer_lib.PanopticTrainer, model_dir: str,
+               info: dataset_info_lib.DatasetInfo, num_images: int = 2):
+    self._trainer = trainer
+    self._dir = os.path.join(model_dir, 'eval')
+    self._info = info
+    self._num_images = num_images
+    tf.io.gfile.makedirs(self._dir)
+    self._writer = tf.summary.create_file_writer(os.path.join(self._dir, 'images'))
+
+  def __call__(self, output: Dict[str, float]) -> None:
+    del output
+    step = int(self._trainer.global_step.numpy())
+    results = self._trainer.last_eval_results
+    path = os.path.join(self._dir, f'results-{step}.json')
+    with tf.io.gfile.GFile(path, 'w') as f:
+      json.dump({'step': step, **_jsonable(results)}, f, indent=1)
+    logging.info('step %d: PQ %.2f SQ %.2f RQ %.2f mIoU %.2f -> %s', step, results['pq'],
+                 results['sq'], results['rq'], results['miou'], path)
+    batch = self._trainer.last_eval_batch
+    if batch is not None:
+      with self._writer.as_default(step=step):
+        for key in (common.PANOPTIC, common.PANOPTIC_PRED):
+          images = np.stack([colors.colorize_panoptic(x, self._info)
+                             for x in batch[key][:self._num_images]])
+          tf.summary.image(key, images, max_outputs=self._num_images)
+
+
+def _jsonable(value):
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple, np.ndarray)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  return value
+
+
+def run(mode: str, model_dir: str, strategy: tf.distribute.Strategy,
+        config: Optional[ExperimentConfig] = None) -> Dict[str, float]:
+  """Runs `mode` and returns the last training or evaluation output."""
+  if mode not in MODES:
+    raise ValueError(f'--mode={mode!r} is not one of {MODES}.')
+  config = config or ExperimentConfig()
+  check_model_dir(model_dir)
+  if config.mixed_precision:
+    tf_keras.mixed_precision.set_global_policy(config.mixed_precision)
+  info = dataset_info_lib.get_dataset_info(config.dataset_name)
+  trainer = build_trainer(config, strategy, mode)
+  chief = _is_chief(strategy)
+  checkpoint = tf.train.Checkpoint(**trainer.checkpoint_items())
+  checkpoint_dir = model_dir if chief else os.path.join(
+      model_dir, f'.worker_{strategy.cluster_resolver.task_id}')
+  manager = tf.train.CheckpointManager(
+      checkpoint, checkpoint_dir, max_to_keep=config.max_checkpoints,
+      step_counter=trainer.global_step, checkpoint_interval=config.checkpoint_interval)
+  if manager.latest_checkpoint:
+    check_checkpoint_matches(checkpoint, manager.latest_checkpoint)
+  elif mode == 'eval':
+    raise ValueError(f'--mode=eval: no checkpoint in --model_dir={model_dir}.')
+  if chief:
+    with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
+      f.write(gin.operative_config_str())
+  controller = orbit.Controller(
+      strategy=strategy, trainer=trainer if mode in ('train', 'train_and_eval') else None,
+      evaluator=trainer if mode != 'train' else None, global_step=trainer.global_step,
+      steps_per_loop=config.steps_per_loop, checkpoint_manager=manager,
+      summary_interval=config.summary_interval if chief else None,
+      summary_dir=os.path.join(model_dir, 'train') if chief else None,
+      eval_summary_dir=os.path.join(model_dir, 'eval') if chief else None,
+      eval_actions=[EvalRecorder(trainer, model_dir, info)] if chief else None)
+  if mode == 'train':
+    controller.train(config.train_steps)
+    return {name: float(m.result()) for name, m in trainer.train_metrics.items()}
+  if mode == 'eval':
+    return controller.evaluate(config.eval_steps)
+  if mode == 'train_and_eval':
+    return controller.train_and_evaluate(config.train_steps, config.eval_steps,
+                                         config.eval_interval)
+  return controller.evaluate_continuously(
+      config.eval_steps, timeout=config.continuous_eval_timeout,
+      timeout_fn=lambda: int(trainer.global_step.numpy()) >= config.train_steps)
+
+
+# gin_configs/ includes its own files by paths relative to the repository root.
+REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
+  """Parses gin files and bindings, naming the flag of any bad one."""
+  gin.add_config_file_search_path(REPOSITORY_ROOT)
+  for path in gin_files:
+    if not tf.io.gfile.exists(path):
+      raise ValueError(f'--gin_file={path} does not exist.')
+  try:
+    gin.parse_config_files_and_bindings(gin_files, None, finalize_config=False)
+  except (ValueError, KeyError, SyntaxError) as e:
+    raise ValueError(f'--gin_file {list(gin_files)}: {e}') from e
+  for param in gin_params:
+    try:
+      gin.parse_config(param)
+    except (ValueError, KeyError, SyntaxError) as e:
+      raise ValueError(f'--gin_param={param!r}: {e}') from e
+  gin.finalize()
