@@ -34,8 +34,8 @@ def _dijkstra_to_free_column(cost, u, v, row4col, cur_row, searching):
   def body(row, min_val, sink, shortest, path, rows_seen, cols_seen):
     active = (sink == -1)[:, tf.newaxis]
     rows_seen |= tf.one_hot(row, num_rows, on_value=True, off_value=False) & active
-    reduced = (min_val[:, tf.newaxis] + tf.gather(cost, row, batch_dims=1) -
-               tf.gather(u, row, batch_dims=1)[:, tf.newaxis] - v)
+    offset = tf.gather(u, row, batch_dims=1) - min_val
+    reduced = tf.gather(cost, row, batch_dims=1) - v - offset[:, tf.newaxis]
     better = active & ~cols_seen & (reduced < shortest)
     path = tf.where(better, row[:, tf.newaxis], path)
     shortest = tf.where(better, reduced, shortest)
@@ -104,8 +104,10 @@ def linear_sum_assignment(cost: tf.Tensor, row_active: tf.Tensor) -> tf.Tensor:
     is_cur = tf.one_hot(cur_row, num_rows, on_value=True, off_value=False)
     shortest_of_row = tf.gather(shortest, tf.maximum(col4row, 0), batch_dims=1)
     min_val_ = min_val[:, tf.newaxis]
-    u += tf.where(is_cur[tf.newaxis, :] & searching[:, tf.newaxis], min_val_, 0.0)
-    u += tf.where(rows_seen & ~is_cur[tf.newaxis, :], min_val_ - shortest_of_row, 0.0)
+    # One update per variable: chained adds inside while loops trip grappler's
+    # AddOpsRewrite (AlreadyExistsError on a temporary variable) in graph mode.
+    u_step = tf.where(is_cur[tf.newaxis, :], min_val_, min_val_ - shortest_of_row)
+    u += tf.where(rows_seen, u_step, 0.0)
     v -= tf.where(cols_seen, min_val_ - shortest, 0.0)
     col4row, row4col = _augment(sink, path, col4row, row4col, cur_row)
     return cur_row + 1, u, v, col4row, row4col

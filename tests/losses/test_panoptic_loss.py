@@ -196,3 +196,4 @@ def test_mirrored_strategy_sum_of_replica_losses_is_global_mean():
   result = subprocess.run([sys.executable, '-c', _MIRRORED_SCRIPT], cwd=repo_root,
                           env=env, capture_output=True, text=True, timeout=300)
   assert 'MIRRORED_OK' in result.stdout, result.stderr[-3000:]
+
