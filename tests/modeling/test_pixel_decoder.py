@@ -1,0 +1,78 @@
+"""Tests of the stride 16 -> 8 -> 4 pixel decoder."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cmt_deeplab_tf.modeling.backbones import axial_resnet
+from cmt_deeplab_tf.modeling.decoders import pixel_decoder
+from cmt_deeplab_tf.modeling.layers import blocks
+
+WIDTH = 0.0625  # Stage widths 128, 32, 16.
+
+
+def _endpoints(height, width):
+  def features(stride, channels):
+    return tf.random.uniform([2, -(-height // stride), -(-width // stride),
+                              channels])
+  return {axial_resnet.RES2: features(4, 16), axial_resnet.RES3: features(8, 32),
+          axial_resnet.RES5: features(16, 128)}
+
+
+@pytest.mark.parametrize('height,width', [(65, 65), (50, 93)])
+def test_outputs_at_strides_16_8_4(height, width):
+  decoder = pixel_decoder.PixelDecoder(num_blocks=(1, 2, 1),
+                                       width_multiplier=WIDTH)
+  outputs = decoder(_endpoints(height, width), training=True)
+  assert [tuple(o.shape) for o in outputs] == [
+      (2, -(-height // s), -(-width // s), c)
+      for s, c in zip((16, 8, 4), decoder.output_channels)]
+  assert decoder.output_channels == (128, 32, 16)
+
+
+def test_block_types_and_counts():
+  decoder = pixel_decoder.PixelDecoder(num_blocks=(2, 1, 3),
+                                       width_multiplier=WIDTH)
+  assert [len(stage) for stage in decoder.stages] == [2, 1, 3]
+  assert all(isinstance(b, blocks.AxialBlock) for b in decoder.stages[0])
+  assert all(isinstance(b, blocks.BottleneckBlock)
+             for stage in decoder.stages[1:] for b in stage)
+
+
+def test_after_block_runs_after_every_block_and_feeds_forward():
+  decoder = pixel_decoder.PixelDecoder(num_blocks=(2, 1, 2),
+                                       width_multiplier=WIDTH)
+  calls = []
+
+  def after_block(stage, block, features):
+    calls.append((stage, block))
+    # Zeroing the output of the very last block must zero the decoder output.
+    return tf.zeros_like(features) if (stage, block) == (2, 1) else features
+
+  outputs = decoder(_endpoints(33, 33), after_block=after_block)
+  assert calls == [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1)]
+  np.testing.assert_array_equal(outputs[-1], 0.0)
+
+
+def test_fuse_projects_only_inputs_of_another_width():
+  fuse = pixel_decoder.ResizedFuse(16)
+  coarse, skip = tf.random.uniform([1, 3, 3, 32]), tf.random.uniform(
+      [1, 5, 5, 16])
+  fused = fuse([coarse, skip], training=False)
+  assert fused.shape == (1, 5, 5, 16)
+  # One 1x1 projection 32 -> 16 plus its BN (gamma, beta); the skip is not
+  # projected.
+  assert sum(int(np.prod(v.shape)) for v in fuse.trainable_variables) == (
+      32 * 16 + 2 * 16)
+  # Align-corners upsampling keeps the corner values of the projection.
+  projected = fuse._projections[0](coarse, training=False)
+  np.testing.assert_allclose(
+      fused[0, 0, 0], np.maximum(projected[0, 0, 0] + skip[0, 0, 0], 0.0),
+      atol=1e-5)
+
+
+@pytest.mark.parametrize('kwargs', [dict(num_blocks=(1, 1)),
+                                    dict(num_blocks=(1, 0, 1)),
+                                    dict(block_types=('axial', 'conv', 'axial'))])
+def test_bad_arguments_raise(kwargs):
+  with pytest.raises(ValueError):
+    pixel_decoder.PixelDecoder(**kwargs)
