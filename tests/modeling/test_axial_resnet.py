@@ -67,6 +67,22 @@ def test_linear_drop_path_schedule():
     axial_resnet.drop_path_rate_at(32, 0.2, 'cosine', 16)
 
 
+def test_gin_configures_factories_and_blocks():
+  gin.parse_config("""
+      axial_r50.output_stride = 32
+      AxialResNet.drop_path_schedule = 'constant'
+      AxialResNet.drop_path_rate = 0.5
+  """)
+  try:
+    model = axial_resnet.axial_r50()
+  finally:
+    gin.clear_config()
+  assert model.output_stride == 32
+  rates = [[block._drop_path.rate for block in stage] for stage in model.stages]
+  # Constant rate from ResNet stride 16 (block 2 of stage 4) on.
+  assert rates == [[0.0] * 3, [0.0] * 4, [0.0] + [0.5] * 5, [0.5] * 3]
+
+
 def test_runs_at_sizes_other_than_the_first(two_heads):
   model = axial_resnet.AxialResNet(**SMALL)
   run = tf.function(lambda x: model(x, training=False),
