@@ -126,6 +126,18 @@ class AxialAttention(tf_keras.layers.Layer):
     self._retrieve_value_content = retrieve_value_content
     self._retrieve_value_rpe = retrieve_value_rpe
     self._rpe_initializer_stddev = rpe_initializer_stddev
+    # Einsum subscripts: b batch, l query and m key positions along the axis,
+    # x the other spatial axis, n heads, d depth per head. Attending in the
+    # input's own layout avoids transposing the feature maps.
+    query = ('bxl' if axis == WIDTH else 'blx') + 'nd'
+    key = query.replace('l', 'm')
+    self._equations = {
+        'content': f'{query},{key}->bxnlm',
+        'query_rpe': f'{query},lmd->bxnlm',
+        'key_rpe': f'{key},lmd->bxnlm',
+        'retrieve_content': f'bxnlm,{key}->{query}',
+        'retrieve_rpe': f'bxnlm,lmd->{query}',
+    }
 
     self._qkv_norm = normalization.get_norm_layer(name='batch_norm_qkv')
     similarity_terms = [
@@ -172,31 +184,33 @@ class AxialAttention(tf_keras.layers.Layer):
         stddev=self._rpe_initializer_stddev)
 
   def _similarity_logits(self, query, key, distance_indices, training):
-    """float32 [b, x, heads, length, length] logits, summed over the terms."""
+    """float32 [b, x, heads, l, m] logits (x: the other axis), summed."""
     query = tf.cast(query, tf.float32)
     key = tf.cast(key, tf.float32)
     terms = []
     if self._use_content_similarity:
-      terms.append(tf.einsum('bxlnd,bxmnd->bxnlm', query, key))
+      terms.append(tf.einsum(self._equations['content'], query, key))
     if self._use_query_rpe_similarity:
       query_rpe = tf.gather(tf.cast(self._query_rpe, tf.float32),
                             distance_indices)
-      terms.append(tf.einsum('bxlnd,lmd->bxnlm', query, query_rpe))
+      terms.append(tf.einsum(self._equations['query_rpe'], query, query_rpe))
     if self._use_key_rpe_similarity:
       key_rpe = tf.gather(tf.cast(self._key_rpe, tf.float32), distance_indices)
-      terms.append(tf.einsum('bxmnd,lmd->bxnlm', key, key_rpe))
+      terms.append(tf.einsum(self._equations['key_rpe'], key, key_rpe))
     return tf.add_n([norm(term, training=training)
                      for norm, term in zip(self._similarity_norms, terms)])
 
   def _retrieve(self, weights, value, distance_indices, training):
-    """[b, x, length, value_depth] output, summed over the retrieved terms."""
+    """[batch, height, width, value_depth] output, summed over the terms."""
     terms = []
     if self._retrieve_value_content:
-      terms.append(tf.einsum('bxnlm,bxmnd->bxlnd', weights, value))
+      terms.append(
+          tf.einsum(self._equations['retrieve_content'], weights, value))
     if self._retrieve_value_rpe:
       value_rpe = tf.gather(tf.cast(self._value_rpe, weights.dtype),
                             distance_indices)
-      terms.append(tf.einsum('bxnlm,lmd->bxlnd', weights, value_rpe))
+      terms.append(
+          tf.einsum(self._equations['retrieve_rpe'], weights, value_rpe))
     return tf.add_n([norm(_merge_heads(term), training=training)
                      for norm, term in zip(self._output_norms, terms)])
 
@@ -210,19 +224,15 @@ class AxialAttention(tf_keras.layers.Layer):
     Returns:
       A [batch, height, width, value_depth] tensor.
     """
-    x = inputs if self._axis == WIDTH else tf.transpose(inputs, [0, 2, 1, 3])
-    qkv = tf.einsum('bxlc,cd->bxld', x, self._qkv_kernel)
+    qkv = tf.einsum('bhwc,cd->bhwd', inputs, self._qkv_kernel)
     qkv = self._qkv_norm(qkv, training=training)
     query, key, value = tf.split(
         qkv, [self._key_depth, self._key_depth, self._value_depth], axis=-1)
     query = _split_heads(query, self._num_heads)
     key = _split_heads(key, self._num_heads)
     value = _split_heads(value, self._num_heads)
-    distance_indices = relative_distance_indices(tf.shape(x)[2],
-                                                 self._max_span)
+    length = tf.shape(inputs)[2 if self._axis == WIDTH else 1]
+    distance_indices = relative_distance_indices(length, self._max_span)
     logits = self._similarity_logits(query, key, distance_indices, training)
     weights = tf.cast(tf.nn.softmax(logits, axis=-1), value.dtype)
-    outputs = self._retrieve(weights, value, distance_indices, training)
-    if self._axis == HEIGHT:
-      outputs = tf.transpose(outputs, [0, 2, 1, 3])
-    return outputs
+    return self._retrieve(weights, value, distance_indices, training)
