@@ -2,9 +2,9 @@
 
 An inception stem (output stride 2) and four stages of residual blocks with base
 widths 64, 128, 256, 512, as DeepLab2's `AxialResNet` (Axial-DeepLab, ECCV 2020;
-MaX-DeepLab, CVPR 2021). The first block of stages 2-4 has stride 2 (it replaces
-the max-pool of ResNet in stage 2); a stage that would pass `output_stride` keeps
-the resolution and dilates its 3x3 convolutions instead. Blocks whose ResNet
+MaX-DeepLab, CVPR 2021). The first block of each stage has stride 2 (in stage 2
+it replaces ResNet's max-pool) until `output_stride` is reached; later stages keep
+the resolution and dilate their 3x3 convolutions instead. Blocks whose ResNet
 stride (the stride they would have in a ResNet with output stride 32) reaches
 `use_axial_beyond_stride` are axial blocks; with the default 16 these are blocks
 2-6 of stage 4 and all of stage 5, as in MaX-DeepLab-S and kMaX-DeepLab.
@@ -28,7 +28,7 @@ RES4 = 'res4'
 RES5 = 'res5'
 ENDPOINTS = (RES2, RES3, RES4, RES5)
 FIRST_STAGE = 2
-_STAGE_BASE_FILTERS = 64
+_STAGE_BASE_FILTERS = 64  # Base width of stage 2; it doubles per stage.
 DROP_PATH_SCHEDULES = ('constant', 'linear')
 
 
