@@ -106,6 +106,19 @@ def test_without_location_switches_the_layer_is_pixel_permutation_equivariant():
     assert np.abs(shuffled[ct.CENTERS] - plain[ct.CENTERS]).max() > 1e-3
 
 
+@pytest.mark.parametrize('switches', [{}, ct.DUAL_PATH_SWITCHES])
+def test_xla_matches_eager(switches):
+  layer = _layer(**switches)
+  pixels, centers = _inputs(seed=4)
+  previous = tf.random.stateless_normal([2, 4, 5, NUM_CENTERS], [5, 6])
+  compiled = tf.function(
+      lambda p, c, a: layer(p, c, a, training=False), jit_compile=True)
+  eager = layer(pixels, centers, previous, training=False)
+  xla = compiled(pixels, centers, previous)
+  for key in (ct.PIXELS, ct.CENTERS):
+    np.testing.assert_allclose(xla[key], eager[key], atol=1e-4, rtol=1e-4)
+
+
 def test_update_pixels_off_passes_pixels_through():
   layer = _layer(update_pixels=False)
   pixels, centers = _inputs()
