@@ -53,13 +53,14 @@ def instance_discrimination_loss(pixel_embeddings: tf.Tensor,
   if sample_k < 0:
     raise ValueError(f'sample_k must be >= 0, got {sample_k}')
   features = loss_targets_lib.flatten_pixels(pixel_embeddings)
-  gt_masks, pixel_valid = targets.gt_masks, targets.pixel_valid
+  mask_index, pixel_valid = targets.mask_index, targets.pixel_valid
   if 0 < sample_k < features.shape[1]:
     indices = _sample_pixels(targets, sample_k, sample_temperature)
     features = tf.gather(features, indices, batch_dims=1)
-    gt_masks = tf.gather(gt_masks, indices, batch_dims=1)
+    mask_index = tf.gather(mask_index, indices, batch_dims=1)
     pixel_valid = tf.gather(pixel_valid, indices, batch_dims=1)
-  same_mask = tf.einsum('bkm,bjm->bkj', gt_masks, gt_masks)
+  same_mask = tf.cast(mask_index[:, :, tf.newaxis] == mask_index[:, tf.newaxis, :],
+                      tf.float32) * pixel_valid[:, tf.newaxis, :]
   target = same_mask / tf.maximum(tf.reduce_sum(same_mask, -1, keepdims=True), 1.0)
   logits = tf.einsum('bkd,bjd->bkj', features, features) / temperature
   logits += (1.0 - pixel_valid[:, tf.newaxis, :]) * _MASKED_LOGIT

@@ -4,9 +4,12 @@ The algorithm is the one of scipy's `linear_sum_assignment` (Crouse, "On
 implementing 2D rectangular assignment algorithms", IEEE TAES 2016, Alg. 1):
 rows are inserted one at a time; each insertion runs a Dijkstra search over the
 reduced costs `cost - u - v` for the cheapest path to a free column, updates the
-dual variables (u, v) and flips the assignments along the path. Every step is a
-vectorised op on [B, m] tensors inside `tf.while_loop`s with static shapes, so a
-whole batch of problems is solved in lockstep, on any device and under XLA.
+dual variables (u, v) and flips the assignments along the path. A parallel row
+reduction first assigns every row whose cheapest column is not claimed by an
+earlier row, so only the conflicting rows need the sequential insertions. Every
+step is a vectorised op on [B, m] tensors inside `tf.while_loop`s with static
+shapes, so a whole batch of problems is solved in lockstep, on any device and
+under XLA.
 """
 import tensorflow as tf
 
@@ -14,7 +17,7 @@ _INFINITY = 1e30
 
 
 def _dijkstra_to_free_column(cost, u, v, row4col, cur_row, searching):
-  """Searches, per problem, the shortest augmenting path from row `cur_row`.
+  """Searches, per problem, the shortest augmenting path from row cur_row [B].
 
   Returns (sink [B], min_val [B], shortest [B, m], path [B, m], rows_seen [B, n],
   cols_seen [B, m]); problems with `searching` False are left untouched.
@@ -22,7 +25,7 @@ def _dijkstra_to_free_column(cost, u, v, row4col, cur_row, searching):
   batch, num_rows, num_cols = cost.shape[0], cost.shape[1], cost.shape[2]
   batch = tf.shape(cost)[0] if batch is None else batch
   init = (
-      tf.fill([batch], cur_row),                  # row being expanded
+      cur_row,                                    # row being expanded
       tf.zeros([batch]),                          # min_val
       tf.where(searching, -1, -2),                # sink (-1 = still searching)
       tf.fill([batch, num_cols], _INFINITY),      # shortest path costs
@@ -80,6 +83,34 @@ def _augment(sink, path, col4row, row4col, cur_row):
   return col4row, row4col
 
 
+def _index_of_true(x, axis):
+  """Index of the first True along `axis`, -1 where there is none."""
+  index = tf.argmax(tf.cast(x, tf.int32), axis=axis, output_type=tf.int32)
+  return tf.where(tf.reduce_any(x, axis=axis), index, -1)
+
+
+def _row_reduction(cost, row_active):
+  """Initial row duals and a partial assignment, found in parallel.
+
+  u_i = min_j cost[i, j] (and v = 0) makes every reduced cost >= 0 and keeps
+  free columns at v = 0, which the rectangular problem requires; each column
+  takes the first active row whose minimum it attains, so assigned pairs are
+  tight and the shortest-path insertions that follow stay exact. On matching
+  problems most rows are assigned here.
+
+  Returns:
+    (u [B, n], col4row [B, n], row4col [B, m]).
+  """
+  num_rows, num_cols = cost.shape[1], cost.shape[2]
+  best_col = tf.argmin(cost, axis=2, output_type=tf.int32)
+  chooses = (tf.one_hot(best_col, num_cols, on_value=True, off_value=False) &
+             row_active[:, :, tf.newaxis])                                 # [B, n, m]
+  row4col = _index_of_true(chooses, axis=1)
+  assigned = tf.one_hot(row4col, num_rows, axis=1, on_value=True, off_value=False)
+  u = tf.where(row_active, tf.reduce_min(cost, axis=2), 0.0)
+  return u, _index_of_true(assigned, axis=2), row4col
+
+
 def linear_sum_assignment(cost: tf.Tensor, row_active: tf.Tensor) -> tf.Tensor:
   """Minimum-cost assignment of the active rows of each problem to distinct columns.
 
@@ -96,9 +127,16 @@ def linear_sum_assignment(cost: tf.Tensor, row_active: tf.Tensor) -> tf.Tensor:
     raise ValueError(f'cost must have static n <= m, got shape {cost.shape}')
   batch = tf.shape(cost)[0]
   cost = tf.cast(cost, tf.float32)
+  row_active = tf.cast(row_active, tf.bool)
+  u, col4row, row4col = _row_reduction(cost, row_active)
+  # Rows still to insert, per problem, first in a [B, n] list.
+  to_insert = row_active & (col4row < 0)
+  insert_order = tf.argsort(tf.cast(~to_insert, tf.int32), axis=-1, stable=True)
+  num_to_insert = tf.reduce_sum(tf.cast(to_insert, tf.int32), axis=-1)
 
-  def insert_row(cur_row, u, v, col4row, row4col):
-    searching = row_active[:, cur_row]
+  def insert_row(step, u, v, col4row, row4col):
+    cur_row = insert_order[:, step]
+    searching = step < num_to_insert
     sink, min_val, shortest, path, rows_seen, cols_seen = _dijkstra_to_free_column(
         cost, u, v, row4col, cur_row, searching)
     is_cur = tf.one_hot(cur_row, num_rows, on_value=True, off_value=False)
@@ -106,14 +144,13 @@ def linear_sum_assignment(cost: tf.Tensor, row_active: tf.Tensor) -> tf.Tensor:
     min_val_ = min_val[:, tf.newaxis]
     # One update per variable: chained adds inside while loops trip grappler's
     # AddOpsRewrite (AlreadyExistsError on a temporary variable) in graph mode.
-    u_step = tf.where(is_cur[tf.newaxis, :], min_val_, min_val_ - shortest_of_row)
+    u_step = tf.where(is_cur, min_val_, min_val_ - shortest_of_row)
     u += tf.where(rows_seen, u_step, 0.0)
     v -= tf.where(cols_seen, min_val_ - shortest, 0.0)
     col4row, row4col = _augment(sink, path, col4row, row4col, cur_row)
-    return cur_row + 1, u, v, col4row, row4col
+    return step + 1, u, v, col4row, row4col
 
-  init = (tf.constant(0), tf.zeros([batch, num_rows]), tf.zeros([batch, num_cols]),
-          -tf.ones([batch, num_rows], tf.int32), -tf.ones([batch, num_cols], tf.int32))
-  _, _, _, col4row, _ = tf.while_loop(lambda cur_row, *_: cur_row < num_rows,
-                                      insert_row, init)
+  init = (tf.constant(0), u, tf.zeros([batch, num_cols]), col4row, row4col)
+  _, _, _, col4row, _ = tf.while_loop(
+      lambda step, *_: step < tf.reduce_max(num_to_insert), insert_row, init)
   return col4row

@@ -51,3 +51,13 @@ def test_compiles_with_xla():
 def test_rejects_more_rows_than_columns():
   with pytest.raises(ValueError, match='n <= m'):
     linear_assignment.linear_sum_assignment(tf.zeros([1, 3, 2]), tf.ones([1, 3], tf.bool))
+
+
+def test_every_row_prefers_the_same_column():
+  # Row reduction can assign only one row; the others need augmenting paths.
+  rng = np.random.default_rng(9)
+  cost = (np.arange(7)[None, None, :] + 0.1 * rng.random((16, 5, 7))).astype(np.float32)
+  row_active = np.ones((16, 5), bool)
+  col4row = linear_assignment.linear_sum_assignment(tf.constant(cost),
+                                                    tf.constant(row_active))
+  _check(cost, row_active, col4row.numpy())
