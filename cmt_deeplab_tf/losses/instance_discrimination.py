@@ -59,11 +59,18 @@ def instance_discrimination_loss(pixel_embeddings: tf.Tensor,
     features = tf.gather(features, indices, batch_dims=1)
     mask_index = tf.gather(mask_index, indices, batch_dims=1)
     pixel_valid = tf.gather(pixel_valid, indices, batch_dims=1)
-  same_mask = tf.cast(mask_index[:, :, tf.newaxis] == mask_index[:, tf.newaxis, :],
-                      tf.float32) * pixel_valid[:, tf.newaxis, :]
-  target = same_mask / tf.maximum(tf.reduce_sum(same_mask, -1, keepdims=True), 1.0)
+  # With a target uniform over the pixels of one's own mask, the cross-entropy
+  # is logsumexp_j(l_kj) - mean_{j in mask(k)} l_kj, and the mean is the dot
+  # product with the mask's mean feature: no [K, K] target is materialised.
   logits = tf.einsum('bkd,bjd->bkj', features, features) / temperature
-  logits += (1.0 - pixel_valid[:, tf.newaxis, :]) * _MASKED_LOGIT
-  cross_entropy = tf.nn.softmax_cross_entropy_with_logits(labels=target, logits=logits)
+  logits = tf.where(pixel_valid[:, tf.newaxis, :] > 0, logits, _MASKED_LOGIT)
+  membership = tf.one_hot(mask_index, targets.gt_masks.shape[-1]) * pixel_valid[
+      :, :, tf.newaxis]                                                     # [B, K, M]
+  mask_mean = tf.math.divide_no_nan(
+      tf.einsum('bkm,bkd->bmd', membership, features),
+      tf.reduce_sum(membership, axis=1)[:, :, tf.newaxis])
+  own_mean = tf.gather(mask_mean, tf.maximum(mask_index, 0), batch_dims=1)
+  positive = tf.reduce_sum(features * own_mean, axis=-1) / temperature
+  cross_entropy = tf.reduce_logsumexp(logits, axis=-1) - positive
   return tf.math.divide_no_nan(tf.reduce_sum(cross_entropy * pixel_valid, axis=-1),
                                tf.reduce_sum(pixel_valid, axis=-1))
