@@ -1,4 +1,5 @@
 """Tests of position-sensitive axial attention against a NumPy re-implementation."""
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,6 +8,14 @@ import tf_keras
 from cmt_deeplab_tf.modeling.layers import axial_attention
 
 EPSILON = 1e-3  # The norms' epsilon (normalization.get_norm_layer default).
+
+
+@pytest.fixture(autouse=True)
+def default_gin_config():
+  """Runs each test with no gin bindings left by other tests."""
+  gin.clear_config()
+  yield
+  gin.clear_config()
 
 
 def _randomize_norms(layer, rng):

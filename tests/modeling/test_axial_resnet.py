@@ -15,12 +15,18 @@ TINY = dict(width_multiplier=0.125)
 SMALL = dict(num_blocks=(1, 1, 2, 1), width_multiplier=0.125)
 
 
+@pytest.fixture(autouse=True)
+def default_gin_config():
+  """Runs each test with no gin bindings left by other tests."""
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
 @pytest.fixture
 def two_heads():
   with gin.unlock_config():
     gin.bind_parameter('AxialAttention.num_heads', 2)
-  yield
-  gin.clear_config()
 
 
 def _trainable_count(model, name_part=''):
@@ -68,15 +74,13 @@ def test_linear_drop_path_schedule():
 
 
 def test_gin_configures_factories_and_blocks():
-  gin.parse_config("""
-      axial_r50.output_stride = 32
-      AxialResNet.drop_path_schedule = 'constant'
-      AxialResNet.drop_path_rate = 0.5
-  """)
-  try:
-    model = axial_resnet.axial_r50()
-  finally:
-    gin.clear_config()
+  with gin.unlock_config():
+    gin.parse_config("""
+        axial_r50.output_stride = 32
+        AxialResNet.drop_path_schedule = 'constant'
+        AxialResNet.drop_path_rate = 0.5
+    """)
+  model = axial_resnet.axial_r50()
   assert model.output_stride == 32
   rates = [[block._drop_path.rate for block in stage] for stage in model.stages]
   # Constant rate from ResNet stride 16 (block 2 of stage 4) on.

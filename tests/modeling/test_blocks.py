@@ -1,10 +1,19 @@
 """Tests of the bottleneck and axial residual blocks."""
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf.modeling.layers import blocks
+
+
+@pytest.fixture(autouse=True)
+def default_gin_config():
+  """Runs each test with no gin bindings left by other tests."""
+  gin.clear_config()
+  yield
+  gin.clear_config()
 
 
 def _trainable_count(layer):

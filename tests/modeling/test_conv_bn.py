@@ -1,4 +1,5 @@
 """Tests of ConvBN, in particular DeepLab's centred padding."""
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -6,6 +7,14 @@ import tensorflow as tf
 from cmt_deeplab_tf.modeling.layers import conv_bn
 
 EPSILON = 1e-3
+
+
+@pytest.fixture(autouse=True)
+def default_gin_config():
+  """Runs each test with no gin bindings left by other tests."""
+  gin.clear_config()
+  yield
+  gin.clear_config()
 
 
 def _centre_tap_conv(kernel_size, strides):

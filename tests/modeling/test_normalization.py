@@ -13,6 +13,14 @@ import tf_keras
 from cmt_deeplab_tf.modeling.layers import normalization
 
 
+@pytest.fixture(autouse=True)
+def default_gin_config():
+  """Runs each test with no gin bindings left by other tests."""
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
 def test_returns_synchronized_batch_norm_with_deeplab_defaults():
   norm = normalization.get_norm_layer(name='bn', axis=2)
   assert isinstance(norm, tf_keras.layers.BatchNormalization)
@@ -25,10 +33,7 @@ def test_gin_binds_momentum_and_epsilon():
   with gin.unlock_config():
     gin.bind_parameter('get_norm_layer.momentum', 0.9)
     gin.bind_parameter('get_norm_layer.epsilon', 1e-5)
-  try:
-    norm = normalization.get_norm_layer()
-  finally:
-    gin.clear_config()
+  norm = normalization.get_norm_layer()
   assert norm.momentum == 0.9 and norm.epsilon == 1e-5
 
 

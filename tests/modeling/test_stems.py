@@ -1,10 +1,19 @@
 """Tests of the inception stem."""
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf.modeling.layers import stems
+
+
+@pytest.fixture(autouse=True)
+def default_gin_config():
+  """Runs each test with no gin bindings left by other tests."""
+  gin.clear_config()
+  yield
+  gin.clear_config()
 
 
 @pytest.mark.parametrize('size, want', [((65, 97), (33, 49)),
