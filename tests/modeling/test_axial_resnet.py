@@ -130,6 +130,23 @@ def test_xla_matches_eager(two_heads):
                                atol=1e-3)
 
 
+@pytest.mark.slow
+def test_xla_training_step(two_heads):
+  model = axial_resnet.AxialResNet(**SMALL)
+  images = tf.random.normal([2, 33, 33, 3])
+  model(images)
+
+  @tf.function(jit_compile=True)
+  def loss_and_grads(x):
+    with tf.GradientTape() as tape:
+      loss = sum(tf.reduce_mean(t) for t in model(x, training=True).values())
+    return loss, tape.gradient(loss, model.trainable_variables)
+
+  loss, grads = loss_and_grads(images)
+  assert np.isfinite(loss.numpy())
+  assert all(grad is not None for grad in grads)
+
+
 def test_mixed_bfloat16(two_heads):
   tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
   try:
