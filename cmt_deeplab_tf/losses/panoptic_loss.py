@@ -129,6 +129,8 @@ class PanopticLoss:
       raise ValueError(f'CLASS_LOGITS must have num_classes + 1 = '
                        f'{self._num_classes + 1} channels, got {class_logits.shape}')
     height, width = targets[common.MASK_INDEX].shape[1:3]
+    if height is None or width is None:
+      return
     stride = self._output_stride
     expected = [-(-height // stride), -(-width // stride)]
     if list(outputs[common.MASK_LOGITS].shape[1:3]) != expected:
