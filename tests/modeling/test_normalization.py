@@ -21,20 +21,27 @@ def default_gin_config():
   gin.clear_config()
 
 
-def test_returns_synchronized_batch_norm_with_deeplab_defaults():
+def test_returns_batch_norm_with_deeplab_defaults():
   norm = normalization.get_norm_layer(name='bn', axis=2)
   assert isinstance(norm, tf_keras.layers.BatchNormalization)
-  assert norm.synchronized
   assert norm.momentum == 0.99 and norm.epsilon == 1e-3
   assert norm.axis == 2 and norm.name == 'bn'
 
 
-def test_gin_binds_momentum_and_epsilon():
+def test_synchronized_only_with_several_replicas_unless_forced():
+  assert not normalization.get_norm_layer().synchronized
+  with tf.distribute.MirroredStrategy(['/cpu:0']).scope():
+    assert not normalization.get_norm_layer().synchronized
+  assert normalization.get_norm_layer(synchronized=True).synchronized
+
+
+def test_gin_binds_momentum_epsilon_and_synchronization():
   with gin.unlock_config():
     gin.bind_parameter('get_norm_layer.momentum', 0.9)
     gin.bind_parameter('get_norm_layer.epsilon', 1e-5)
+    gin.bind_parameter('get_norm_layer.synchronized', True)
   norm = normalization.get_norm_layer()
-  assert norm.momentum == 0.9 and norm.epsilon == 1e-5
+  assert norm.momentum == 0.9 and norm.epsilon == 1e-5 and norm.synchronized
 
 
 def test_normalizes_with_batch_statistics_without_a_strategy():
@@ -46,7 +53,6 @@ def test_normalizes_with_batch_statistics_without_a_strategy():
 
 _TWO_REPLICA_SCRIPT = """
 import numpy as np
-import pytest
 import tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
@@ -55,6 +61,7 @@ from cmt_deeplab_tf.modeling.layers import normalization
 strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
 with strategy.scope():
   norm = normalization.get_norm_layer()
+  assert norm.synchronized
   norm.build([None, 1])
 batches = [tf.constant([[1.0], [3.0]]), tf.constant([[5.0], [7.0]])]
 x = strategy.experimental_distribute_values_from_function(
