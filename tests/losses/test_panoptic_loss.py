@@ -132,7 +132,6 @@ def test_gradients_reach_every_output():
 
 def test_compiles_with_xla_and_agrees_with_eager():
   targets, outputs = make_targets(2), make_outputs(2)
-  outputs[common.AUX_OUTPUTS] = [make_outputs(2, 3)]
   loss = panoptic_loss.PanopticLoss(NUM_CLASSES)
   # Instance discrimination uses every pixel here (20 < 4096), so no randomness.
   eager = loss(targets, outputs)
