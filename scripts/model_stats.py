@@ -47,12 +47,11 @@ def main(argv):
   print('|---|---|---|---|---|---|---|---|---|---|---|---|')
   for name in _MODELS.value:
     model = builder.build_model(name, _NUM_CLASSES.value, _NUM_CLUSTERS.value)
+    model(tf.zeros([1, 33, 33, 3]), training=True)  # Builds every head.
     macs = None
     if _FLOPS.value:
       macs, _ = flop_count.count_multiply_adds(model, _HEIGHT.value,
                                                _WIDTH.value)
-    else:
-      model(tf.zeros([1, 65, 65, 3]))
     counts = pc.parameter_breakdown(model)
     paper_params, paper_gflops = PAPER.get(name, (float('nan'),) * 2)
     total = counts[pc.INFERENCE_TOTAL]

@@ -11,9 +11,11 @@
 CMT-DeepLab moves MaX-S's three stage-5 transformer modules out of the backbone
 and stacks more decoder blocks (supplement Fig. 1): the stride-16 decoder stage
 holds the 3 + 1 axial blocks those modules followed in MaX-S, strides 8 and 4 get
-two blocks each, and every decoder block is followed by a CMT layer. With 133
-classes and 128 clusters this gives 95.4M / 135.7M / 271.4M inference parameters
-(paper: 94.9M / 135.2M / 270.3M); see WORKSPACE_NOTES.md for the breakdown.
+two blocks each, and every decoder block is followed by a CMT layer whose width
+scales with its stride (DeepLab2's `transformer_expansion`). With 133 classes
+and 128 clusters: 61.90M / 93.41M / 133.70M inference parameters for
+max_deeplab_s / cmt_deeplab_s / cmt_deeplab_l (paper: 61.9M / 94.9M / 135.2M);
+`scripts/model_stats.py` prints the breakdown and the multiply-adds.
 """
 import gin
 
@@ -25,30 +27,31 @@ from cmt_deeplab_tf.modeling.backbones import axial_resnet
 CMT_DECODER_BLOCKS = (4, 2, 2)
 _TINY_BACKBONE_WIDTH = 0.125
 _TINY_HEAD_WIDTH = 0.25
+_TINY_HEADS = 4
 
 
 def cmt_deeplab_s(num_classes, num_clusters):
   """CMT-DeepLab-S: Axial-R50 backbone."""
-  return cmt_deeplab.build_network(axial_resnet.axial_r50(), num_classes, num_clusters,
-                           CMT_DECODER_BLOCKS, name='cmt_deeplab_s')
+  return cmt_deeplab.build_network(
+      axial_resnet.axial_r50(), num_classes, num_clusters, CMT_DECODER_BLOCKS,
+      name='cmt_deeplab_s')
 
 
 def cmt_deeplab_l(num_classes, num_clusters):
   """CMT-DeepLab-L: Axial-R104 backbone."""
-  return cmt_deeplab.build_network(axial_resnet.axial_r104(), num_classes,
-                           num_clusters, CMT_DECODER_BLOCKS,
-                           name='cmt_deeplab_l')
+  return cmt_deeplab.build_network(
+      axial_resnet.axial_r104(), num_classes, num_clusters, CMT_DECODER_BLOCKS,
+      name='cmt_deeplab_l')
 
 
 def cmt_deeplab_l_rfn(num_classes, num_clusters):
   """CMT-DeepLab-L-RFN: two Axial-R104 networks sharing their centers."""
-  first = cmt_deeplab.build_network(axial_resnet.axial_r104(), num_classes,
-                            num_clusters, CMT_DECODER_BLOCKS,
-                            name='first_network')
-  second = cmt_deeplab.build_network(axial_resnet.axial_r104(), num_classes,
-                             num_clusters, CMT_DECODER_BLOCKS,
-                             learn_initial_centers=False,
-                             name='second_network')
+  first = cmt_deeplab.build_network(
+      axial_resnet.axial_r104(), num_classes, num_clusters, CMT_DECODER_BLOCKS,
+      name='first_network')
+  second = cmt_deeplab.build_network(
+      axial_resnet.axial_r104(), num_classes, num_clusters, CMT_DECODER_BLOCKS,
+      learn_initial_centers=False, name='second_network')
   return rfn.RecursiveFeatureNetwork(first, second, name='cmt_deeplab_l_rfn')
 
 
@@ -57,8 +60,9 @@ def tiny(num_classes, num_clusters):
   backbone = axial_resnet.AxialResNet(
       num_blocks=(1, 1, 1, 1), width_multiplier=_TINY_BACKBONE_WIDTH,
       drop_path_rate=0.0, name='tiny_axial_resnet')
-  return cmt_deeplab.build_network(backbone, num_classes, num_clusters, (1, 1, 1),
-                           width_multiplier=_TINY_HEAD_WIDTH, name='tiny')
+  return cmt_deeplab.build_network(
+      backbone, num_classes, num_clusters, (1, 1, 1),
+      width_multiplier=_TINY_HEAD_WIDTH, num_heads=_TINY_HEADS, name='tiny')
 
 
 MODELS = {

@@ -186,9 +186,9 @@ class CMTDeepLab(tf_keras.Model):
 
 
 def build_network(backbone, num_classes, num_clusters, decoder_blocks,
-                  transformer_locations=None, dual_path=False,
-                  width_multiplier=1.0, learn_initial_centers=True,
-                  name='cmt_deeplab'):
+                  transformer_locations=None, location_strides=None,
+                  dual_path=False, width_multiplier=1.0, num_heads=8,
+                  learn_initial_centers=True, name='cmt_deeplab'):
   """Assembles a `CMTDeepLab` from a backbone and MaX-DeepLab-S widths.
 
   Args:
@@ -198,9 +198,12 @@ def build_network(backbone, num_classes, num_clusters, decoder_blocks,
     decoder_blocks: Pixel-decoder blocks at strides 16, 8, 4.
     transformer_locations: Blocks followed by a transformer layer; by default
       every pixel-decoder block (CMT-DeepLab).
+    location_strides: Pixel stride at each location (derived for the
+      default locations; 16 otherwise).
     dual_path: MaX-DeepLab dual-path layers instead of CMT layers.
     width_multiplier: Scales decoder, transformer and head widths (256-wide
       centers, 128 filters, FFN 2048, 128-wide embeddings at 1.0).
+    num_heads: Attention heads of the transformer layers.
     learn_initial_centers: False for RFN's second network.
     name: The model name.
 
@@ -212,11 +215,13 @@ def build_network(backbone, num_classes, num_clusters, decoder_blocks,
   if transformer_locations is None:
     transformer_locations = transformer_decoder.all_block_locations(
         transformer_decoder.DECODER, decoder_blocks)
+    location_strides = transformer_decoder.decoder_block_strides(
+        decoder_blocks)
   decoder = pixel_decoder_lib.PixelDecoder(
       num_blocks=decoder_blocks, width_multiplier=width_multiplier)
   transformer = transformer_decoder.TransformerDecoder(
-      transformer_locations, num_clusters=num_clusters,
-      center_channels=width(256), filters=width(128),
+      transformer_locations, location_strides, num_clusters=num_clusters,
+      center_channels=width(256), filters=width(128), num_heads=num_heads,
       feed_forward_channels=width(2048), dual_path=dual_path,
       learn_initial_centers=learn_initial_centers)
   heads = mask_transformer_heads.MaskTransformerHeads(

@@ -22,8 +22,8 @@ def tiny_network(num_classes=3, num_clusters=4, **kwargs):
       width_multiplier=TINY_WIDTH, **kwargs)
 
 
-def activate_residual_branches(layer):
-  """Sets every batch-norm gamma to 1 and beta to a small random value.
+def activate_residual_branches(layer, gamma=1.0):
+  """Sets every batch-norm gamma to `gamma` and beta to a small random value.
 
   The last BN of each residual branch starts at gamma = 0 (identity blocks);
   tests that need the branches to act call this after building.
@@ -31,7 +31,7 @@ def activate_residual_branches(layer):
   rng = np.random.default_rng(0)
   for variable in layer.weights:
     if variable.name.endswith('gamma:0'):
-      variable.assign(tf.ones_like(variable))
+      variable.assign(gamma * tf.ones_like(variable))
     elif variable.name.endswith('beta:0'):
       variable.assign(0.1 * rng.standard_normal(variable.shape).astype(
           variable.dtype.as_numpy_dtype))

@@ -101,7 +101,7 @@ def test_checkpoint_round_trip(model):
   images = _images(33, 33)
   expected = source(images, training=False)[common.MASK_LOGITS]
   target = cmt_test_utils.tiny_network(NUM_CLASSES, NUM_CLUSTERS)
-  target(images)
+  target(images, training=True)  # Builds the training-only head too.
   with tempfile.TemporaryDirectory() as directory:
     path = tf.train.Checkpoint(model=source).save(
         os.path.join(directory, 'ckpt'))

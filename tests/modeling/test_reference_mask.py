@@ -43,3 +43,9 @@ def test_initial_reference_masks_cover_the_image():
   assert tf.reduce_min(tf.sigmoid(logits)) > 0.15
   prior = reference_mask.log_reference_prior(logits)
   assert tf.reduce_max(prior) <= 0.0
+
+
+def test_extreme_parameters_stay_finite():
+  parameters = tf.constant([[[50.0, -50.0, -1e4, 1e4, 3.0]]])
+  logits = reference_mask.gaussian_mask_logits(parameters, 5, 5)
+  assert np.all(np.isfinite(logits.numpy()))

@@ -16,7 +16,8 @@ def model():
       cmt_test_utils.tiny_network(),
       cmt_test_utils.tiny_network(learn_initial_centers=False))
   network(tf.zeros([1, 33, 33, 3]))
-  cmt_test_utils.activate_residual_branches(network)
+  # Moderate gammas: two stacked networks with all gammas at 1 overflow.
+  cmt_test_utils.activate_residual_branches(network, gamma=0.3)
   return network
 
 
@@ -46,6 +47,7 @@ def test_second_network_continues_from_first_networks_centers_and_features(
       images, training=False, centers=centers, res2_fusion=features)
   np.testing.assert_allclose(outputs[common.MASK_LOGITS],
                              expected[common.MASK_LOGITS], atol=1e-5)
+  assert np.all(np.isfinite(outputs[common.MASK_LOGITS]))
   unfused, _, _ = model.second_network.forward(images, training=False,
                                                centers=centers)
   assert np.abs(unfused[common.MASK_LOGITS] -

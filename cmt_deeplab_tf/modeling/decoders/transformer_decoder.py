@@ -17,6 +17,7 @@ import gin
 import tensorflow as tf
 import tf_keras
 
+from cmt_deeplab_tf.modeling.decoders import pixel_decoder
 from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
 
 DECODER = 'decoder'
@@ -35,6 +36,13 @@ def all_block_locations(path, num_blocks, stages=None):
           for stage in stages for block in range(num_blocks[stage])]
 
 
+def decoder_block_strides(num_blocks, stages=None):
+  """The pixel stride at each location of `all_block_locations(DECODER, ...)`."""
+  stages = range(len(num_blocks)) if stages is None else stages
+  return [pixel_decoder.STRIDES[stage]
+          for stage in stages for _ in range(num_blocks[stage])]
+
+
 class TransformerState:
   """The centers, last assignment and per-layer outputs of one forward pass."""
 
@@ -50,9 +58,11 @@ class TransformerDecoder(tf_keras.layers.Layer):
 
   def __init__(self,
                locations,
+               location_strides=None,
                num_clusters=128,
                center_channels=256,
                filters=128,
+               scale_filters_with_stride=True,
                num_heads=8,
                feed_forward_channels=2048,
                dual_path=False,
@@ -64,9 +74,16 @@ class TransformerDecoder(tf_keras.layers.Layer):
     Args:
       locations: Keys (see `block_location`) of the blocks followed by a layer,
         in execution order.
+      location_strides: Output stride of the pixel features at each location
+        (default: 16 everywhere).
       num_clusters: Number of cluster centers N (mask slots).
       center_channels: Width of the centers (MaX-DeepLab memory: 256).
-      filters: Base width of every layer (see `ClusteringTransformerLayer`).
+      filters: Base width of the layers at stride 16 (see
+        `ClusteringTransformerLayer`).
+      scale_filters_with_stride: Scale a layer's width with its pixel stride
+        (filters * stride / 16: 64 at stride 8, 32 at stride 4), as DeepLab2's
+        `transformer_expansion` for low-level features; the FFN and the
+        256-wide centers are unchanged.
       num_heads: Attention heads per layer.
       feed_forward_channels: Hidden width of the center FFN.
       dual_path: Build MaX-DeepLab dual-path layers (the CMT switches off)
@@ -84,6 +101,10 @@ class TransformerDecoder(tf_keras.layers.Layer):
     if not locations or len(set(locations)) != len(locations):
       raise ValueError('TransformerDecoder locations must be non-empty and '
                        f'unique, got locations={locations}.')
+    location_strides = list(location_strides or [16] * len(locations))
+    if len(location_strides) != len(locations):
+      raise ValueError(f'location_strides={location_strides} must give one '
+                       f'stride per location ({len(locations)}).')
     if num_clusters < 1:
       raise ValueError(f'num_clusters must be positive, got {num_clusters}.')
     super().__init__(name=name)
@@ -91,12 +112,16 @@ class TransformerDecoder(tf_keras.layers.Layer):
     self.center_channels = center_channels
     self.locations = locations
     switches = ct.DUAL_PATH_SWITCHES if dual_path else {}
+    def layer_filters(stride):
+      if not scale_filters_with_stride:
+        return filters
+      return max(int(round(filters * stride / 16)), num_heads)
     self.transformer_layers = {
         location: ct.ClusteringTransformerLayer(
-            filters=filters, center_channels=center_channels,
+            filters=layer_filters(stride), center_channels=center_channels,
             num_heads=num_heads, feed_forward_channels=feed_forward_channels,
             drop_path_rate=drop_path_rate, name=location, **switches)
-        for location in locations}
+        for location, stride in zip(locations, location_strides)}
     self._initial_centers = None
     if learn_initial_centers:
       self._initial_centers = self.add_weight(

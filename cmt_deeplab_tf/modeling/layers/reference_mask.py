@@ -9,7 +9,7 @@ not public; ours is an axis-aligned 2-D Gaussian per center:
   r_n(y, x) = a_n - ((y - cy_n)^2 / sy_n^2 + (x - cx_n)^2 / sx_n^2) / 2
 
 with (cy, cx) = tanh(.) in the normalised [-1, 1] image frame, (sy, sx) = exp(.)
-and a level a_n, all predicted linearly from the center feature. sigmoid(r_n) is
+(log-sigma clipped to [-6, 3] for numerical safety) and a level a_n, all predicted linearly from the center feature. sigmoid(r_n) is
 the soft reference mask (peak sigmoid(a_n) at the predicted center). Being
 analytic, the mask can be evaluated on the grid of any layer (stride 16, 8, 4)
 from the same 5 numbers, and costs 5 * C parameters per layer.
@@ -27,6 +27,8 @@ NUM_GAUSSIAN_PARAMETERS = 5  # cy, cx, log sy, log sx, level.
 # At initialisation every reference mask covers the whole image (sigma = 1 in
 # the [-1, 1] frame) at level 0 (sigmoid = 0.5 at its center).
 _INITIAL_LOG_SIGMA = 0.0
+# Sigma is kept within [e^-6, e^3] of the image half-size (about 0.002 to 20).
+_LOG_SIGMA_RANGE = (-6.0, 3.0)
 
 
 def normalized_coordinates(height, width, dtype=tf.float32):
@@ -81,7 +83,8 @@ def gaussian_mask_logits(parameters, height, width):
     float32 [B, height, width, N] logits; sigmoid gives the soft mask.
   """
   center = tf.tanh(parameters[..., 0:2])           # [B, N, 2]
-  inverse_sigma = tf.exp(-parameters[..., 2:4])    # [B, N, 2]
+  inverse_sigma = tf.exp(-tf.clip_by_value(parameters[..., 2:4],
+                                           *_LOG_SIGMA_RANGE))  # [B, N, 2]
   level = parameters[..., 4]                       # [B, N]
   grid = normalized_coordinates(height, width)     # [H, W, 2]
   offset = (grid[tf.newaxis, :, :, tf.newaxis, :] -
