@@ -83,8 +83,8 @@ def _augment(sink, path, col4row, row4col, cur_row):
   return col4row, row4col
 
 
-def _index_of_true(x, axis):
-  """Index of the first True along `axis`, -1 where there is none."""
+def index_of_true(x: tf.Tensor, axis: int) -> tf.Tensor:
+  """int32: index of the first True along `axis` of a bool tensor, -1 if none."""
   index = tf.argmax(tf.cast(x, tf.int32), axis=axis, output_type=tf.int32)
   return tf.where(tf.reduce_any(x, axis=axis), index, -1)
 
@@ -105,10 +105,10 @@ def _row_reduction(cost, row_active):
   best_col = tf.argmin(cost, axis=2, output_type=tf.int32)
   chooses = (tf.one_hot(best_col, num_cols, on_value=True, off_value=False) &
              row_active[:, :, tf.newaxis])                                 # [B, n, m]
-  row4col = _index_of_true(chooses, axis=1)
+  row4col = index_of_true(chooses, axis=1)
   assigned = tf.one_hot(row4col, num_rows, axis=1, on_value=True, off_value=False)
   u = tf.where(row_active, tf.reduce_min(cost, axis=2), 0.0)
-  return u, _index_of_true(assigned, axis=2), row4col
+  return u, index_of_true(assigned, axis=2), row4col
 
 
 def linear_sum_assignment(cost: tf.Tensor, row_active: tf.Tensor) -> tf.Tensor:

@@ -10,7 +10,8 @@ optimal one-to-one matching is found with the Hungarian algorithm; CMT-DeepLab
 (Yu et al., CVPR 2022) keeps this matching. Two TF-native exact solvers, both
 XLA-compilable (they run inside a TPU step), are available:
 - 'shortest_path' (default): our batched shortest-augmenting-path solver
-  (`linear_assignment`), 10-20x faster on CPU (see scripts/bench_objective.py);
+  (`linear_assignment`), 7-36x faster than 'tf_models' on CPU
+  (scripts/bench_objective.py);
 - 'tf_models': tf-models-official's `hungarian_matching`, which needs square
   problems, so the [M, N] problem is padded.
 """
@@ -92,12 +93,6 @@ def _pad_to_square(cost: tf.Tensor, gt_valid: tf.Tensor) -> tf.Tensor:
   return tf.pad(cost, [[0, 0], [0, size - num_gt], [0, 0]])
 
 
-def _first_true_index(assignment: tf.Tensor, axis: int) -> tf.Tensor:
-  """Index of the True entry along `axis`, -1 where there is none."""
-  index = tf.argmax(tf.cast(assignment, tf.int32), axis=axis, output_type=tf.int32)
-  return tf.where(tf.reduce_any(assignment, axis=axis), index, -1)
-
-
 def _tf_models_assignment(cost: tf.Tensor, gt_valid: tf.Tensor) -> tf.Tensor:
   """bool [B, M, N] assignment by tf-models-official's square Hungarian solver."""
   num_gt, num_pred = cost.shape[1], cost.shape[2]
@@ -150,8 +145,8 @@ def hungarian_match(similarity: tf.Tensor, gt_valid: tf.Tensor,
   else:
     assignment = _tf_models_assignment(cost, gt_valid)
   assignment &= (gt_valid > 0)[:, :, tf.newaxis]
-  return Matching(gt_to_pred=_first_true_index(assignment, axis=2),
-                  pred_to_gt=_first_true_index(assignment, axis=1))
+  return Matching(gt_to_pred=linear_assignment.index_of_true(assignment, axis=2),
+                  pred_to_gt=linear_assignment.index_of_true(assignment, axis=1))
 
 
 def pq_style_similarity(class_probs: tf.Tensor, mask_probs: tf.Tensor,
