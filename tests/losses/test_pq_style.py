@@ -64,7 +64,8 @@ def test_perfect_prediction_has_lower_loss_than_random():
   matching = matching_lib.Matching(gt_to_pred=tf.constant([[0, 1, -1]]),
                                    pred_to_gt=tf.constant([[0, 1, -1]]))
   class_term, mask_term = pq_style.pq_style_loss(
-      tf.constant(perfect_class), tf.constant(perfect_mask), tiny_case.targets(), matching)
+      tf.constant(perfect_class), tf.constant(perfect_mask), tiny_case.targets(),
+      matching)
   assert class_term.numpy()[0] < 1e-3
   # Only the Dice smoothing and the void pixel keep the mask term above zero.
   assert mask_term.numpy()[0] < 1e-3
@@ -74,5 +75,6 @@ def test_rejects_bad_positive_weight():
   matching = matching_lib.Matching(gt_to_pred=tf.constant([[0, 1, -1]]),
                                    pred_to_gt=tf.constant([[0, 1]]))
   with pytest.raises(ValueError, match='positive_weight'):
-    pq_style.pq_style_loss(tf.zeros([1, 2, 4]), tf.zeros([1, 2, 3, 2]), tiny_case.targets(),
+    pq_style.pq_style_loss(tf.zeros([1, 2, 4]), tf.zeros([1, 2, 3, 2]),
+                           tiny_case.targets(),
                            matching, positive_weight=1.5)

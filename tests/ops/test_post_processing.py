@@ -148,8 +148,9 @@ def test_upsampling_matches_align_corners_resize():
 @pytest.mark.parametrize('method', ['pixelwise', 'maskwise'])
 def test_xla_agrees_with_eager(method):
   rng = np.random.default_rng(1)
-  outputs = {common.CLASS_LOGITS: tf.constant(rng.normal(size=(2, 8, 4)) * 4, tf.float32),
-             common.MASK_LOGITS: tf.constant(rng.normal(size=(2, 9, 9, 8)) * 4, tf.float32)}
+  outputs = {
+      common.CLASS_LOGITS: tf.constant(rng.normal(size=(2, 8, 4)) * 4, tf.float32),
+      common.MASK_LOGITS: tf.constant(rng.normal(size=(2, 9, 9, 8)) * 4, tf.float32)}
   processor = post_processing.PostProcessor(IS_THING, DIVISOR, method=method,
                                             thing_class_threshold=0.5,
                                             stuff_class_threshold=0.5,
