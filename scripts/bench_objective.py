@@ -5,7 +5,8 @@ Realistic case: batch 8, N = 128 clusters, M = 128 ground-truth slots of which
 (161 x 161). Predictions are noisy versions of the ground truth (a partly trained
 model), so the similarity matrices have the structure the matcher meets in
 training. Compares, in one run:
-- the in-graph matcher (tf-models-official's Hungarian) with and without XLA;
+- the in-graph matchers (our shortest-augmenting-path solver, the default, and
+  tf-models-official's Hungarian) with and without XLA;
 - scipy's linear_sum_assignment per image, alone and as a round trip from a
   tf.function (tf.numpy_function: device -> host -> device);
 - the full PanopticLoss forward (and forward + backward) with and without XLA.
@@ -125,13 +126,16 @@ def main():
     result = tf.numpy_function(scipy_match, [sim, valid], tf.int32)
     return tf.ensure_shape(result, valid.shape)
 
-  tf_graph = tf.function(lambda s, v: matching.hungarian_match(s, v).gt_to_pred)
-  tf_xla = tf.function(lambda s, v: matching.hungarian_match(s, v).gt_to_pred,
-                       jit_compile=True)
+  in_graph = {}
+  for solver in ['shortest_path', 'tf_models']:
+    for name, jit in [('tf.function', False), ('XLA', True)]:
+      in_graph[f'matcher: in-graph {solver}, {name}'] = tf.function(
+          lambda s, v, solver=solver: matching.hungarian_match(
+              s, v, solver=solver).gt_to_pred, jit_compile=jit)
   scipy_round_trip = tf.function(round_trip)
   # The solvers must agree on the optimum before their speed means anything.
   reference = scipy_match(sim_np, valid_np)
-  for name, fn in [('graph', tf_graph), ('xla', tf_xla)]:
+  for name, fn in in_graph.items():
     ours = fn(similarity, gt_valid).numpy()
     for b in range(args.batch):
       rows = np.flatnonzero(ours[b] >= 0)
@@ -145,10 +149,8 @@ def main():
   rows.append(('matcher: scipy round trip (tf.numpy_function)', base))
   rows.append(('matcher: scipy per image, numpy only',
                timed(lambda: scipy_match(sim_np, valid_np), args.repeats)))
-  rows.append(('matcher: in-graph Hungarian, tf.function',
-               timed(lambda: tf_graph(similarity, gt_valid).numpy(), args.repeats)))
-  rows.append(('matcher: in-graph Hungarian, XLA',
-               timed(lambda: tf_xla(similarity, gt_valid).numpy(), args.repeats)))
+  for name, fn in in_graph.items():
+    rows.append((name, timed(lambda: fn(similarity, gt_valid).numpy(), args.repeats)))
   if not args.skip_loss:
     # Every pixel of instance discrimination would be 26k^2: use DeepLab2's K.
     loss = panoptic_loss.PanopticLoss(NUM_CLASSES)
