@@ -30,38 +30,41 @@ _TINY_HEAD_WIDTH = 0.25
 _TINY_HEADS = 4
 
 
-def cmt_deeplab_s(num_classes, num_clusters):
+def cmt_deeplab_s(num_classes, num_clusters,
+                  decoder_blocks=CMT_DECODER_BLOCKS):
   """CMT-DeepLab-S: Axial-R50 backbone."""
   return cmt_deeplab.build_network(
-      axial_resnet.axial_r50(), num_classes, num_clusters, CMT_DECODER_BLOCKS,
+      axial_resnet.axial_r50(), num_classes, num_clusters, decoder_blocks,
       name='cmt_deeplab_s')
 
 
-def cmt_deeplab_l(num_classes, num_clusters):
+def cmt_deeplab_l(num_classes, num_clusters,
+                  decoder_blocks=CMT_DECODER_BLOCKS):
   """CMT-DeepLab-L: Axial-R104 backbone."""
   return cmt_deeplab.build_network(
-      axial_resnet.axial_r104(), num_classes, num_clusters, CMT_DECODER_BLOCKS,
+      axial_resnet.axial_r104(), num_classes, num_clusters, decoder_blocks,
       name='cmt_deeplab_l')
 
 
-def cmt_deeplab_l_rfn(num_classes, num_clusters):
+def cmt_deeplab_l_rfn(num_classes, num_clusters,
+                      decoder_blocks=CMT_DECODER_BLOCKS):
   """CMT-DeepLab-L-RFN: two Axial-R104 networks sharing their centers."""
   first = cmt_deeplab.build_network(
-      axial_resnet.axial_r104(), num_classes, num_clusters, CMT_DECODER_BLOCKS,
+      axial_resnet.axial_r104(), num_classes, num_clusters, decoder_blocks,
       name='first_network')
   second = cmt_deeplab.build_network(
-      axial_resnet.axial_r104(), num_classes, num_clusters, CMT_DECODER_BLOCKS,
+      axial_resnet.axial_r104(), num_classes, num_clusters, decoder_blocks,
       learn_initial_centers=False, name='second_network')
   return rfn.RecursiveFeatureNetwork(first, second, name='cmt_deeplab_l_rfn')
 
 
-def tiny(num_classes, num_clusters):
+def tiny(num_classes, num_clusters, decoder_blocks=(1, 1, 1)):
   """A small CMT-DeepLab for CPU tests and the demo, all CMT mechanisms on."""
   backbone = axial_resnet.AxialResNet(
       num_blocks=(1, 1, 1, 1), width_multiplier=_TINY_BACKBONE_WIDTH,
       drop_path_rate=0.0, name='tiny_axial_resnet')
   return cmt_deeplab.build_network(
-      backbone, num_classes, num_clusters, (1, 1, 1),
+      backbone, num_classes, num_clusters, decoder_blocks,
       width_multiplier=_TINY_HEAD_WIDTH, num_heads=_TINY_HEADS, name='tiny')
 
 
@@ -75,20 +78,24 @@ MODELS = {
 
 
 @gin.configurable
-def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128):
+def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
+                decoder_blocks=None):
   """Builds a named model.
 
   Args:
     name: One of `MODELS`.
     num_classes: Number of classes C (133 for COCO panoptic).
     num_clusters: Number of cluster centers N (mask slots).
+    decoder_blocks: Optional pixel-decoder blocks at strides 16, 8, 4 for the
+      CMT configs (one CMT layer per block); default: the config's own.
 
   Returns:
     A `tf_keras.Model` whose call(images, training=..., return_visualization=...)
     returns the output dict of `cmt_deeplab_tf.common`.
 
   Raises:
-    ValueError: On an unknown name or non-positive sizes.
+    ValueError: On an unknown name, non-positive sizes, or decoder_blocks
+      given for max_deeplab_s (its decoder is fixed by MaX-DeepLab-S).
   """
   if name not in MODELS:
     raise ValueError(f'Unknown model name={name!r}; expected one of '
@@ -96,4 +103,9 @@ def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128):
   if num_classes < 1 or num_clusters < 1:
     raise ValueError(f'num_classes and num_clusters must be positive, got '
                      f'num_classes={num_classes}, num_clusters={num_clusters}.')
-  return MODELS[name](num_classes, num_clusters)
+  if decoder_blocks is None:
+    return MODELS[name](num_classes, num_clusters)
+  if name == 'max_deeplab_s':
+    raise ValueError('decoder_blocks cannot be set for max_deeplab_s, got '
+                     f'decoder_blocks={decoder_blocks}.')
+  return MODELS[name](num_classes, num_clusters, tuple(decoder_blocks))

@@ -22,6 +22,7 @@ PAPER_PARAMETERS = {
     dict(name='cmt_deeplab_xl'),
     dict(name='tiny', num_classes=0),
     dict(name='tiny', num_clusters=-1),
+    dict(name='max_deeplab_s', decoder_blocks=(2, 1, 1)),
 ])
 def test_bad_arguments_raise(kwargs):
   with pytest.raises(ValueError):
@@ -44,6 +45,14 @@ def test_tiny_trains_fast_on_cpu():
   # An eager forward + backward of a batch of 8 at 129x129 (~0.4 s inside a
   # tf.function on 2 cores); a generous bound keeps the test robust to load.
   assert elapsed < 30.0
+
+
+def test_decoder_blocks_set_the_number_of_cmt_layers():
+  model = builder.build_model('tiny', num_classes=3, num_clusters=4,
+                              decoder_blocks=(1, 2, 1))
+  outputs = model(tf.zeros([1, 33, 33, 3]))
+  assert [len(stage) for stage in model.pixel_decoder.stages] == [1, 2, 1]
+  assert len(outputs[common.AUX_OUTPUTS]) == 3  # 4 CMT layers.
 
 
 @pytest.mark.slow

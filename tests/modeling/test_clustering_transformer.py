@@ -1,9 +1,11 @@
 """Tests of the CMT layer: shapes, every switch, and the MaX dual-path limit."""
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
 
+from cmt_deeplab_tf.modeling.decoders import transformer_decoder
 from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
 from tests.modeling import cmt_test_utils
 
@@ -216,3 +218,19 @@ def test_dual_path_switches_compute_max_deeplab_dual_path_layer():
   np.testing.assert_allclose(outputs[ct.PIXELS],
                              new_pixels.reshape(pixels.shape), atol=1e-4)
   assert ct.ASSIGNMENT_LOGITS not in outputs
+
+
+def test_gin_sweeps_reach_the_layers_of_a_model():
+  """`--gin_param=ClusteringTransformerLayer.update_pixels=False` works."""
+  gin.clear_config()
+  gin.parse_config('ClusteringTransformerLayer.update_pixels = False')
+  try:
+    transformer = transformer_decoder.TransformerDecoder(
+        ['decoder_stage0_block0'], num_clusters=3, center_channels=12,
+        filters=8, num_heads=2, feed_forward_channels=16)
+  finally:
+    gin.clear_config()
+  layer = transformer.transformer_layers['decoder_stage0_block0']
+  pixels, centers = _inputs()
+  outputs = layer(pixels, centers[:, :3])
+  np.testing.assert_array_equal(outputs[ct.PIXELS], pixels)
