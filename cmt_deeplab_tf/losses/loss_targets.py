@@ -29,7 +29,6 @@ class LossTargets:
     gt_valid: float32 [B, M], 1 for real masks with a non-zero area at stride 4.
     gt_classes: int32 [B, M], C (no-object) on padded slots.
     gt_class_one_hot: float32 [B, M, C], all-zero rows on padded slots.
-    gt_is_thing: float32 [B, M].
   """
   mask_index: tf.Tensor
   pixel_weight: tf.Tensor
@@ -40,7 +39,6 @@ class LossTargets:
   gt_valid: tf.Tensor
   gt_classes: tf.Tensor
   gt_class_one_hot: tf.Tensor
-  gt_is_thing: tf.Tensor
 
 
 def downsample_to_mask_resolution(label: tf.Tensor, stride: int = 4) -> tf.Tensor:
@@ -54,7 +52,8 @@ def prepare_loss_targets(targets: Mapping[str, tf.Tensor], num_classes: int,
 
   Args:
     targets: dict with common.SEMANTIC, MASK_INDEX, PIXEL_WEIGHT [B, H, W] and
-      GT_CLASSES, GT_IS_THING, GT_VALID [B, M].
+      GT_CLASSES, GT_VALID [B, M] (GT_IS_THING is not needed: the pixel-wise
+      instance discrimination treats thing and stuff masks alike).
     num_classes: C, the number of classes without no-object.
     stride: the output stride of the mask logits.
 
@@ -85,8 +84,7 @@ def prepare_loss_targets(targets: Mapping[str, tf.Tensor], num_classes: int,
       gt_area=gt_area,
       gt_valid=gt_valid,
       gt_classes=gt_classes,
-      gt_class_one_hot=tf.one_hot(gt_classes, num_classes, dtype=tf.float32),
-      gt_is_thing=tf.cast(targets[common.GT_IS_THING], tf.float32))
+      gt_class_one_hot=tf.one_hot(gt_classes, num_classes, dtype=tf.float32))
 
 
 def flatten_pixels(x: tf.Tensor) -> tf.Tensor:
