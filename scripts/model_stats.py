@@ -53,18 +53,23 @@ def main(argv):
       macs, _ = flop_count.count_multiply_adds(model, _HEIGHT.value,
                                                _WIDTH.value)
     counts = pc.parameter_breakdown(model)
-    paper_params, paper_gflops = PAPER.get(name, (float('nan'),) * 2)
     total = counts[pc.INFERENCE_TOTAL]
-    gmacs = f'{macs / 1e9:.1f}' if macs is not None else '-'
-    ratio = f'{macs / 1e9 / paper_gflops:.2f}' if macs is not None else '-'
-    print(f'| {name} | {_millions(total)} | {_millions(paper_params)} | '
-          f'{100 * (total / paper_params - 1):+.1f}% | '
+    paper_params, paper_gflops = PAPER.get(name, (None, None))
+    paper, gap, paper_macs, ratio = '-', '-', '-', '-'
+    if paper_params is not None:
+      paper = _millions(paper_params)
+      gap = f'{100 * (total / paper_params - 1):+.1f}%'
+      paper_macs = f'{paper_gflops:.0f}'
+    gmacs = '-' if macs is None else f'{macs / 1e9:.1f}'
+    if macs is not None and paper_gflops is not None:
+      ratio = f'{macs / 1e9 / paper_gflops:.2f}'
+    print(f'| {name} | {_millions(total)} | {paper} | {gap} | '
           f'{_millions(counts[pc.BACKBONE])} | '
           f'{_millions(counts[pc.PIXEL_DECODER])} | '
           f'{_millions(counts[pc.TRANSFORMER])} | '
           f'{_millions(counts[pc.HEADS])} | '
           f'{_millions(counts[pc.TRAINING_ONLY])} | {gmacs} | '
-          f'{paper_gflops:.0f} | {ratio} |', flush=True)
+          f'{paper_macs} | {ratio} |', flush=True)
 
 
 if __name__ == '__main__':
