@@ -20,7 +20,7 @@ NUM_CLUSTERS = 4
 def model():
   tf_keras.utils.set_random_seed(0)
   network = cmt_test_utils.tiny_network(NUM_CLASSES, NUM_CLUSTERS)
-  network(tf.zeros([1, 33, 33, 3]))
+  network(tf.zeros([1, 33, 33, 3]), training=True)  # Builds every head.
   cmt_test_utils.activate_residual_branches(network)
   return network
 
