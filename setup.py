@@ -5,6 +5,9 @@ _CLIS = {
     'cmt-synthetic-data': 'cmt_deeplab_tf.data.synthetic:run',
     'cmt-convert-coco': 'cmt_deeplab_tf.data.convert_coco:run',
     'cmt-convert-cityscapes': 'cmt_deeplab_tf.data.convert_cityscapes:run',
+    'cmt-train': 'cmt_deeplab_tf.train:run',
+    'cmt-export': 'cmt_deeplab_tf.export:run',
+    'cmt-predict': 'cmt_deeplab_tf.predict:run',
 }
 
 setuptools.setup(

@@ -49,6 +49,11 @@ class OptimizerConfig:
     if self.train_steps < 1 or self.warmup_steps < 0:
       raise ValueError('OptimizerConfig.train_steps must be >= 1 and warmup_steps >= 0, '
                        f'got {self.train_steps}, {self.warmup_steps}.')
+    if self.warmup_steps >= self.train_steps:
+      raise ValueError(
+          f'OptimizerConfig.warmup_steps ({self.warmup_steps}) must be smaller than '
+          f'train_steps ({self.train_steps}): the warm-up ramps towards the decayed '
+          'learning rate at its end, which would be the end learning rate.')
     if self.backbone_learning_rate_multiplier < 0:
       raise ValueError('OptimizerConfig.backbone_learning_rate_multiplier must be >= 0.')
 

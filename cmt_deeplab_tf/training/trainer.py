@@ -64,8 +64,8 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     self.optimizer = optimization.build_optimizer(optimizer_config)
     self.backbone_optimizer = optimization.build_optimizer(
         optimizer_config, optimizer_config.backbone_learning_rate_multiplier)
-    self.backbone_variables, self.other_variables = (
-        optimization.split_backbone_variables(model))
+    # Split at the first trace: training-only heads create their variables then.
+    self.backbone_variables = self.other_variables = None
     self.gradient_clip_norm = optimizer_config.gradient_clip_norm
     self.global_step = orbit.utils.create_global_step()
     self.train_metrics: Dict[str, tf_keras.metrics.Mean] = {}
@@ -102,6 +102,9 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     with tf.GradientTape() as tape:
       outputs = self.model(features[common.IMAGE], training=True)
       losses = self.loss_fn(features, outputs)
+    if self.backbone_variables is None:
+      self.backbone_variables, self.other_variables = (
+          optimization.split_backbone_variables(self.model))
     gradients = tape.gradient(losses[panoptic_loss.TOTAL],
                               self.backbone_variables + self.other_variables)
     return losses, gradients

@@ -8,7 +8,7 @@ import numpy as np
 from cmt_deeplab_tf.data import dataset_info
 from cmt_deeplab_tf.data import panoptic_format
 from cmt_deeplab_tf.data import synthetic
-from tests.data import conftest
+from tests import conftest
 
 
 def _load(root, split):

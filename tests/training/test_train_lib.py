@@ -1,0 +1,119 @@
+"""End-to-end tests of the training system on the synthetic set, and its errors."""
+import glob
+import json
+import logging
+import os
+
+import gin
+import pytest
+import tensorflow as tf
+
+from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.training import optimization
+from cmt_deeplab_tf.training import train_lib
+
+GIN_CONFIGS = sorted(glob.glob(os.path.join(train_lib.REPOSITORY_ROOT, 'gin_configs', '**',
+                                            '*.gin'), recursive=True))
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config(clear_constants=True)
+  yield
+  gin.clear_config(clear_constants=True)
+
+
+def _tiny_config(tfrecord_dir, **overrides):
+  gin.bind_parameter('build_model.name', 'tiny')
+  gin.bind_parameter('build_model.num_clusters', 8)
+  gin.bind_parameter('OptimizerConfig.warmup_steps', 1)
+  settings = dict(dataset_name='synthetic',
+                  train_file_pattern=os.path.join(tfrecord_dir, 'train-*'),
+                  eval_file_pattern=os.path.join(tfrecord_dir, 'val-*'),
+                  train_batch_size=2, eval_batch_size=2, train_crop_size=(97, 97),
+                  eval_crop_size=(97, 97), max_num_masks=12, train_steps=4,
+                  steps_per_loop=2, summary_interval=2, checkpoint_interval=2,
+                  eval_interval=4, seed=0)
+  settings.update(overrides)
+  return train_lib.ExperimentConfig(**settings)
+
+
+@pytest.mark.parametrize('path', GIN_CONFIGS, ids=lambda p: os.path.relpath(p))
+def test_every_gin_config_parses_and_names_a_model(path):
+  train_lib.parse_gin([path], [])
+  if os.path.basename(path) != 'base.gin':  # Bases are included by the model configs.
+    assert gin.query_parameter('build_model.name') in builder.MODELS
+  config = train_lib.ExperimentConfig()
+  assert config.train_steps > 0 and config.dataset_name in ('coco', 'cityscapes', 'synthetic')
+
+
+def test_unknown_gin_binding_names_the_flag():
+  with pytest.raises(ValueError, match=r"--gin_param='ExperimentConfig.no_such_setting = 1'"):
+    train_lib.parse_gin([], ['ExperimentConfig.no_such_setting = 1'])
+  with pytest.raises(ValueError, match='--gin_param'):
+    train_lib.parse_gin([], ['NoSuchConfigurable.x = 1'])
+
+
+def test_missing_gin_file_names_the_flag(tmp_path):
+  with pytest.raises(ValueError, match=r'--gin_file=.*nope\.gin does not exist'):
+    train_lib.parse_gin([str(tmp_path / 'nope.gin')], [])
+
+
+def test_unwritable_model_dir_names_the_flag(tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('x')
+  with pytest.raises(ValueError, match=r'--model_dir=.*a_file/run is not writable'):
+    train_lib.check_model_dir(str(blocker / 'run'))
+
+
+def test_file_pattern_matching_nothing_is_named(tfrecord_dir, tmp_path):
+  config = _tiny_config(tfrecord_dir, train_file_pattern=str(tmp_path / 'none-*'))
+  with pytest.raises(ValueError, match='none-.*matches no file'):
+    train_lib.run('train', str(tmp_path / 'run'), tf.distribute.get_strategy(), config)
+
+
+def test_train_eval_resume_and_reject_another_architecture(tfrecord_dir, tmp_path, caplog):
+  model_dir = str(tmp_path / 'run')
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  train_lib.run('train_and_eval', model_dir, strategy, _tiny_config(tfrecord_dir))
+  assert tf.train.latest_checkpoint(model_dir).endswith('ckpt-4')
+  with open(os.path.join(model_dir, 'eval', 'results-4.json')) as f:
+    results = json.load(f)
+  assert results['step'] == 4 and 0.0 <= results['pq'] <= 100.0 and 'per_class' in results
+  assert 'build_model.name' in open(os.path.join(model_dir, train_lib.CONFIG_FILE)).read()
+  assert glob.glob(os.path.join(model_dir, 'train', 'events.*'))
+  # Every trainable model variable (training-only heads included) was updated.
+  before, after = (tf.train.load_checkpoint(os.path.join(model_dir, f'ckpt-{s}'))
+                   for s in (2, 4))
+  names = [n for n in before.get_variable_to_shape_map()
+           if n.startswith('model/') and n.endswith('VARIABLE_VALUE')
+           and 'moving_' not in n and 'OPTIMIZER_SLOT' not in n]
+  assert any('semantic_head' in n for n in names)
+  frozen = [n for n in names
+            if (before.get_tensor(n) == after.get_tensor(n)).all()]
+  assert not frozen, frozen[:5]
+
+  # Resuming restores step 4 and trains only the two missing steps.
+  gin.clear_config()
+  reader = tf.train.load_checkpoint(os.path.join(model_dir, 'ckpt-4'))
+  with caplog.at_level(logging.INFO):
+    output = train_lib.run('train', model_dir, strategy,
+                           _tiny_config(tfrecord_dir, train_steps=6))
+  assert any('ckpt-4' in r.getMessage() and 'restor' in r.getMessage().lower()
+             for r in caplog.records)
+  assert tf.train.latest_checkpoint(model_dir).endswith('ckpt-6')
+  assert reader.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE') == 4
+  assert set(output) >= {'total', 'pq_style_class', 'mask_id'}
+
+  # A model with another number of clusters cannot load these checkpoints.
+  gin.clear_config()
+  config = _tiny_config(tfrecord_dir)
+  gin.bind_parameter('build_model.num_clusters', 12)
+  with pytest.raises(ValueError, match='does not match the configured model'):
+    train_lib.run('eval', model_dir, strategy, config)
+
+
+def test_warmup_longer_than_training_is_rejected():
+  with pytest.raises(ValueError, match=r'warmup_steps \(5000\) must be smaller than '
+                                       r'train_steps \(100\)'):
+    optimization.OptimizerConfig(train_steps=100, warmup_steps=5000)
