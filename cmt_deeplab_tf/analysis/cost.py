@@ -1,0 +1,255 @@
+"""The accuracy-cost measurements of supplement Table 2 for our model configs.
+
+Per config:
+  params   inference parameters as the paper counts them (training-only heads
+           excluded), `modeling.parameter_count`;
+  FLOPs    multiply-adds of the inference graph (einsum included) at the given
+           size, batch 1, `modeling.flop_count`;
+  FPS      1 / median wall time of `model(images, training=False)` under
+           `tf.function`, batch 1, after two warm-up calls (network forward only,
+           no post-processing), on the current device;
+  memory   peak memory of one training step at batch 1 (see
+           `training_step_peak_memory`).
+
+The paper measured FPS on a V100 and memory on a TPUv4 (supplement Sec. 2);
+`PAPER_ROWS` keeps its Table 2 as data so the table shows both.
+
+`python -m cmt_deeplab_tf.analysis.cost NAME CLASSES CLUSTERS HEIGHT WIDTH` is
+the fresh process of the memory measurement; it prints one JSON line.
+"""
+import dataclasses
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from cmt_deeplab_tf import common
+from cmt_deeplab_tf.analysis import paper_tables
+from cmt_deeplab_tf.data import targets as targets_lib
+from cmt_deeplab_tf.losses import panoptic_loss
+from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.modeling import flop_count
+from cmt_deeplab_tf.modeling import parameter_count
+from cmt_deeplab_tf.training import optimization
+from cmt_deeplab_tf.training import trainer as trainer_lib
+
+GPU_PEAK = 'GPU:0 peak allocated (tf.config.experimental.get_memory_info)'
+CPU_PEAK_RSS = ('peak RSS increase of a fresh process from after its imports to '
+                'after one train step (model build, trace, forward, PanopticLoss, '
+                'backward, AdamW update)')
+TABLE_HEADER = ('method', 'epochs', 'memory', 'params', 'FLOPs', 'FPS', 'PQ')
+_MEMORY_PROBE_LABEL_DIVISOR = 1000
+_MEMORY_PROBE_BLOCK = 64  # Side of the random segments of the probe's label.
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperRow:
+  """One row of supplement Table 2 (None where the paper has '-')."""
+  method: str
+  epochs: int
+  memory_gb: Optional[float]
+  params_m: float
+  gflops: float
+  fps: float
+  pq: float
+
+
+# Supplement Table 2 (COCO val; FPS on a V100, memory on a TPUv4, 1200x800, batch 1).
+PAPER_ROWS = (
+    PaperRow('MaskFormer-SwinB', 300, None, 102, 411, 8.4, 51.8),
+    PaperRow('MaskFormer-SwinL', 300, None, 212, 792, 5.2, 52.7),
+    PaperRow('MaX-DeepLab-S', 216, 6.3, 62, 291, 11.9, 48.4),
+    PaperRow('MaX-DeepLab-L', 216, 28.7, 451, 3317, 2.2, 51.1),
+    PaperRow('CMT-DeepLab-S', 54, 10.2, 95, 396, 8.1, 53.0),
+    PaperRow('CMT-DeepLab-L', 54, 11.8, 135, 553, 6.0, 54.1),
+    PaperRow('CMT-DeepLab-L-RFN', 54, 25.8, 270, 1114, 3.2, 55.1),
+    PaperRow('CMT-DeepLab-L-RFN', 108, 25.8, 270, 1114, 3.2, 55.3),
+)
+# Our config -> the first paper row of the same method.
+PAPER_METHOD = {
+    'max_deeplab_s': 'MaX-DeepLab-S',
+    'cmt_deeplab_s': 'CMT-DeepLab-S',
+    'cmt_deeplab_l': 'CMT-DeepLab-L',
+    'cmt_deeplab_l_rfn': 'CMT-DeepLab-L-RFN',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+  """Our figures for one config (None where not measured)."""
+  name: str
+  params: int
+  multiply_adds: int
+  fps: Optional[float]
+  memory_bytes: Optional[int]
+
+
+def build(name: str, num_classes: int, num_clusters: int):
+  """Builds a named config with every head (the training-only one included)."""
+  model = builder.build_model(name, num_classes, num_clusters)
+  model(tf.zeros([1, 33, 33, 3]), training=True)
+  return model
+
+
+def inference_parameters(model) -> int:
+  """Parameters as the paper counts them: without training-only heads."""
+  return parameter_count.parameter_breakdown(model)[parameter_count.INFERENCE_TOTAL]
+
+
+def frames_per_second(model, height: int, width: int, runs: int,
+                      warmup: int = 2) -> float:
+  """1 / median seconds of a batch-1 `tf.function` forward after `warmup` calls."""
+  if runs < 1:
+    raise ValueError(f'runs must be >= 1, got {runs}.')
+  forward = tf.function(lambda images: model(images, training=False))
+  images = tf.random.uniform([1, height, width, 3], -1.0, 1.0)
+  seconds = []
+  for index in range(warmup + runs):
+    start = time.perf_counter()
+    tf.nest.map_structure(lambda tensor: tensor.numpy(), forward(images))
+    if index >= warmup:
+      seconds.append(time.perf_counter() - start)
+  return 1.0 / statistics.median(seconds)
+
+
+def random_training_batch(height: int, width: int, num_classes: int,
+                          max_num_masks: int, seed: int = 0) -> Dict[str, tf.Tensor]:
+  """A batch-1 random image with the pipeline's targets of a random block label."""
+  rng = np.random.default_rng(seed)
+  rows, cols = -(-height // _MEMORY_PROBE_BLOCK), -(-width // _MEMORY_PROBE_BLOCK)
+  block_ids = (rng.integers(0, num_classes, [rows, cols]) * _MEMORY_PROBE_LABEL_DIVISOR +
+               rng.integers(1, 4, [rows, cols]))
+  panoptic = np.kron(block_ids, np.ones([_MEMORY_PROBE_BLOCK] * 2, np.int64))
+  is_thing = [index % 2 == 0 for index in range(num_classes)]
+  features = targets_lib.build_targets(
+      tf.constant(panoptic[:height, :width], tf.int32), is_thing,
+      _MEMORY_PROBE_LABEL_DIVISOR, max_num_masks)
+  features[common.IMAGE] = tf.random.uniform([height, width, 3], -1.0, 1.0, seed=seed)
+  return {key: value[tf.newaxis] for key, value in features.items()}
+
+
+def run_one_training_step(model, num_classes: int, batch: Dict[str, tf.Tensor]) -> float:
+  """One step of the project's `PanopticTrainer` on `batch`; returns the total loss."""
+  strategy = tf.distribute.get_strategy()
+  trainer = trainer_lib.PanopticTrainer(
+      strategy=strategy, model=model,
+      loss_fn=panoptic_loss.PanopticLoss(num_classes=num_classes, global_batch_size=1),
+      optimizer_config=optimization.OptimizerConfig(train_steps=2, warmup_steps=0),
+      post_processor=None, evaluator=None,
+      train_dataset_fn=lambda _: tf.data.Dataset.from_tensors(batch).repeat())
+  return trainer.train(tf.constant(1))[panoptic_loss.TOTAL]
+
+
+def _max_rss_bytes() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB.
+
+
+def measure_training_step_memory(name: str, num_classes: int, num_clusters: int,
+                                 height: int, width: int) -> Dict[str, object]:
+  """In this process: builds `name`, runs one train step, returns its peak memory."""
+  on_gpu = bool(tf.config.list_physical_devices('GPU'))
+  if on_gpu:
+    tf.config.experimental.reset_memory_stats('GPU:0')
+  rss_before = _max_rss_bytes()
+  model = build(name, num_classes, num_clusters)
+  batch = random_training_batch(height, width, num_classes, num_clusters)
+  loss = run_one_training_step(model, num_classes, batch)
+  if on_gpu:
+    peak, what = tf.config.experimental.get_memory_info('GPU:0')['peak'], GPU_PEAK
+  else:
+    peak, what = _max_rss_bytes() - rss_before, CPU_PEAK_RSS
+  return {'bytes': int(peak), 'what': what, 'loss': float(loss)}
+
+
+def training_step_peak_memory(name: str, num_classes: int, num_clusters: int,
+                              height: int, width: int) -> Dict[str, object]:
+  """Peak memory of one batch-1 training step, measured in a fresh subprocess.
+
+  On a GPU: TF's peak allocation on GPU:0 during the step. On CPU: the increase
+  of the process's peak RSS (ru_maxrss) from after its imports to after the
+  step, which covers building the model, tracing the step, the forward pass, the
+  real PanopticLoss on a random batch with targets, the gradients and the AdamW
+  update (optimizer slots included).
+
+  Returns:
+    {'bytes': int, 'what': description of the figure, 'loss': the step's loss}.
+
+  Raises:
+    RuntimeError: with the subprocess's stderr if it failed.
+  """
+  command = [sys.executable, '-m', __name__, name, str(num_classes),
+             str(num_clusters), str(height), str(width)]
+  process = subprocess.run(command, capture_output=True, text=True, check=False)
+  if process.returncode != 0:
+    raise RuntimeError(f'Memory probe of {name} failed ({process.returncode}):\n'
+                       f'{process.stderr[-3000:]}')
+  return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def measure(name: str, num_classes: int, num_clusters: int, height: int, width: int,
+            fps_runs: int, with_memory: bool) -> Measurement:
+  """All of our figures for one config (FPS skipped when fps_runs == 0)."""
+  model = build(name, num_classes, num_clusters)
+  multiply_adds, _ = flop_count.count_multiply_adds(model, height, width)
+  fps = frames_per_second(model, height, width, fps_runs) if fps_runs else None
+  memory = (training_step_peak_memory(name, num_classes, num_clusters, height, width)
+            if with_memory else None)
+  return Measurement(name, inference_parameters(model), multiply_adds, fps,
+                     memory['bytes'] if memory else None)
+
+
+def _cell(value, fmt: str) -> str:
+  return '-' if value is None else fmt.format(value)
+
+
+def _paper_cells(row: PaperRow) -> List[str]:
+  return [f'{row.method} (paper)', str(row.epochs), _cell(row.memory_gb, '{:.1f}G'),
+          f'{row.params_m:g}M', f'{row.gflops:g}G', f'{row.fps:g}', f'{row.pq:.1f}']
+
+
+def _our_cells(measurement: Measurement, device: str) -> List[str]:
+  memory_gb = (None if measurement.memory_bytes is None
+               else measurement.memory_bytes / 2**30)
+  return [f'{measurement.name} (ours, {device})', '-', _cell(memory_gb, '{:.1f}G'),
+          f'{measurement.params / 1e6:.1f}M', f'{measurement.multiply_adds / 1e9:.0f}G',
+          _cell(measurement.fps, '{:.2f}'), '-']
+
+
+def markdown_table(measurements: Sequence[Measurement], device: str) -> str:
+  """Supplement Table 2 with each of our configs under its paper row.
+
+  Every paper row is kept; ours have no epochs or PQ (not trained on COCO).
+  """
+  ours_by_method = {}
+  for measurement in measurements:
+    ours_by_method.setdefault(PAPER_METHOD.get(measurement.name), []).append(measurement)
+  rows, placed = [], set()
+  for row in PAPER_ROWS:
+    rows.append(_paper_cells(row))
+    if row.method not in placed:
+      placed.add(row.method)
+      rows += [_our_cells(m, device) for m in ours_by_method.get(row.method, [])]
+  rows += [_our_cells(m, device) for m in ours_by_method.get(None, [])]
+  return paper_tables.markdown_table(TABLE_HEADER, rows) + '\n'
+
+
+def device_name() -> str:
+  """'GPU' if TF sees one, else 'CPU'."""
+  return 'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'
+
+
+def _probe_main(argv: Sequence[str]) -> None:
+  name, num_classes, num_clusters, height, width = argv
+  result = measure_training_step_memory(name, int(num_classes), int(num_clusters),
+                                        int(height), int(width))
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == '__main__':
+  _probe_main(sys.argv[1:])

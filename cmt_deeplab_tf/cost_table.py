@@ -1,0 +1,68 @@
+r"""Prints supplement Table 2 (accuracy-cost trade-off) with our configs beside it.
+
+  python -m cmt_deeplab_tf.cost_table --models=max_deeplab_s,cmt_deeplab_s \
+      [--num_classes=133 --num_clusters=128 --height=800 --width=1200 \
+       --fps_runs=5 --memory=true]
+
+Per config: inference parameters (training-only heads excluded, as the paper
+counts), G multiply-adds of the inference graph at HxW, batch 1, FPS on this
+device (1 / median of --fps_runs `tf.function` forwards after warm-up) and the
+peak memory of one batch-1 training step (GPU: TF's peak allocation; CPU: the
+peak RSS increase of a fresh process running the step). See
+`cmt_deeplab_tf.analysis.cost`.
+"""
+from absl import app
+from absl import flags
+
+from cmt_deeplab_tf.analysis import cost
+from cmt_deeplab_tf.modeling import builder
+
+
+def _define_flags():
+  flags.DEFINE_list('models', list(cost.PAPER_METHOD), 'Configs of `build_model`.')
+  flags.DEFINE_integer('num_classes', 133, 'Classes (COCO panoptic: 133).')
+  flags.DEFINE_integer('num_clusters', 128, 'Cluster centers / mask slots.')
+  flags.DEFINE_integer('height', 800, 'Input height (the paper: 800).')
+  flags.DEFINE_integer('width', 1200, 'Input width (the paper: 1200).')
+  flags.DEFINE_integer('fps_runs', 5, 'Timed forwards for the FPS median; 0 skips FPS.')
+  flags.DEFINE_bool('memory', True, 'Measure the peak memory of one training step.')
+
+
+def check_flags(flag_values) -> None:
+  """Raises app.UsageError naming the first bad flag."""
+  unknown = [m for m in flag_values.models if m not in builder.MODELS]
+  if not flag_values.models or unknown:
+    raise app.UsageError(f'--models={",".join(flag_values.models)}: unknown '
+                         f'{unknown}; choose from {sorted(builder.MODELS)}.')
+  for name in ('num_classes', 'num_clusters', 'height', 'width'):
+    if getattr(flag_values, name) < 1:
+      raise app.UsageError(f'--{name} must be >= 1, got {getattr(flag_values, name)}.')
+  if flag_values.fps_runs < 0:
+    raise app.UsageError(f'--fps_runs must be >= 0, got {flag_values.fps_runs}.')
+
+
+def main(argv):
+  del argv
+  FLAGS = flags.FLAGS
+  check_flags(FLAGS)
+  device = cost.device_name()
+  measurements = []
+  for name in FLAGS.models:
+    measurements.append(cost.measure(name, FLAGS.num_classes, FLAGS.num_clusters,
+                                     FLAGS.height, FLAGS.width, FLAGS.fps_runs,
+                                     FLAGS.memory))
+    print(f'measured {name}: {measurements[-1]}', flush=True)
+  print(f'\nInput {FLAGS.width}x{FLAGS.height}, batch 1, {FLAGS.num_classes} classes, '
+        f'{FLAGS.num_clusters} clusters; ours on {device}. FLOPs = multiply-adds of '
+        'the inference graph; memory: '
+        f'{cost.GPU_PEAK if device == "GPU" else cost.CPU_PEAK_RSS}.\n')
+  print(cost.markdown_table(measurements, device))
+
+
+def run():
+  _define_flags()
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()
