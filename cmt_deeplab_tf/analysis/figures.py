@@ -15,9 +15,11 @@ each row is one cluster center matched to a predicted segment:
 
 Maps are drawn with the supplement's recipe (`attention_maps`). Layout, in
 pixels: `PAD` around and between tiles, the title band (`LINE_HEIGHT` per line
-of the wrapped title), a `LINE_HEIGHT` band of column titles, then the tiles:
-tile (row r, column c) of size w x h has its top-left corner at
-x = PAD + c * (w + PAD), y = PAD + title_height + LINE_HEIGHT + r * (h + PAD).
+of the title, wrapped to the figure's width), the column-title band
+(`LINE_HEIGHT` per line of the longest column title, wrapped to the tile
+width), then the tiles: tile (row r, column c) of size w x h has its top-left
+corner at x = PAD + c * (w + PAD), y = PAD + title_height + header_height +
+r * (h + PAD).
 """
 import collections
 from typing import List, Optional, Sequence, Tuple
@@ -128,7 +130,7 @@ def label_tile(tile: np.ndarray, text: str) -> np.ndarray:
 
 
 def _wrap(text: str, width: int, draw: ImageDraw.ImageDraw) -> List[str]:
-  """Splits text into lines of at most `width` pixels (at word boundaries)."""
+  """Splits text at spaces into lines of at most `width` pixels (or one word)."""
   lines = []
   for word in text.split():
     if lines and draw.textlength(f'{lines[-1]} {word}') <= width:
@@ -145,11 +147,11 @@ def assemble_grid(tiles: Sequence[Sequence[np.ndarray]],
   See the module docstring for the geometry.
 
   Raises:
-    ValueError: if there are no tiles, rows differ in length from the column
-      titles, or tiles differ in size.
+    ValueError: if there are no tiles or columns, rows differ in length from
+      the column titles, or tiles differ in size.
   """
-  if not tiles:
-    raise ValueError('A figure needs at least one row of tiles.')
+  if not tiles or not column_titles:
+    raise ValueError('A figure needs at least one row and one column of tiles.')
   tile_shape = tiles[0][0].shape
   for row in tiles:
     if len(row) != len(column_titles):
@@ -162,15 +164,18 @@ def assemble_grid(tiles: Sequence[Sequence[np.ndarray]],
   width = PAD + len(column_titles) * (tile_width + PAD)
   measure = ImageDraw.Draw(Image.new('RGB', (1, 1)))
   title_lines = _wrap(title, width - 2 * PAD, measure)
-  top = PAD + len(title_lines) * LINE_HEIGHT + LINE_HEIGHT
+  header_lines = [_wrap(text, tile_width, measure) for text in column_titles]
+  header_top = PAD + len(title_lines) * LINE_HEIGHT
+  top = header_top + max(len(lines) for lines in header_lines) * LINE_HEIGHT
   figure = Image.new('RGB', (width, top + len(tiles) * (tile_height + PAD)),
                      BACKGROUND)
   draw = ImageDraw.Draw(figure)
   for line_index, line in enumerate(title_lines):
     draw.text((PAD, PAD + line_index * LINE_HEIGHT), line, fill=TEXT_COLOR)
-  for column, column_title in enumerate(column_titles):
-    draw.text((PAD + column * (tile_width + PAD), top - LINE_HEIGHT), column_title,
-              fill=TEXT_COLOR)
+  for column, lines in enumerate(header_lines):
+    for line_index, line in enumerate(lines):
+      draw.text((PAD + column * (tile_width + PAD),
+                 header_top + line_index * LINE_HEIGHT), line, fill=TEXT_COLOR)
   for row_index, row in enumerate(tiles):
     for column, tile in enumerate(row):
       figure.paste(Image.fromarray(tile), (PAD + column * (tile_width + PAD),

@@ -39,10 +39,15 @@ def test_grid_has_rows_times_columns_tiles_where_expected():
 def test_long_titles_wrap_and_push_the_tiles_down():
   tiles = [[_solid((1, 2, 3))]]
   short = np.asarray(figures.assemble_grid(tiles, ['a'], 'T'))
-  long = np.asarray(figures.assemble_grid(tiles, ['a'], 'word ' * 20))
-  assert long.shape[1] == short.shape[1]
-  assert (long.shape[0] - short.shape[0]) % LINE == 0
-  assert long.shape[0] - short.shape[0] >= 3 * LINE
+  long_title = np.asarray(figures.assemble_grid(tiles, ['a'], 'word ' * 20))
+  long_column = np.asarray(figures.assemble_grid(tiles, ['a b c d e f g'], 'T'))
+  for figure in (long_title, long_column):
+    assert figure.shape[1] == short.shape[1]
+    assert (figure.shape[0] - short.shape[0]) % LINE == 0
+    assert figure.shape[0] - short.shape[0] >= 2 * LINE
+    # The tile is still the last band of the figure.
+    np.testing.assert_array_equal(figure[-PAD - 10:-PAD, PAD:PAD + 12],
+                                  _solid((1, 2, 3)))
 
 
 def test_grid_rejects_ragged_rows_and_unequal_tiles():
@@ -50,8 +55,10 @@ def test_grid_rejects_ragged_rows_and_unequal_tiles():
     figures.assemble_grid([[_solid(0)], [_solid(0), _solid(0)]], ['a'], 'T')
   with pytest.raises(ValueError, match='must have the shape'):
     figures.assemble_grid([[_solid(0), _solid(0, height=11)]], ['a', 'b'], 'T')
-  with pytest.raises(ValueError, match='at least one row'):
+  with pytest.raises(ValueError, match='at least one row and one column'):
     figures.assemble_grid([], ['a'], 'T')
+  with pytest.raises(ValueError, match='at least one row and one column'):
+    figures.assemble_grid([[]], [], 'T')
 
 
 def test_select_centers_one_per_segment_by_decreasing_score():
