@@ -55,6 +55,11 @@ class ExperimentConfig:
   jit_compile: bool = False
   mixed_precision: Optional[str] = None
   seed: Optional[int] = None
+  # Weights to start from when the model dir has no checkpoint yet, e.g. an
+  # ImageNet-pretrained backbone (supplement Sec. 2): a checkpoint whose root holds
+  # `model` (as this trainer writes), restored whole or only its `backbone`.
+  init_checkpoint: Optional[str] = None
+  init_checkpoint_modules: str = 'all'
 
 
 def check_model_dir(model_dir: str) -> None:
@@ -94,6 +99,27 @@ def _dataset_fn(config: ExperimentConfig, is_training: bool):
   return dataset_fn
 
 
+def create_all_variables(model: tf_keras.Model, strategy: tf.distribute.Strategy) -> None:
+  """Creates every variable, training-only heads included, before the first step.
+
+  Variables first created inside a traced, distributed train step cannot always be
+  lifted out of it (MirroredStrategy fails), so one training-mode forward pass on
+  zeros runs eagerly here; the batch-norm statistics it moved are put back (moving
+  means to 0 and variances to 1 for the variables it created).
+  """
+  images = tf.zeros([1, 65, 65, 3])  # Any size builds the model.
+  strategy.run(lambda: model(images, training=False))
+  before = {id(v): v.numpy() for v in model.non_trainable_variables}
+  strategy.run(lambda: model(images, training=True))
+  for variable in model.non_trainable_variables:
+    if id(variable) in before:
+      variable.assign(before[id(variable)])
+    elif 'moving_variance' in variable.name:
+      variable.assign(tf.ones_like(variable))
+    elif 'moving_mean' in variable.name:
+      variable.assign(tf.zeros_like(variable))
+
+
 def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy,
                   mode: str) -> trainer_lib.PanopticTrainer:
   """Builds model, loss, optimizers, post-processing and data inside the strategy."""
@@ -101,7 +127,7 @@ def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy,
   trains, evaluates = mode in ('train', 'train_and_eval'), mode != 'train'
   with strategy.scope():
     model = builder.build_model(num_classes=info.num_classes)
-    model(tf.zeros([1, 65, 65, 3]), training=False)  # Any size builds the model.
+    create_all_variables(model, strategy)
     return trainer_lib.PanopticTrainer(
         strategy=strategy, model=model,
         loss_fn=panoptic_loss.PanopticLoss(num_classes=info.num_classes,
@@ -112,6 +138,23 @@ def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy,
         train_dataset_fn=_dataset_fn(config, True) if trains else None,
         eval_dataset_fn=_dataset_fn(config, False) if evaluates else None,
         jit_compile=config.jit_compile)
+
+
+def restore_init_checkpoint(model: tf_keras.Model, path: str, modules: str) -> None:
+  """Initialises the whole model or its backbone from another run's checkpoint."""
+  if modules not in ('all', 'backbone'):
+    raise ValueError(f"ExperimentConfig.init_checkpoint_modules={modules!r}: expected 'all' "
+                     "or 'backbone'.")
+  if not tf.io.gfile.exists(path + '.index'):
+    raise ValueError(f'ExperimentConfig.init_checkpoint={path}: no such checkpoint.')
+  target = model if modules == 'all' else tf.train.Checkpoint(backbone=model.backbone)
+  status = tf.train.Checkpoint(model=target).read(path).expect_partial()
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as e:
+    raise ValueError(f'ExperimentConfig.init_checkpoint={path} does not match the model '
+                     f'({modules}): {str(e)[:500]}') from e
+  logging.info('Initialised %s from %s.', modules, path)
 
 
 def check_checkpoint_matches(checkpoint: tf.train.Checkpoint, path: str) -> None:
@@ -165,8 +208,13 @@ def _jsonable(value):
 
 
 def run(mode: str, model_dir: str, strategy: tf.distribute.Strategy,
-        config: Optional[ExperimentConfig] = None) -> Dict[str, float]:
-  """Runs `mode` and returns the last training or evaluation output."""
+        config: Optional[ExperimentConfig] = None, return_trainer: bool = False):
+  """Runs `mode`.
+
+  Returns:
+    The last training or evaluation output, or the trainer itself when
+    `return_trainer` (for tests and tools that inspect the trained state).
+  """
   if mode not in MODES:
     raise ValueError(f'--mode={mode!r} is not one of {MODES}.')
   config = config or ExperimentConfig()
@@ -186,6 +234,9 @@ def run(mode: str, model_dir: str, strategy: tf.distribute.Strategy,
     check_checkpoint_matches(checkpoint, manager.latest_checkpoint)
   elif mode == 'eval':
     raise ValueError(f'--mode=eval: no checkpoint in --model_dir={model_dir}.')
+  elif config.init_checkpoint:
+    restore_init_checkpoint(trainer.model, config.init_checkpoint,
+                            config.init_checkpoint_modules)
   if chief:
     with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
       f.write(gin.operative_config_str())
@@ -199,15 +250,17 @@ def run(mode: str, model_dir: str, strategy: tf.distribute.Strategy,
       eval_actions=[EvalRecorder(trainer, model_dir, info)] if chief else None)
   if mode == 'train':
     controller.train(config.train_steps)
-    return {name: float(m.result()) for name, m in trainer.train_metrics.items()}
-  if mode == 'eval':
-    return controller.evaluate(config.eval_steps)
-  if mode == 'train_and_eval':
-    return controller.train_and_evaluate(config.train_steps, config.eval_steps,
-                                         config.eval_interval)
-  return controller.evaluate_continuously(
-      config.eval_steps, timeout=config.continuous_eval_timeout,
-      timeout_fn=lambda: int(trainer.global_step.numpy()) >= config.train_steps)
+    output = trainer.loss_averages()
+  elif mode == 'eval':
+    output = controller.evaluate(config.eval_steps)
+  elif mode == 'train_and_eval':
+    output = controller.train_and_evaluate(config.train_steps, config.eval_steps,
+                                           config.eval_interval)
+  else:
+    output = controller.evaluate_continuously(
+        config.eval_steps, timeout=config.continuous_eval_timeout,
+        timeout_fn=lambda: int(trainer.global_step.numpy()) >= config.train_steps)
+  return trainer if return_trainer else output
 
 
 # gin_configs/ includes its own files by paths relative to the repository root.

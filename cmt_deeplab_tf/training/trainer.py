@@ -48,7 +48,7 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
 
     Args:
       strategy: the distribution strategy.
-      model: the Keras model (already built).
+      model: the Keras model, every variable created (`train_lib.create_all_variables`).
       loss_fn: computes the named loss terms of a per-replica batch.
       optimizer_config: AdamW, schedule and backbone multiplier.
       post_processor: model outputs -> panoptic predictions (in graph).
@@ -64,11 +64,13 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     self.optimizer = optimization.build_optimizer(optimizer_config)
     self.backbone_optimizer = optimization.build_optimizer(
         optimizer_config, optimizer_config.backbone_learning_rate_multiplier)
-    # Split at the first trace: training-only heads create their variables then.
-    self.backbone_variables = self.other_variables = None
+    self.backbone_variables, self.other_variables = (
+        optimization.split_backbone_variables(model))
     self.gradient_clip_norm = optimizer_config.gradient_clip_norm
     self.global_step = orbit.utils.create_global_step()
-    self.train_metrics: Dict[str, tf_keras.metrics.Mean] = {}
+    self.loss_sums: Dict[str, tf.Variable] = {}
+    with strategy.scope():
+      self.loss_steps = tf.Variable(0.0, trainable=False, name='loss_steps')
     self._compute = (tf.function(self._losses_and_gradients, jit_compile=True)
                      if jit_compile else self._losses_and_gradients)
     self._progress = None
@@ -78,7 +80,7 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
       train_dataset = strategy.distribute_datasets_from_function(train_dataset_fn)
     if eval_dataset_fn:
       eval_dataset = strategy.distribute_datasets_from_function(eval_dataset_fn)
-    # Loss metrics are created on the first trace, which a tf.while_loop forbids.
+    # Loss sums are created on the first trace, which a tf.while_loop forbids.
     orbit.StandardTrainer.__init__(
         self, train_dataset, options=orbit.StandardTrainerOptions(use_tf_while_loop=False))
     orbit.StandardEvaluator.__init__(
@@ -92,19 +94,26 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
 
   # ---- Training. ----
 
-  def _metric(self, name: str) -> tf_keras.metrics.Mean:
-    if name not in self.train_metrics:
-      with self.strategy.scope():
-        self.train_metrics[name] = tf_keras.metrics.Mean(name, dtype=tf.float32)
-    return self.train_metrics[name]
+  def _accumulate(self, losses: Dict[str, tf.Tensor]) -> None:
+    """Adds a step's replica-reduced losses to the running sums (cross-replica)."""
+    if not self.loss_sums:  # First trace: one variable per loss term, made eagerly.
+      with tf.init_scope(), self.strategy.scope():
+        self.loss_sums.update({name: tf.Variable(0.0, trainable=False,
+                                                 name=name.replace('/', '_'))
+                               for name in losses})
+    for name, value in losses.items():
+      self.loss_sums[name].assign_add(value)
+    self.loss_steps.assign_add(1.0)
+
+  def loss_averages(self) -> Dict[str, float]:
+    """Mean of each loss term over the steps since the last `train_loop_begin`."""
+    steps = max(float(self.loss_steps.numpy()), 1.0)
+    return {name: float(total.numpy()) / steps for name, total in self.loss_sums.items()}
 
   def _losses_and_gradients(self, features):
     with tf.GradientTape() as tape:
       outputs = self.model(features[common.IMAGE], training=True)
       losses = self.loss_fn(features, outputs)
-    if self.backbone_variables is None:
-      self.backbone_variables, self.other_variables = (
-          optimization.split_backbone_variables(self.model))
     gradients = tape.gradient(losses[panoptic_loss.TOTAL],
                               self.backbone_variables + self.other_variables)
     return losses, gradients
@@ -124,20 +133,19 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     return {name: value * replicas for name, value in losses.items()}
 
   def train_loop_begin(self):
-    for metric in self.train_metrics.values():
-      metric.reset_state()
+    for variable in list(self.loss_sums.values()) + [self.loss_steps]:
+      variable.assign(0.0)
     if self._progress is None:
       self._progress = (time.time(), int(self.global_step.numpy()))
 
   def train_step(self, iterator):
     losses = self.strategy.run(self._replica_step, args=(next(iterator),))
-    for name, value in losses.items():
-      self._metric(name).update_state(
-          self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
+    self._accumulate({name: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
+                      for name, value in losses.items()})
     self.global_step.assign_add(1)
 
   def train_loop_end(self) -> Dict[str, float]:
-    results = {name: float(metric.result()) for name, metric in self.train_metrics.items()}
+    results = self.loss_averages()
     for name, value in results.items():
       if not np.isfinite(value):
         raise NonFiniteLossError(
