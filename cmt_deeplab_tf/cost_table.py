@@ -11,6 +11,8 @@ peak memory of one batch-1 training step (GPU: TF's peak allocation; CPU: the
 peak RSS increase of a fresh process running the step). See
 `cmt_deeplab_tf.analysis.cost`.
 """
+import os
+
 from absl import app
 from absl import flags
 
@@ -46,16 +48,22 @@ def main(argv):
   FLAGS = flags.FLAGS
   check_flags(FLAGS)
   device = cost.device_name()
+  load_before = os.getloadavg()[0]
   measurements = []
   for name in FLAGS.models:
     measurements.append(cost.measure(name, FLAGS.num_classes, FLAGS.num_clusters,
                                      FLAGS.height, FLAGS.width, FLAGS.fps_runs,
                                      FLAGS.memory))
     print(f'measured {name}: {measurements[-1]}', flush=True)
+  for measurement in measurements:
+    if measurement.memory_error:
+      print(f'\n{measurement.memory_error}', flush=True)
   print(f'\nInput {FLAGS.width}x{FLAGS.height}, batch 1, {FLAGS.num_classes} classes, '
         f'{FLAGS.num_clusters} clusters; ours on {device}. FLOPs = multiply-adds of '
         'the inference graph; memory: '
-        f'{cost.GPU_PEAK if device == "GPU" else cost.CPU_PEAK_RSS}.\n')
+        f'{cost.GPU_PEAK if device == "GPU" else cost.CPU_PEAK_RSS}. 1-minute load '
+        f'average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after '
+        f'({os.cpu_count()} CPUs): FPS falls on a shared machine.\n')
   print(cost.markdown_table(measurements, device))
 
 

@@ -88,6 +88,7 @@ class Measurement:
   multiply_adds: int
   fps: Optional[float]
   memory_bytes: Optional[int]
+  memory_error: Optional[str] = None
 
 
 def build(name: str, num_classes: int, num_clusters: int):
@@ -187,21 +188,31 @@ def training_step_peak_memory(name: str, num_classes: int, num_clusters: int,
              str(num_clusters), str(height), str(width)]
   process = subprocess.run(command, capture_output=True, text=True, check=False)
   if process.returncode != 0:
-    raise RuntimeError(f'Memory probe of {name} failed ({process.returncode}):\n'
-                       f'{process.stderr[-3000:]}')
+    killed = ' (killed: out of memory?)' if process.returncode == -9 else ''
+    raise RuntimeError(f'Memory probe of {name} failed with code {process.returncode}'
+                       f'{killed}:\n{process.stderr[-3000:]}')
   return json.loads(process.stdout.strip().splitlines()[-1])
 
 
 def measure(name: str, num_classes: int, num_clusters: int, height: int, width: int,
             fps_runs: int, with_memory: bool) -> Measurement:
-  """All of our figures for one config (FPS skipped when fps_runs == 0)."""
+  """All of our figures for one config (FPS skipped when fps_runs == 0).
+
+  A failed memory probe (e.g. killed for lack of RAM) leaves `memory_bytes`
+  None and its error in `memory_error`; the other figures are kept.
+  """
   model = build(name, num_classes, num_clusters)
   multiply_adds, _ = flop_count.count_multiply_adds(model, height, width)
   fps = frames_per_second(model, height, width, fps_runs) if fps_runs else None
-  memory = (training_step_peak_memory(name, num_classes, num_clusters, height, width)
-            if with_memory else None)
+  memory_bytes = memory_error = None
+  if with_memory:
+    try:
+      memory_bytes = training_step_peak_memory(name, num_classes, num_clusters, height,
+                                               width)['bytes']
+    except RuntimeError as e:
+      memory_error = str(e)
   return Measurement(name, inference_parameters(model), multiply_adds, fps,
-                     memory['bytes'] if memory else None)
+                     memory_bytes, memory_error)
 
 
 def _cell(value, fmt: str) -> str:
@@ -216,7 +227,8 @@ def _paper_cells(row: PaperRow) -> List[str]:
 def _our_cells(measurement: Measurement, device: str) -> List[str]:
   memory_gb = (None if measurement.memory_bytes is None
                else measurement.memory_bytes / 2**30)
-  return [f'{measurement.name} (ours, {device})', '-', _cell(memory_gb, '{:.1f}G'),
+  memory = 'failed' if measurement.memory_error else _cell(memory_gb, '{:.1f}G')
+  return [f'{measurement.name} (ours, {device})', '-', memory,
           f'{measurement.params / 1e6:.1f}M', f'{measurement.multiply_adds / 1e9:.0f}G',
           _cell(measurement.fps, '{:.2f}'), '-']
 

@@ -101,10 +101,13 @@ def test_table_keeps_every_paper_row_and_puts_ours_under_its_method():
   assert len(lines) == 2 + len(cost.PAPER_ROWS) + 2
 
 
-def test_unmeasured_figures_show_a_dash():
-  measurement = cost.Measurement('max_deeplab_s', 61_900_000, 291_000_000_000, None, None)
-  assert '| max_deeplab_s (ours, GPU) | - | - | 61.9M | 291G | - | - |' in (
-      cost.markdown_table([measurement], 'GPU'))
+def test_unmeasured_figures_show_a_dash_and_a_failed_probe_says_so():
+  unmeasured = cost.Measurement('max_deeplab_s', 61_900_000, 291_000_000_000, None, None)
+  failed = cost.Measurement('cmt_deeplab_s', 94_900_000, 396_000_000_000, 0.5, None,
+                            memory_error='Memory probe of cmt_deeplab_s failed')
+  lines = cost.markdown_table([unmeasured, failed], 'GPU').splitlines()
+  assert '| max_deeplab_s (ours, GPU) | - | - | 61.9M | 291G | - | - |' in lines
+  assert '| cmt_deeplab_s (ours, GPU) | - | failed | 94.9M | 396G | 0.50 | - |' in lines
 
 
 @pytest.mark.parametrize('override, flag', [({'models': ['resnet']}, '--models'),
