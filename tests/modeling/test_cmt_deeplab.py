@@ -119,7 +119,9 @@ def test_xla_matches_eager(model):
   xla = compiled(images)
   for key in (common.MASK_LOGITS, common.CLASS_LOGITS,
               common.REFERENCE_MASK_LOGITS):
-    np.testing.assert_allclose(xla[key], eager[key], atol=2e-3, rtol=2e-3)
+    # XLA reorders float32 reductions: compare relative to the output scale.
+    scale = np.abs(eager[key].numpy()).max()
+    np.testing.assert_allclose(xla[key], eager[key], atol=1e-3 * scale)
 
 
 def test_mixed_bfloat16_outputs_float32():
