@@ -8,6 +8,10 @@ _CLIS = {
     'cmt-train': 'cmt_deeplab_tf.train:run',
     'cmt-export': 'cmt_deeplab_tf.export:run',
     'cmt-predict': 'cmt_deeplab_tf.predict:run',
+    'cmt-visualize': 'cmt_deeplab_tf.visualize:run',
+    'cmt-render-tables': 'cmt_deeplab_tf.render_tables:run',
+    'cmt-cost-table': 'cmt_deeplab_tf.cost_table:run',
+    'cmt-sweep': 'cmt_deeplab_tf.sweep:run',
 }
 
 setuptools.setup(

@@ -119,6 +119,8 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     return losses, gradients
 
   def _replica_step(self, features):
+    # Strings (image ids) cannot enter an XLA cluster and the loss does not use them.
+    features = {k: v for k, v in features.items() if v.dtype != tf.string}
     losses, gradients = self._compute(features)
     if self.gradient_clip_norm:
       gradients, _ = tf.clip_by_global_norm(gradients, self.gradient_clip_norm)
@@ -146,12 +148,8 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
 
   def train_loop_end(self) -> Dict[str, float]:
     results = self.loss_averages()
-    for name, value in results.items():
-      if not np.isfinite(value):
-        raise NonFiniteLossError(
-            f'Loss term {name!r} is {value} at step {int(self.global_step.numpy())}; '
-            'stopping before a checkpoint is written.')
     step = int(self.global_step.numpy())
+    check_finite(results, step)
     results[LEARNING_RATE] = float(self.optimizer.learning_rate(self.optimizer.iterations)
                                    if callable(self.optimizer.learning_rate)
                                    else self.optimizer.learning_rate)
@@ -193,6 +191,14 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     self.last_eval_results = results
     self.last_eval_batch = state
     return {key: value for key, value in results.items() if np.isscalar(value)}
+
+
+def check_finite(losses: Dict[str, float], step: int) -> None:
+  """Stops training on a NaN or Inf loss term, naming it."""
+  for name, value in sorted(losses.items()):
+    if not np.isfinite(value):
+      raise NonFiniteLossError(f'Loss term {name!r} is {value} at step {step}; '
+                               'stopping before a checkpoint is written.')
 
 
 def _format_seconds(seconds: float) -> str:

@@ -53,7 +53,9 @@ def _finish(process, tmp_path, name, timeout=900):
   code = process.wait(timeout=timeout)
   log = (tmp_path / f'{name}.log').read_text()
   assert code == 0, log[-3000:]
-  summary = json.loads(log.strip().splitlines()[-1])
+  # Multi-worker runs may log coordination-service messages after the summary.
+  summary = json.loads(next(line for line in reversed(log.splitlines())
+                            if line.startswith('{"step"')))
   return summary, np.load(tmp_path / f'{name}.npz')
 
 
@@ -98,25 +100,29 @@ def test_multi_worker_mirrored_two_workers_agree(tfrecord_dir, init_checkpoint, 
   _assert_same_parameters(results[0][1], results[1][1], atol=0.0)
 
 
+def _latest_step(model_dir) -> int:
+  path = tf.train.latest_checkpoint(str(model_dir))
+  return int(path.rsplit('-', 1)[1]) if path else 0
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(tfrecord_dir, init_checkpoint, tmp_path):
-  model_dir = tmp_path / 'run'
-  run = _start(tmp_path, 'run', 'one_device', tfrecord_dir, init_checkpoint, steps=8,
+  model_dir, steps = tmp_path / 'run', 20
+  run = _start(tmp_path, 'run', 'one_device', tfrecord_dir, init_checkpoint, steps=steps,
                checkpoint_interval=2)
   deadline = time.time() + 900
-  while not (model_dir / 'ckpt-4.index').exists():
-    assert run.poll() is None and time.time() < deadline, 'no checkpoint before the end'
-    time.sleep(0.5)
+  while _latest_step(model_dir) < 4:
+    assert run.poll() is None and time.time() < deadline, 'ended before a checkpoint'
+    time.sleep(0.1)
   run.send_signal(signal.SIGKILL)
   run.wait()
-  killed_at = int(tf.train.latest_checkpoint(str(model_dir)).rsplit('-', 1)[1])
-  assert 4 <= killed_at < 8
+  killed_at = _latest_step(model_dir)
+  assert 4 <= killed_at < steps, 'the kill must land mid-run'
   saved = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir)))
-  resumed = _start(tmp_path, 'run', 'one_device', tfrecord_dir, init_checkpoint, steps=8,
-                   checkpoint_interval=2)
+  resumed = _start(tmp_path, 'run', 'one_device', tfrecord_dir, init_checkpoint,
+                   steps=steps, checkpoint_interval=2)
   summary, _ = _finish(resumed, tmp_path, 'run')
-  assert summary['step'] == 8
-  assert tf.train.latest_checkpoint(str(model_dir)).endswith('ckpt-8')
+  assert summary['step'] == steps and _latest_step(model_dir) == steps
   log = (tmp_path / 'run.log').read_text()
   assert f'ckpt-{killed_at}' in log and 'restor' in log.lower()
   assert saved.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE') == killed_at
