@@ -26,7 +26,6 @@ from absl import app
 from absl import flags
 
 from cmt_deeplab_tf.analysis import sweep
-from cmt_deeplab_tf.training import train_lib
 
 
 def _define_flags():
@@ -38,7 +37,8 @@ def _define_flags():
   flags.DEFINE_string('sweep_dir', None, 'One model dir per point, logs and tables.')
   flags.DEFINE_multi_string('gin_param', [], 'Bindings common to every point, applied '
                             "before the point's own.")
-  flags.DEFINE_enum('mode', 'train_and_eval', train_lib.MODES, 'Mode of the train CLI.')
+  flags.DEFINE_enum('mode', 'train_and_eval', sweep.MODES,
+                    'Mode of the train CLI (one that writes eval results).')
 
 
 def points_from_flags(grid, named):

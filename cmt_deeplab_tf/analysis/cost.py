@@ -37,6 +37,7 @@ from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.modeling import flop_count
 from cmt_deeplab_tf.modeling import parameter_count
 from cmt_deeplab_tf.training import optimization
+from cmt_deeplab_tf.training import train_lib
 from cmt_deeplab_tf.training import trainer as trainer_lib
 
 GPU_PEAK = 'GPU:0 peak allocated (tf.config.experimental.get_memory_info)'
@@ -94,7 +95,7 @@ class Measurement:
 def build(name: str, num_classes: int, num_clusters: int):
   """Builds a named config with every head (the training-only one included)."""
   model = builder.build_model(name, num_classes, num_clusters)
-  model(tf.zeros([1, 33, 33, 3]), training=True)
+  train_lib.create_all_variables(model, tf.distribute.get_strategy())
   return model
 
 
@@ -221,7 +222,7 @@ def _cell(value, fmt: str) -> str:
 
 def _paper_cells(row: PaperRow) -> List[str]:
   return [f'{row.method} (paper)', str(row.epochs), _cell(row.memory_gb, '{:.1f}G'),
-          f'{row.params_m:g}M', f'{row.gflops:g}G', f'{row.fps:g}', f'{row.pq:.1f}']
+          f'{row.params_m:g}M', f'{row.gflops:g}G', f'{row.fps:.1f}', f'{row.pq:.1f}']
 
 
 def _our_cells(measurement: Measurement, device: str) -> List[str]:
@@ -230,7 +231,7 @@ def _our_cells(measurement: Measurement, device: str) -> List[str]:
   memory = 'failed' if measurement.memory_error else _cell(memory_gb, '{:.1f}G')
   return [f'{measurement.name} (ours, {device})', '-', memory,
           f'{measurement.params / 1e6:.1f}M', f'{measurement.multiply_adds / 1e9:.0f}G',
-          _cell(measurement.fps, '{:.2f}'), '-']
+          _cell(measurement.fps, '{:.3g}'), '-']
 
 
 def markdown_table(measurements: Sequence[Measurement], device: str) -> str:

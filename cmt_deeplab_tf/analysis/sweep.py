@@ -33,7 +33,10 @@ CSV_FILE = 'results.csv'
 # (results JSON key, column title), percentages as the train CLI writes them.
 METRICS = (('pq', 'PQ'), ('pq_th', 'PQ^Th'), ('pq_st', 'PQ^St'), ('sq', 'SQ'),
            ('rq', 'RQ'))
+HEADER = ['point', *(title for _, title in METRICS), 'step', 'status', 'bindings', 'log']
 FINISHED, FAILED = 'finished', 'failed'
+# Train CLI modes that end with eval results to tabulate.
+MODES = ('train_and_eval', 'eval')
 _UNSAFE_NAME_CHARACTERS = re.compile(r'[^A-Za-z0-9._-]+')
 
 
@@ -195,8 +198,6 @@ def _row(outcome: Outcome) -> List[str]:
   return [outcome.point.name, *metrics, step, outcome.status,
           '; '.join(outcome.point.bindings), outcome.log_path]
 
-
-HEADER = ['point', *(title for _, title in METRICS), 'step', 'status', 'bindings', 'log']
 
 
 def markdown_table(outcomes: Sequence[Outcome]) -> str:

@@ -94,6 +94,7 @@ def test_table_keeps_every_paper_row_and_puts_ours_under_its_method():
                for line in lines) == 1
   assert '| MaX-DeepLab-S (paper) | 216 | 6.3G | 62M | 291G | 11.9 | 48.4 |' in lines
   assert '| MaskFormer-SwinB (paper) | 300 | - | 102M | 411G | 8.4 | 51.8 |' in lines
+  assert '| CMT-DeepLab-L (paper) | 54 | 11.8G | 135M | 553G | 6.0 | 54.1 |' in lines
   ours = '| cmt_deeplab_l_rfn (ours, CPU) | - | 3.0G | 94.9M | 396G | 0.41 | - |'
   rfn_54 = lines.index('| CMT-DeepLab-L-RFN (paper) | 54 | 25.8G | 270M | 1114G | 3.2 | 55.1 |')
   assert lines[rfn_54 + 1] == ours
@@ -107,7 +108,7 @@ def test_unmeasured_figures_show_a_dash_and_a_failed_probe_says_so():
                             memory_error='Memory probe of cmt_deeplab_s failed')
   lines = cost.markdown_table([unmeasured, failed], 'GPU').splitlines()
   assert '| max_deeplab_s (ours, GPU) | - | - | 61.9M | 291G | - | - |' in lines
-  assert '| cmt_deeplab_s (ours, GPU) | - | failed | 94.9M | 396G | 0.50 | - |' in lines
+  assert '| cmt_deeplab_s (ours, GPU) | - | failed | 94.9M | 396G | 0.5 | - |' in lines
 
 
 @pytest.mark.parametrize('override, flag', [({'models': ['resnet']}, '--models'),
