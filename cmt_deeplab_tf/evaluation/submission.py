@@ -33,16 +33,10 @@ import numpy as np
 from PIL import Image
 
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
+from cmt_deeplab_tf.data import panoptic_format
 from cmt_deeplab_tf.evaluation import panoptic_quality
 
 ImageId = Union[int, str, bytes]
-
-
-def segment_ids_to_rgb(segment_ids: np.ndarray) -> np.ndarray:
-  """Encodes int [H, W] ids < 256^3 as uint8 [H, W, 3], id = R + 256 G + 256^2 B."""
-  segment_ids = np.asarray(segment_ids, np.int64)
-  return np.stack([segment_ids % 256, segment_ids // 256 % 256,
-                   segment_ids // 256**2], axis=-1).astype(np.uint8)
 
 
 def _bounding_boxes(index: np.ndarray, num_segments: int) -> np.ndarray:
@@ -117,7 +111,7 @@ class _PanopticWriter:
           'id': int(segment_ids[i]), 'category_id': int(category_id),
           'iscrowd': 0, 'area': int(areas[i]),
           'bbox': [int(v) for v in boxes[i]]})
-    Image.fromarray(segment_ids_to_rgb(segment_ids[index])).save(
+    Image.fromarray(panoptic_format.id_to_rgb(segment_ids[index])).save(
         os.path.join(self._png_dir, file_name))
     self._image_ids.add(json_image_id)
     self._annotations.append({'image_id': json_image_id, 'file_name': file_name,

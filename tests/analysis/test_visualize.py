@@ -7,11 +7,10 @@ import gin
 import numpy as np
 from PIL import Image
 import pytest
-import tensorflow as tf
 
 from cmt_deeplab_tf import visualize
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
-from cmt_deeplab_tf.modeling import builder
+from tests import run_dirs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INFO = dataset_info_lib.get_dataset_info('synthetic')
@@ -41,13 +40,7 @@ def _clear_gin():
 def untrained_run(tmp_path_factory):
   """A model dir with an operative config and a checkpoint of a fresh `tiny`."""
   model_dir = str(tmp_path_factory.mktemp('run'))
-  with open(os.path.join(model_dir, 'operative_config.gin'), 'w') as f:
-    f.write(OPERATIVE_CONFIG)
-  tf.random.set_seed(0)
-  model = builder.build_model('tiny', INFO.num_classes, NUM_CLUSTERS)
-  model(tf.zeros([1, 65, 65, 3]), training=False)
-  tf.train.CheckpointManager(tf.train.Checkpoint(model=model), model_dir,
-                             max_to_keep=1).save(checkpoint_number=1)
+  run_dirs.write_untrained_run(model_dir, OPERATIVE_CONFIG, INFO.num_classes, NUM_CLUSTERS)
   return model_dir
 
 

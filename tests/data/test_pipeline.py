@@ -86,44 +86,45 @@ def test_void_and_crowd_are_ignored_and_semantic_is_void_only_on_void(tfrecord_d
     np.testing.assert_array_equal(batch[common.SEMANTIC][0].numpy() == 255, void)
 
 
+# Train ids of the colour-coded examples: disc (thing 0), square (thing 1), sky (stuff 4).
+_CLASS_COLORS = {0: (250, 0, 0), 1: (0, 250, 0), 4: (0, 0, 250)}
+
+
 def _write_color_coded_records(path, num_examples):
-  """Examples whose image colour encodes the label: one flat colour per segment."""
-  rng = np.random.default_rng(0)
+  """Examples whose image colour encodes the label: one flat colour per class."""
   with tf.io.TFRecordWriter(path) as writer:
     for index in range(num_examples):
-      label = np.full((100, 140), 4 * 256, np.int64)            # stuff 'sky'
-      label[20:70, 30:90] = 0 * 256 + 1                          # disc instance 1
-      label[50:95, 80:130] = 1 * 256 + 1                         # square instance 1
-      colors = {4 * 256: (0, 0, 250), 1: (250, 0, 0), 257: (0, 250, 0)}
+      label = np.full((100, 140), 4 * 256, np.int64)            # sky
+      label[20:70, 30:90] = 0 * 256 + 1                          # disc, instance 1
+      label[50:95, 80:130] = 1 * 256 + 1                         # square, instance 1
       image = np.zeros(label.shape + (3,), np.uint8)
-      for value, color in colors.items():
-        image[label == value] = color
+      for class_id, color in _CLASS_COLORS.items():
+        image[label // 256 == class_id] = color
       example = tfrecord_format.make_example(
           panoptic_format.encode_png(image), 'png', f'{index}.png', str(index), label, 256)
       writer.write(example.SerializeToString())
-  del rng
-  return {0: (0, 0, 250), 1: (250, 0, 0), 2: (0, 250, 0)}   # by sorted panoptic id
 
 
 def test_augmented_image_and_label_stay_aligned(tmp_path):
   path = str(tmp_path / 'colors.tfrecord')
-  slot_colors = _write_color_coded_records(path, 4)
-  # Sorted ids: 1 (disc) -> slot 0, 257 (square) -> slot 1, 1024 (sky) -> slot 2.
-  slot_colors = {0: slot_colors[1], 1: slot_colors[2], 2: slot_colors[0]}
+  _write_color_coded_records(path, 4)
   dataset = _train_dataset(path, seed=7, min_scale=0.5, max_scale=2.0, scale_step=0.25)
   flipped_seen = set()
   for batch in dataset.take(6):
-    for image, mask_index in zip(batch[common.IMAGE].numpy(),
-                                 batch[common.MASK_INDEX].numpy()):
+    for image, mask_index, classes, valid in zip(
+        batch[common.IMAGE].numpy(), batch[common.MASK_INDEX].numpy(),
+        batch[common.GT_CLASSES].numpy(), batch[common.GT_VALID].numpy()):
       rgb = (image + 1.0) * 127.5
-      for slot, color in slot_colors.items():
+      slot_of_class = {c: k for k, c in enumerate(classes) if valid[k]}
+      for class_id, slot in slot_of_class.items():
         interior = ndimage.binary_erosion(mask_index == slot, iterations=2)
         if interior.any():
-          np.testing.assert_allclose(rgb[interior], np.broadcast_to(color, rgb[interior].shape),
-                                     atol=2.0)
-      disc = np.nonzero((mask_index == 0).any(axis=0))[0]
-      square = np.nonzero((mask_index == 1).any(axis=0))[0]
-      if disc.size and square.size:
+          np.testing.assert_allclose(
+              rgb[interior], np.broadcast_to(_CLASS_COLORS[class_id], rgb[interior].shape),
+              atol=2.0)
+      if 0 in slot_of_class and 1 in slot_of_class:  # Disc left of square unless flipped.
+        disc = np.nonzero((mask_index == slot_of_class[0]).any(axis=0))[0]
+        square = np.nonzero((mask_index == slot_of_class[1]).any(axis=0))[0]
         flipped_seen.add(bool(disc.mean() > square.mean()))
   assert flipped_seen == {True, False}, 'expected both flipped and unflipped crops'
 

@@ -17,6 +17,7 @@ from cityscapesscripts.evaluation import evalPanopticSemanticLabeling as cs_eval
 from cityscapesscripts.helpers import labels as cs_labels
 
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
+from cmt_deeplab_tf.data import panoptic_format
 from cmt_deeplab_tf.evaluation import panoptic_quality
 from cmt_deeplab_tf.evaluation import submission
 from tests.evaluation import random_panoptic
@@ -29,10 +30,10 @@ def _read_png_ids(path):
   return cs_eval.rgb2id(np.array(Image.open(path), dtype=np.uint32))
 
 
-def test_segment_ids_to_rgb_inverts_rgb2id():
+def test_id_to_rgb_inverts_cityscapesscripts_rgb2id():
   ids = np.array([[0, 1, 255], [256, 65535, 256**3 - 1]])
   np.testing.assert_array_equal(
-      cs_eval.rgb2id(submission.segment_ids_to_rgb(ids)), ids)
+      cs_eval.rgb2id(panoptic_format.id_to_rgb(ids)), ids)
 
 
 def test_coco_export_recovers_every_segment(tmp_path):
@@ -98,7 +99,7 @@ def _write_cityscapes_gt(folder, image_id, gt):
     segments.append({'id': segment_id, 'category_id': label.id,
                      'area': int(mask.sum()), 'iscrowd': int(crowd)})
   file_name = f'{image_id}_gtFine_panoptic.png'
-  Image.fromarray(submission.segment_ids_to_rgb(segment_ids)).save(
+  Image.fromarray(panoptic_format.id_to_rgb(segment_ids)).save(
       os.path.join(folder, file_name))
   return {'image_id': image_id, 'file_name': file_name, 'segments_info': segments}
 

@@ -23,9 +23,9 @@ from cmt_deeplab_tf import predict
 from cmt_deeplab_tf.analysis import colors
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.data import panoptic_format
-from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.ops import post_processing
 from cmt_deeplab_tf.serving import export_lib
+from tests import run_dirs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INFO = dataset_info_lib.get_dataset_info('synthetic')
@@ -82,15 +82,9 @@ def _clear_gin():
 def trained_run(tmp_path_factory):
   """(model_dir, model): a run dir with operative config and a checkpoint."""
   model_dir = str(tmp_path_factory.mktemp('run'))
-  with open(os.path.join(model_dir, 'operative_config.gin'), 'w') as f:
-    f.write(OPERATIVE_CONFIG)
-  tf.random.set_seed(0)
-  model = builder.build_model('tiny', INFO.num_classes, NUM_CLUSTERS)
-  model(tf.zeros([1, 65, 65, 3]), training=False)
-  global_step = tf.Variable(3, dtype=tf.int64)  # State the export must skip.
-  tf.train.CheckpointManager(
-      tf.train.Checkpoint(model=model, global_step=global_step), model_dir,
-      max_to_keep=1).save(checkpoint_number=3)
+  model = run_dirs.write_untrained_run(  # The global step is state the export must skip.
+      model_dir, OPERATIVE_CONFIG, INFO.num_classes, NUM_CLUSTERS, step=3,
+      global_step=tf.Variable(3, dtype=tf.int64))
   return model_dir, model
 
 

@@ -1,0 +1,23 @@
+"""Model dirs of untrained runs (operative config + checkpoint) for CLI tests."""
+import os
+
+import tensorflow as tf
+
+from cmt_deeplab_tf.modeling import builder
+
+
+def write_untrained_run(model_dir: str, operative_config: str, num_classes: int,
+                        num_clusters: int, step: int = 1, **extra_checkpoint_items):
+  """Writes `operative_config.gin` and a checkpoint of a fresh seeded `tiny` model.
+
+  Returns:
+    The model, as saved.
+  """
+  with open(os.path.join(model_dir, 'operative_config.gin'), 'w') as f:
+    f.write(operative_config)
+  tf.random.set_seed(0)
+  model = builder.build_model('tiny', num_classes, num_clusters)
+  model(tf.zeros([1, 65, 65, 3]), training=False)
+  tf.train.CheckpointManager(tf.train.Checkpoint(model=model, **extra_checkpoint_items),
+                             model_dir, max_to_keep=1).save(checkpoint_number=step)
+  return model
