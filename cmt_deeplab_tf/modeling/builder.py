@@ -4,6 +4,7 @@
 |--------------------|-------------|------------------------------|--------------------|
 | max_deeplab_s      | MaX-S       | 1, 1, 1                      | 3 in stage 5 + 1 (dual-path) |
 | cmt_deeplab_s      | Axial-R50   | 4, 2, 2                      | 8 CMT, one per decoder block |
+| cmt_deeplab_r50    | ResNet-50   | 4, 2, 2                      | 8 CMT (supp. Table 3) |
 | cmt_deeplab_l      | Axial-R104  | 4, 2, 2                      | 8 CMT              |
 | cmt_deeplab_l_rfn  | 2 x Axial-R104 (RFN) | 4, 2, 2 each        | 2 x 8 CMT, shared centers |
 | tiny               | Axial-ResNet, width 1/8, 1-1-1-1 | 1, 1, 1 | 3 CMT, width 1/8 |
@@ -36,6 +37,14 @@ def cmt_deeplab_s(num_classes, num_clusters,
   return cmt_deeplab.build_network(
       axial_resnet.axial_r50(), num_classes, num_clusters, decoder_blocks,
       name='cmt_deeplab_s')
+
+
+def cmt_deeplab_r50(num_classes, num_clusters,
+                    decoder_blocks=CMT_DECODER_BLOCKS):
+  """CMT-DeepLab with a plain ResNet-50(-beta) backbone (supplement Table 3)."""
+  return cmt_deeplab.build_network(
+      axial_resnet.resnet50(), num_classes, num_clusters, decoder_blocks,
+      name='cmt_deeplab_r50')
 
 
 def cmt_deeplab_l(num_classes, num_clusters,
@@ -71,6 +80,7 @@ def tiny(num_classes, num_clusters, decoder_blocks=(1, 1, 1)):
 MODELS = {
     'max_deeplab_s': max_deeplab.max_deeplab_s,
     'cmt_deeplab_s': cmt_deeplab_s,
+    'cmt_deeplab_r50': cmt_deeplab_r50,
     'cmt_deeplab_l': cmt_deeplab_l,
     'cmt_deeplab_l_rfn': cmt_deeplab_l_rfn,
     'tiny': tiny,
