@@ -105,6 +105,15 @@ def test_train_eval_resume_and_reject_another_architecture(tfrecord_dir, tmp_pat
   assert reader.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE') == 4
   assert set(output) >= {'total', 'pq_style_class', 'mask_id'}
 
+  # Continuous evaluation picks up the newest checkpoint and stops once training is done.
+  gin.clear_config()
+  for stale in glob.glob(os.path.join(model_dir, 'eval', 'results-*.json')):
+    os.remove(stale)
+  train_lib.run('continuous_eval', model_dir, strategy,
+                _tiny_config(tfrecord_dir, train_steps=6, continuous_eval_timeout=1))
+  assert [os.path.basename(p) for p in glob.glob(os.path.join(model_dir, 'eval', '*.json'))
+          ] == ['results-6.json']
+
   # A model with another number of clusters cannot load these checkpoints.
   gin.clear_config()
   config = _tiny_config(tfrecord_dir)
