@@ -53,3 +53,7 @@ ATTENTION_MAPS = 'attention_maps'
 PANOPTIC_PRED = 'panoptic_pred'      # int32 [B, H, W], semantic * divisor + instance.
 SEMANTIC_PRED = 'semantic_pred'      # int32 [B, H, W].
 INSTANCE_PRED = 'instance_pred'      # int32 [B, H, W].
+# Per cluster: the panoptic id of its segment (-1 if no pixel survives) and its
+# class confidence (0 if none). int32 / float32 [B, N].
+SEGMENT_PANOPTIC_IDS = 'segment_panoptic_ids'
+SEGMENT_SCORES = 'segment_scores'

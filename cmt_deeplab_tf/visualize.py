@@ -158,8 +158,8 @@ def visualize_image(image: np.ndarray, run: LoadedRun,
   result = run_model(run, padded, image_size)
   panoptic = result.predictions[common.PANOPTIC_PRED]
   centers = figures.select_centers(
-      result.predictions[post_processing.SEGMENT_PANOPTIC_IDS],
-      result.predictions[post_processing.SEGMENT_SCORES], num_centers, run.info)
+      result.predictions[common.SEGMENT_PANOPTIC_IDS],
+      result.predictions[common.SEGMENT_SCORES], num_centers, run.info)
   if not centers:
     return None
   clustering_maps = _maps(result.outputs, common.CLUSTERING_MAPS)

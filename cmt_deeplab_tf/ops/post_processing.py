@@ -33,8 +33,6 @@ import tensorflow as tf
 from cmt_deeplab_tf import common
 
 # Per-cluster outputs for serving (static shape [B, N]). Proposed for `common`.
-SEGMENT_PANOPTIC_IDS = 'segment_panoptic_ids'  # int32, -1 if no pixel survives.
-SEGMENT_SCORES = 'segment_scores'              # float32 class confidence, 0 if none.
 
 _METHODS = ('pixelwise', 'maskwise')
 _MASKED_LOGIT = -1e9
@@ -174,7 +172,7 @@ class PostProcessor:
     Returns:
       PANOPTIC_PRED, SEMANTIC_PRED, INSTANCE_PRED (int32 [B, H, W]; void pixels
       are IGNORE_LABEL * label_divisor, IGNORE_LABEL and 0), and per cluster
-      SEGMENT_PANOPTIC_IDS (int32 [B, N]) and SEGMENT_SCORES (float32 [B, N]).
+      common.SEGMENT_PANOPTIC_IDS (int32 [B, N]) and common.SEGMENT_SCORES (float32 [B, N]).
     """
     class_logits = outputs[common.CLASS_LOGITS]
     if class_logits.shape[-1] != self._num_classes + 1:
@@ -267,7 +265,7 @@ class PostProcessor:
         common.PANOPTIC_PRED: panoptic,
         common.SEMANTIC_PRED: tf.where(keep, semantic, common.IGNORE_LABEL),
         common.INSTANCE_PRED: instance,
-        SEGMENT_PANOPTIC_IDS: tf.where(
+        common.SEGMENT_PANOPTIC_IDS: tf.where(
             slot_present, slot_class * self._label_divisor + instance_of_slot, -1),
-        SEGMENT_SCORES: tf.where(slot_present, slot_score, 0.0),
+        common.SEGMENT_SCORES: tf.where(slot_present, slot_score, 0.0),
     }

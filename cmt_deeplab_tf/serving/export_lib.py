@@ -44,9 +44,9 @@ INPUT_IMAGES = 'images'
 PANOPTIC = 'panoptic'
 SEMANTIC = 'semantic'
 INSTANCE = 'instance'
-SEGMENT_PANOPTIC_IDS = 'segment_panoptic_ids'
+SEGMENT_PANOPTIC_IDS = common.SEGMENT_PANOPTIC_IDS
 SEGMENT_CLASSES = 'segment_classes'
-SEGMENT_SCORES = 'segment_scores'
+SEGMENT_SCORES = common.SEGMENT_SCORES
 OUTPUT_NAMES = (PANOPTIC, SEMANTIC, INSTANCE, SEGMENT_PANOPTIC_IDS,
                 SEGMENT_CLASSES, SEGMENT_SCORES)
 
@@ -89,14 +89,14 @@ def serving_function(model: tf_keras.Model,
   def serve(images):
     outputs = model(pad_images(images), training=False)
     predictions = post_processor(outputs, tf.shape(images)[1:3])
-    segment_ids = predictions[post_processing.SEGMENT_PANOPTIC_IDS]
+    segment_ids = predictions[common.SEGMENT_PANOPTIC_IDS]
     return {
         PANOPTIC: predictions[common.PANOPTIC_PRED],
         SEMANTIC: predictions[common.SEMANTIC_PRED],
         INSTANCE: predictions[common.INSTANCE_PRED],
         SEGMENT_PANOPTIC_IDS: segment_ids,
         SEGMENT_CLASSES: tf.where(segment_ids >= 0, segment_ids // label_divisor, -1),
-        SEGMENT_SCORES: predictions[post_processing.SEGMENT_SCORES],
+        SEGMENT_SCORES: predictions[common.SEGMENT_SCORES],
     }
   return serve
 

@@ -46,9 +46,9 @@ def test_pixelwise_things_stuff_and_no_object():
   np.testing.assert_array_equal(result[common.PANOPTIC_PRED][0], expected)
   np.testing.assert_array_equal(result[common.INSTANCE_PRED][0],
                                 np.where(expected == VOID, 0, expected % DIVISOR))
-  np.testing.assert_array_equal(result[post_processing.SEGMENT_PANOPTIC_IDS],
+  np.testing.assert_array_equal(result[common.SEGMENT_PANOPTIC_IDS],
                                 [[1, 2, 2000, -1]])
-  scores = result[post_processing.SEGMENT_SCORES][0]
+  scores = result[common.SEGMENT_SCORES][0]
   assert np.all(scores[:3] > 0.99) and scores[3] == 0.0
 
 
@@ -71,7 +71,7 @@ def test_thing_area_limit_and_consecutive_instance_ids():
   np.testing.assert_array_equal(panoptic[:2, :2], [[VOID, VOID], [VOID, 2000]])
   # The surviving thing is instance 1, not 2: ids are consecutive.
   np.testing.assert_array_equal(panoptic[:2, 2:], 1)
-  np.testing.assert_array_equal(result[post_processing.SEGMENT_PANOPTIC_IDS],
+  np.testing.assert_array_equal(result[common.SEGMENT_PANOPTIC_IDS],
                                 [[-1, 1, 2000, -1]])
 
 

@@ -147,12 +147,12 @@ def _check_fresh_process_matches_keras(model, export_dir, tmp_path):
       assert exported[key].shape == (batch, height, width)
       assert exported[key].dtype == np.int32
       np.testing.assert_array_equal(exported[key], expected[expected_key])
-    ids = expected[post_processing.SEGMENT_PANOPTIC_IDS]
+    ids = expected[common.SEGMENT_PANOPTIC_IDS]
     np.testing.assert_array_equal(exported[export_lib.SEGMENT_PANOPTIC_IDS], ids)
     np.testing.assert_array_equal(exported[export_lib.SEGMENT_CLASSES],
                                   np.where(ids >= 0, ids // INFO.label_divisor, -1))
     np.testing.assert_allclose(exported[export_lib.SEGMENT_SCORES],
-                               expected[post_processing.SEGMENT_SCORES], atol=1e-5)
+                               expected[common.SEGMENT_SCORES], atol=1e-5)
     # The comparison is not vacuous: several segments, things among them.
     assert len(np.unique(exported[export_lib.PANOPTIC])) >= 3
     assert exported[export_lib.INSTANCE].max() >= 1
