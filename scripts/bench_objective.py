@@ -10,9 +10,12 @@ training. Compares, in one run:
 - scipy's linear_sum_assignment per image, alone and as a round trip from a
   tf.function (tf.numpy_function: device -> host -> device);
 - the full PanopticLoss forward (and forward + backward) with and without XLA.
-Prints a Markdown table of median wall times and ratios to the scipy round trip.
+Prints Markdown tables of median wall times, with the matcher times as ratios to
+the scipy round trip, for several numbers of real ground-truth masks (COCO
+images average 7.7 object instances, Lin et al. 2014, plus a few stuff
+segments; 128 is the padded capacity, the worst case).
 
-  TF_CPP_MIN_LOG_LEVEL=2 python scripts/bench_objective.py --num_masks 50
+  TF_CPP_MIN_LOG_LEVEL=2 python scripts/bench_objective.py
 """
 import argparse
 import statistics
@@ -28,6 +31,7 @@ from cmt_deeplab_tf.losses import matching
 from cmt_deeplab_tf.losses import panoptic_loss
 
 NUM_CLASSES = 133
+SCIPY_ROUND_TRIP = 'scipy round trip'
 
 
 def make_case(batch, size, num_slots, num_masks, num_pred, seed=0):
@@ -106,18 +110,9 @@ def timed(fn, repeats):
   return statistics.median(times)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--batch', type=int, default=8)
-  parser.add_argument('--size', type=int, default=641)
-  parser.add_argument('--num_pred', type=int, default=128)
-  parser.add_argument('--num_slots', type=int, default=128)
-  parser.add_argument('--num_masks', type=int, default=50)
-  parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--skip_loss', action='store_true')
-  args = parser.parse_args()
-
-  targets, outputs = make_case(args.batch, args.size, args.num_slots, args.num_masks,
+def matcher_row(args, num_masks):
+  """Median matcher times (seconds) for one number of real ground-truth masks."""
+  targets, outputs = make_case(args.batch, args.size, args.num_slots, num_masks,
                                args.num_pred)
   similarity, gt_valid = similarity_of(targets, outputs)
   sim_np, valid_np = similarity.numpy(), gt_valid.numpy()
@@ -127,12 +122,11 @@ def main():
     return tf.ensure_shape(result, valid.shape)
 
   in_graph = {}
-  for solver in ['shortest_path', 'tf_models']:
+  for solver in args.solvers:
     for name, jit in [('tf.function', False), ('XLA', True)]:
-      in_graph[f'matcher: in-graph {solver}, {name}'] = tf.function(
+      in_graph[f'{solver}, {name}'] = tf.function(
           lambda s, v, solver=solver: matching.hungarian_match(
               s, v, solver=solver).gt_to_pred, jit_compile=jit)
-  scipy_round_trip = tf.function(round_trip)
   # The solvers must agree on the optimum before their speed means anything.
   reference = scipy_match(sim_np, valid_np)
   for name, fn in in_graph.items():
@@ -143,40 +137,74 @@ def main():
       total = sim_np[b][rows, ours[b][rows]].sum()
       ref_total = sim_np[b][ref_rows, reference[b][ref_rows]].sum()
       assert abs(total - ref_total) < 1e-4, (name, b, total, ref_total)
+  scipy_round_trip = tf.function(round_trip)
+  times = {SCIPY_ROUND_TRIP: timed(
+      lambda: scipy_round_trip(similarity, gt_valid).numpy(), args.repeats)}
+  times['scipy, numpy only'] = timed(lambda: scipy_match(sim_np, valid_np), args.repeats)
+  for name, fn in in_graph.items():
+    times[name] = timed(lambda: fn(similarity, gt_valid).numpy(), args.repeats)
+  return times
+
+
+def loss_rows(args, num_masks):
+  """Median times of the full PanopticLoss, forward and forward + backward."""
+  targets, outputs = make_case(args.batch, args.size, args.num_slots, num_masks,
+                               args.num_pred)
+  # Every pixel of instance discrimination would be 26k^2: use DeepLab2's K.
+  loss = panoptic_loss.PanopticLoss(NUM_CLASSES)
+  variables = {k: tf.Variable(v) for k, v in outputs.items()}
+
+  def forward_backward(t, v):
+    with tf.GradientTape() as tape:
+      total = loss(t, dict(v))[panoptic_loss.TOTAL]
+    return total, tape.gradient(total, v)
 
   rows = []
-  base = timed(lambda: scipy_round_trip(similarity, gt_valid).numpy(), args.repeats)
-  rows.append(('matcher: scipy round trip (tf.numpy_function)', base))
-  rows.append(('matcher: scipy per image, numpy only',
-               timed(lambda: scipy_match(sim_np, valid_np), args.repeats)))
-  for name, fn in in_graph.items():
-    rows.append((name, timed(lambda: fn(similarity, gt_valid).numpy(), args.repeats)))
+  for name, jit in [('tf.function', False), ('XLA', True)]:
+    forward = tf.function(lambda t, o: loss(t, o)[panoptic_loss.TOTAL], jit_compile=jit)
+    rows.append((f'forward, {name}',
+                 timed(lambda: forward(targets, outputs).numpy(), args.repeats)))
+    step = tf.function(forward_backward, jit_compile=jit)
+    rows.append((f'forward + backward, {name}',
+                 timed(lambda: step(targets, variables)[0].numpy(), args.repeats)))
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--size', type=int, default=641)
+  parser.add_argument('--num_pred', type=int, default=128)
+  parser.add_argument('--num_slots', type=int, default=128)
+  parser.add_argument('--num_masks', default='10,25,50,100,128',
+                      help='comma-separated numbers of real ground-truth masks')
+  parser.add_argument('--solvers', default='shortest_path,tf_models',
+                      help='comma-separated in-graph solvers to time')
+  parser.add_argument('--loss_masks', type=int, default=50,
+                      help='real masks of the full-loss case')
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--skip_loss', action='store_true')
+  args = parser.parse_args()
+  args.solvers = args.solvers.split(',')
+  counts = [int(n) for n in args.num_masks.split(',')]
+
+  print(f'\nbatch {args.batch}, {args.num_pred} clusters, {args.num_slots} gt slots, '
+        f'targets {args.size}x{args.size}, mask logits at stride 4; median ms of '
+        f'{args.repeats} after warm-up; (x) = ratio to the scipy round trip\n')
+  rows = [(n, matcher_row(args, n)) for n in counts]
+  names = list(rows[0][1])
+  print('| real masks | ' + ' | '.join(names) + ' |')
+  print('|---:|' + '---:|' * len(names))
+  for n, times in rows:
+    base = times[SCIPY_ROUND_TRIP]
+    print(f'| {n} | ' + ' | '.join(
+        f'{times[k] * 1e3:.2f} ({times[k] / base:.2f})' for k in names) + ' |')
   if not args.skip_loss:
-    # Every pixel of instance discrimination would be 26k^2: use DeepLab2's K.
-    loss = panoptic_loss.PanopticLoss(NUM_CLASSES)
-    variables = {k: tf.Variable(v) for k, v in outputs.items()}
-
-    def forward_backward(t, v):
-      with tf.GradientTape() as tape:
-        total = loss(t, dict(v))[panoptic_loss.TOTAL]
-      return total, tape.gradient(total, v)
-
-    for name, jit in [('tf.function', False), ('XLA', True)]:
-      forward = tf.function(lambda t, o: loss(t, o)[panoptic_loss.TOTAL],
-                            jit_compile=jit)
-      rows.append((f'full loss forward, {name}',
-                   timed(lambda: forward(targets, outputs).numpy(), args.repeats)))
-      step = tf.function(forward_backward, jit_compile=jit)
-      rows.append((f'full loss forward + backward, {name}',
-                   timed(lambda: step(targets, variables)[0].numpy(), args.repeats)))
-
-  print(f'\nbatch {args.batch}, {args.num_pred} clusters, {args.num_slots} gt slots '
-        f'({args.num_masks} real), targets {args.size}x{args.size}, mask logits at '
-        f'stride 4; median of {args.repeats} after warm-up\n')
-  print('| what | median time (ms) | ratio to scipy round trip |')
-  print('|---|---:|---:|')
-  for name, seconds in rows:
-    print(f'| {name} | {seconds * 1e3:.1f} | {seconds / base:.2f} |')
+    print(f'\nfull loss, {args.loss_masks} real masks\n')
+    print('| what | median time (ms) |')
+    print('|---|---:|')
+    for name, seconds in loss_rows(args, args.loss_masks):
+      print(f'| {name} | {seconds * 1e3:.1f} |')
 
 
 if __name__ == '__main__':

@@ -93,15 +93,15 @@ def _pad_to_square(cost: tf.Tensor, gt_valid: tf.Tensor) -> tf.Tensor:
   return tf.pad(cost, [[0, 0], [0, size - num_gt], [0, 0]])
 
 
-def _tf_models_assignment(cost: tf.Tensor, gt_valid: tf.Tensor) -> tf.Tensor:
-  """bool [B, M, N] assignment by tf-models-official's square Hungarian solver."""
+def _tf_models_gt_to_pred(cost: tf.Tensor, gt_valid: tf.Tensor) -> tf.Tensor:
+  """int32 [B, M] by tf-models-official's square Hungarian solver."""
   num_gt, num_pred = cost.shape[1], cost.shape[2]
   _, assignment = matchers.hungarian_matching(_pad_to_square(cost, gt_valid))
-  return assignment[:, :num_gt, :num_pred]
+  return linear_assignment.index_of_true(assignment[:, :num_gt, :num_pred], axis=2)
 
 
-def _shortest_path_assignment(cost: tf.Tensor, gt_valid: tf.Tensor) -> tf.Tensor:
-  """bool [B, M, N] assignment by the shortest-augmenting-path solver.
+def _shortest_path_gt_to_pred(cost: tf.Tensor, gt_valid: tf.Tensor) -> tf.Tensor:
+  """int32 [B, M] by the shortest-augmenting-path solver.
 
   With M <= N only the valid rows are inserted. With M > N the problem is solved
   transposed (every prediction takes a ground-truth column) and invalid columns
@@ -110,14 +110,12 @@ def _shortest_path_assignment(cost: tf.Tensor, gt_valid: tf.Tensor) -> tf.Tensor
   """
   num_gt, num_pred = cost.shape[1], cost.shape[2]
   if num_gt <= num_pred:
-    gt_to_pred = linear_assignment.linear_sum_assignment(cost, gt_valid > 0)
-    return tf.one_hot(gt_to_pred, num_pred, on_value=True, off_value=False)
+    return linear_assignment.linear_sum_assignment(cost, gt_valid > 0)
   transposed = tf.where((gt_valid > 0)[:, tf.newaxis, :],
                         tf.transpose(cost, [0, 2, 1]), 1.0)
   all_rows = tf.ones(tf.shape(transposed)[:2], tf.bool)
   pred_to_gt = linear_assignment.linear_sum_assignment(transposed, all_rows)
-  return tf.transpose(tf.one_hot(pred_to_gt, num_gt, on_value=True, off_value=False),
-                      [0, 2, 1])
+  return linear_assignment.first_position(pred_to_gt, num_gt)
 
 
 @gin.configurable
@@ -141,12 +139,12 @@ def hungarian_match(similarity: tf.Tensor, gt_valid: tf.Tensor,
   gt_valid = tf.cast(gt_valid, tf.float32)
   cost = -tf.stop_gradient(similarity)
   if solver == 'shortest_path':
-    assignment = _shortest_path_assignment(cost, gt_valid)
+    gt_to_pred = _shortest_path_gt_to_pred(cost, gt_valid)
   else:
-    assignment = _tf_models_assignment(cost, gt_valid)
-  assignment &= (gt_valid > 0)[:, :, tf.newaxis]
-  return Matching(gt_to_pred=linear_assignment.index_of_true(assignment, axis=2),
-                  pred_to_gt=linear_assignment.index_of_true(assignment, axis=1))
+    gt_to_pred = _tf_models_gt_to_pred(cost, gt_valid)
+  gt_to_pred = tf.where(gt_valid > 0, gt_to_pred, -1)
+  return Matching(gt_to_pred=gt_to_pred,
+                  pred_to_gt=linear_assignment.first_position(gt_to_pred, num_pred))
 
 
 def pq_style_similarity(class_probs: tf.Tensor, mask_probs: tf.Tensor,

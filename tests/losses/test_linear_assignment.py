@@ -61,3 +61,28 @@ def test_every_row_prefers_the_same_column():
   col4row = linear_assignment.linear_sum_assignment(tf.constant(cost),
                                                     tf.constant(row_active))
   _check(cost, row_active, col4row.numpy())
+
+
+def test_first_position_inverts_an_assignment_and_keeps_the_first_duplicate():
+  rng = np.random.default_rng(3)
+  index = rng.integers(-1, 6, (32, 9)).astype(np.int32)
+  got = linear_assignment.first_position(tf.constant(index), 6).numpy()
+  for b in range(32):
+    for j in range(6):
+      hits = np.flatnonzero(index[b] == j)
+      assert got[b, j] == (hits[0] if len(hits) else -1)
+
+
+def test_packed_keys_sort_by_value_then_tie_key():
+  # The Dijkstra step and the row reduction find (min value, its tie key) with one
+  # int64 reduction; the packing must order pairs exactly as a lexicographic sort.
+  rng = np.random.default_rng(4)
+  values = rng.choice([-3.5, -1e-7, 0.0, 1e-7, 2.0, 1e30, 7.25], size=(16, 64))
+  values = (values * rng.choice([1.0, 1.5], size=values.shape)).astype(np.float32)
+  tie = rng.integers(0, 256, values.shape)
+  keys = linear_assignment._pack(tf.constant(values), tf.constant(tie, tf.int64), 9)
+  lowest, tie_of_lowest = linear_assignment._unpack(tf.reduce_min(keys, -1), 9)
+  for b in range(16):
+    first = np.lexsort((tie[b], values[b]))[0]
+    assert lowest.numpy()[b] == values[b, first]
+    assert tie_of_lowest.numpy()[b] == tie[b, first]
