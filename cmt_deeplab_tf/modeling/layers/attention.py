@@ -9,6 +9,12 @@ use it; they differ only in the axis of the softmax:
   over the queries (cluster centers) -- CMT-DeepLab's pixel-cluster assignment,
   "the same normalisation as the final mask prediction" [2].
 
+Clustering is the same computation with the roles swapped: pixels as queries,
+centers as keys, softmax over keys. The CMT layer uses that form, because then
+the normalised axis is the last one of the [B, heads, pixels, centers] logits
+(no transposes of the largest tensor of the model) and both retrievals, pixels
+-> centers and centers -> pixels, are plain batch matmuls.
+
 Following DeepLab2's `AttentionOperation`, the similarity logits get a batch norm
 per head and the retrieved values a batch norm and an activation. Logits, their
 optional additive bias and the softmax are computed in float32 even under the
@@ -45,6 +51,27 @@ def split_heads(inputs, num_heads):
   shape = tf.shape(inputs)
   return tf.reshape(inputs, [shape[0], shape[1], num_heads,
                              depth // num_heads])
+
+
+def _heads_first(inputs, num_heads):
+  """[B, L, D] -> [B, num_heads, L, D / num_heads], the batch-matmul layout."""
+  return tf.transpose(split_heads(inputs, num_heads), [0, 2, 1, 3])
+
+
+def _merge_heads(inputs):
+  """[B, heads, L, d] -> [B, L, heads * d]."""
+  shape = tf.shape(inputs)
+  merged = tf.transpose(inputs, [0, 2, 1, 3])
+  return tf.reshape(merged, [shape[0], shape[2], inputs.shape[1] * inputs.shape[3]])
+
+
+def _is_inference(training):
+  """Whether `training` (None, a bool or a tensor) is statically inference.
+
+  None counts as inference, as for a Keras batch norm outside `fit`; a tensor
+  is left to the Keras layer.
+  """
+  return training is None or (isinstance(training, bool) and not training)
 
 
 def mean_over_heads(probabilities):
@@ -95,16 +122,74 @@ class MultiHeadAttention(tf_keras.layers.Layer):
     self._value_norm = normalization.get_norm_layer(name='value_batch_norm')
     self._activation = tf_keras.activations.get(activation)
 
-  def compute_logits(self, query, key, logit_bias=None, training=None):
-    """Returns float32 logits [B, heads, Lq, Lk] (normalised, bias added)."""
-    query = split_heads(tf.cast(query, tf.float32), self.num_heads)
-    key = split_heads(tf.cast(key, tf.float32), self.num_heads)
-    logits = tf.einsum('bqhd,bkhd->bhqk', query, key)
-    if self._logit_norm is not None:
+  def _inference_logit_affine(self):
+    """Per-head (scale, offset) [heads] of the logit batch norm at inference.
+
+    BN(x) = (x - mean) * gamma / sqrt(var + eps) + beta = x * scale + offset.
+    """
+    norm = self._logit_norm
+    if not norm.built:  # Create the variables, under the norm's own name.
+      norm(tf.zeros([1, self.num_heads, 1, 1]), training=False)
+    scale = tf.math.rsqrt(norm.moving_variance + norm.epsilon)
+    if norm.scale:
+      scale *= norm.gamma
+    offset = -norm.moving_mean * scale
+    if norm.center:
+      offset += norm.beta
+    return scale, offset
+
+  def _shifted_logits(self, query, key, logit_bias, training):
+    """Logits up to the per-head offset of the inference batch norm.
+
+    At inference the logit batch norm is a per-head affine map; its scale is
+    applied to the (small) queries before the product, and its offset, a
+    constant per head, is returned separately [heads, 1, 1]: it cancels in
+    both softmaxes, so only callers that need the logits themselves add it.
+    The [B, heads, Lq, Lk] tensor is then written once and, with a bias,
+    updated once. In training the Keras batch norm runs on the logits (batch
+    statistics, moving averages) and the offset is None.
+
+    Returns:
+      (float32 [B, heads, Lq, Lk] logits - offset, offset or None).
+    """
+    query = _heads_first(tf.cast(query, tf.float32), self.num_heads)
+    key = _heads_first(tf.cast(key, tf.float32), self.num_heads)
+    offset = None
+    if self._logit_norm is not None and _is_inference(training):
+      scale, offset = self._inference_logit_affine()
+      query *= scale[:, tf.newaxis, tf.newaxis]
+      offset = offset[:, tf.newaxis, tf.newaxis]
+    logits = tf.linalg.matmul(query, key, transpose_b=True)
+    if self._logit_norm is not None and offset is None:
       logits = self._logit_norm(logits, training=training)
     if logit_bias is not None:
       logits += tf.cast(logit_bias, tf.float32)
-    return logits
+    return logits, offset
+
+  def compute_logits(self, query, key, logit_bias=None, training=None):
+    """Returns float32 logits [B, heads, Lq, Lk] (normalised, bias added)."""
+    logits, offset = self._shifted_logits(query, key, logit_bias, training)
+    return logits if offset is None else logits + offset
+
+  def attend(self, query, key, logit_bias=None, training=None):
+    """Attention weights and head-averaged logits, without retrieval.
+
+    Args:
+      query: [B, Lq, Dk] queries.
+      key: [B, Lk, Dk] keys.
+      logit_bias: Optional additive bias broadcastable to [B, heads, Lq, Lk].
+      training: Whether the logit batch norm uses batch statistics.
+
+    Returns:
+      probabilities: float32 [B, heads, Lq, Lk], the softmax of the logits.
+      mean_logits: float32 [B, Lq, Lk], `mean_over_heads` of the logits (the
+        batch-norm offset added to this smaller tensor only).
+    """
+    logits, offset = self._shifted_logits(query, key, logit_bias, training)
+    mean_logits = mean_over_heads(logits)
+    if offset is not None:
+      mean_logits += tf.reduce_mean(offset)
+    return self.normalize(logits), mean_logits
 
   def normalize(self, logits):
     """Softmax of [B, heads, Lq, Lk] logits over this layer's axis."""
@@ -118,19 +203,17 @@ class MultiHeadAttention(tf_keras.layers.Layer):
       value: [B, Lk, Dv] values (or [B, Lq, Dv] with `transpose_weights`).
       training: Whether batch norms use batch statistics.
       transpose_weights: Retrieve for the keys instead: output[k] =
-        sum_q weights[q, k] value[q]. CMT-DeepLab updates pixels from centers
-        with the assignment computed for the centers.
+        sum_q weights[q, k] value[q]. CMT-DeepLab updates centers from pixels
+        with the assignment computed for the pixels.
 
     Returns:
       The retrieved values, [B, Lq, Dv] ([B, Lk, Dv] if transposed).
     """
-    value_heads = split_heads(value, self.num_heads)
+    value_heads = _heads_first(value, self.num_heads)
     weights = tf.cast(weights, value.dtype)
-    equation = 'bhqk,bqhd->bkhd' if transpose_weights else 'bhqk,bkhd->bqhd'
-    retrieved = tf.einsum(equation, weights, value_heads)
-    shape = tf.shape(retrieved)
-    retrieved = tf.reshape(retrieved,
-                           [shape[0], shape[1], value.shape[-1]])
+    retrieved = tf.linalg.matmul(weights, value_heads,
+                                 adjoint_a=transpose_weights)
+    retrieved = _merge_heads(retrieved)
     return self._activation(self._value_norm(retrieved, training=training))
 
   def call(self, query, key, value, logit_bias=None, training=None):
@@ -148,7 +231,9 @@ class MultiHeadAttention(tf_keras.layers.Layer):
       An `AttentionResult` with output [B, Lq, Dv] and float32 logits and
       probabilities [B, heads, Lq, Lk].
     """
-    logits = self.compute_logits(query, key, logit_bias, training=training)
+    logits, offset = self._shifted_logits(query, key, logit_bias, training)
     probabilities = self.normalize(logits)
     output = self.retrieve(probabilities, value, training=training)
+    if offset is not None:  # Pruned from a graph that does not use it.
+      logits += offset
     return AttentionResult(output, logits, probabilities)

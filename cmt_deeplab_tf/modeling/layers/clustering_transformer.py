@@ -175,8 +175,10 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
                          if pixel_attention_by_query else None)
     self._clustering = None
     if self.computes_assignment:
+      # Pixels query the centers, softmax over centers: the assignment
+      # [B, heads, HW, N] is normalised over its last axis (see `attention`).
       self._clustering = attention.MultiHeadAttention(
-          self._num_heads, attention.SOFTMAX_OVER_QUERIES, name='clustering')
+          self._num_heads, attention.SOFTMAX_OVER_KEYS, name='clustering')
     self._clustering_out = (
         self._projection(center_channels, 'clustering_conv3_bn', gamma='zeros')
         if self._use_clustering_update else None)
@@ -206,7 +208,7 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     super().build(input_shape)
 
   def _assignment_bias(self, centers, previous_assignment, height, width):
-    """Residual assignment logits + log reference prior, [B, 1, N, HW]."""
+    """Residual assignment logits + log reference prior, [B, 1, HW, N]."""
     outputs = {}
     bias = None
     if self._use_residual and previous_assignment is not None:
@@ -218,9 +220,8 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
           reference_mask_lib.gaussian_mask_logits(parameters, height, width))
       bias = prior if bias is None else bias + prior
     if bias is not None:
-      batch, num_centers = tf.shape(bias)[0], tf.shape(bias)[-1]
-      bias = tf.reshape(tf.transpose(bias, [0, 3, 1, 2]),
-                        [batch, 1, num_centers, -1])
+      shape = tf.shape(bias)
+      bias = tf.reshape(bias, [shape[0], 1, -1, shape[3]])
     return bias, outputs
 
   def _to_map(self, centers_by_pixels, height, width):
@@ -229,6 +230,11 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     return tf.transpose(
         tf.reshape(centers_by_pixels, [shape[0], shape[1], height, width]),
         [0, 2, 3, 1])
+
+  def _pixels_to_map(self, pixels_by_centers, height, width):
+    """[B, HW, N] -> [B, H, W, N]."""
+    shape = tf.shape(pixels_by_centers)
+    return tf.reshape(pixels_by_centers, [shape[0], height, width, shape[2]])
 
   def call(self, pixels, centers, previous_assignment=None, training=None,
            return_maps=False):
@@ -274,17 +280,17 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
       bias, reference_outputs = self._assignment_bias(
           centers, previous_assignment, height, width)
       outputs.update(reference_outputs)
-      logits = self._clustering.compute_logits(
-          center_query, pixel_key, bias, training=training)
-      assignment = self._clustering.normalize(logits)
-      outputs[ASSIGNMENT_LOGITS] = self._to_map(
-          attention.mean_over_heads(logits), height, width)
+      # [B, heads, HW, N]: pixels query the centers.
+      assignment, mean_logits = self._clustering.attend(
+          pixel_key, center_query, bias, training=training)
+      outputs[ASSIGNMENT_LOGITS] = self._pixels_to_map(mean_logits, height,
+                                                       width)
       if return_maps:
-        outputs[CLUSTERING_MAP] = self._to_map(
+        outputs[CLUSTERING_MAP] = self._pixels_to_map(
             attention.mean_over_heads(assignment), height, width)
       if self._use_clustering_update:
-        clustered = self._clustering.retrieve(assignment, pixel_value,
-                                              training=training)
+        clustered = self._clustering.retrieve(
+            assignment, pixel_value, training=training, transpose_weights=True)
         center_updates.append(self._clustering_out(clustered,
                                                    training=training))
 
@@ -328,7 +334,7 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     """Pixels retrieve center values, by the assignment or by attention."""
     if self._pixel_update_from_assignment:
       retrieved = self._pixel_attention.retrieve(
-          assignment, center_value, training=training, transpose_weights=True)
+          assignment, center_value, training=training)
     else:
       pixel_query = self._pixel_query(pixel_hidden, training=training)
       retrieved = self._pixel_attention(

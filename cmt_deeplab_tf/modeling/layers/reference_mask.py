@@ -31,18 +31,22 @@ _INITIAL_LOG_SIGMA = 0.0
 _LOG_SIGMA_RANGE = (-6.0, 3.0)
 
 
+def axis_coordinates(size):
+  """float32 [size] positions spanning [-1, 1] (0 for a size-1 axis)."""
+  steps = tf.cast(tf.range(size), tf.float32)
+  last = tf.cast(tf.maximum(size - 1, 1), tf.float32)
+  single = tf.cast(tf.equal(size, 1), tf.float32)
+  return 2.0 * steps / last - 1.0 + single
+
+
 def normalized_coordinates(height, width, dtype=tf.float32):
   """Returns [height, width, 2] (y, x) pixel coordinates spanning [-1, 1].
 
   The first and last row (column) sit at -1 and 1, matching align-corners
   resizing of 32k+1 crops; a size-1 axis sits at 0.
   """
-  def axis(size):
-    steps = tf.cast(tf.range(size), tf.float32)
-    last = tf.cast(tf.maximum(size - 1, 1), tf.float32)
-    single = tf.cast(tf.equal(size, 1), tf.float32)
-    return 2.0 * steps / last - 1.0 + single
-  y, x = tf.meshgrid(axis(height), axis(width), indexing='ij')
+  y, x = tf.meshgrid(axis_coordinates(height), axis_coordinates(width),
+                     indexing='ij')
   return tf.cast(tf.stack([y, x], axis=-1), dtype)
 
 
@@ -82,16 +86,23 @@ def gaussian_mask_logits(parameters, height, width):
   Returns:
     float32 [B, height, width, N] logits; sigmoid gives the soft mask.
   """
+  # The squared distance is separable, (dy / sy)^2 + (dx / sx)^2, so each
+  # term is evaluated on its own axis ([B, H, N] and [B, W, N]) and the only
+  # [B, H, W, N] operation is their broadcast difference.
   center = tf.tanh(parameters[..., 0:2])           # [B, N, 2]
   inverse_sigma = tf.exp(-tf.clip_by_value(parameters[..., 2:4],
                                            *_LOG_SIGMA_RANGE))  # [B, N, 2]
   level = parameters[..., 4]                       # [B, N]
-  grid = normalized_coordinates(height, width)     # [H, W, 2]
-  offset = (grid[tf.newaxis, :, :, tf.newaxis, :] -
-            center[:, tf.newaxis, tf.newaxis, :, :])  # [B, H, W, N, 2]
-  distance = tf.reduce_sum(
-      tf.square(offset * inverse_sigma[:, tf.newaxis, tf.newaxis]), axis=-1)
-  return level[:, tf.newaxis, tf.newaxis, :] - 0.5 * distance
+
+  def half_square_distance(size, index):
+    """0.5 * ((t - c) / s)^2 along one axis, [B, size, N]."""
+    offset = (axis_coordinates(size)[tf.newaxis, :, tf.newaxis] -
+              center[:, tf.newaxis, :, index])
+    return 0.5 * tf.square(offset * inverse_sigma[:, tf.newaxis, :, index])
+
+  rows = level[:, tf.newaxis, :] - half_square_distance(height, 0)  # [B, H, N]
+  columns = half_square_distance(width, 1)                          # [B, W, N]
+  return rows[:, :, tf.newaxis, :] - columns[:, tf.newaxis, :, :]
 
 
 def log_reference_prior(mask_logits):

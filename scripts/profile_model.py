@@ -1,0 +1,155 @@
+"""Per-component CPU time of a model's inference graph (issue 3, item 11).
+
+Runs `model(images, training=False)` in a `tf.function` (batch 1, float32), then
+records `--runs` calls with the TensorFlow profiler and sums the time of every
+graph op by the component its name scope belongs to: backbone, pixel-decoder
+blocks, each transformer layer (by location and pixel stride) and its sublayers,
+heads, and the model-level ops (e.g. reference-mask outputs). Multiply-adds per
+component come from the traced graph (`flop_count`), so each row also shows its
+achieved GFLOP/s. By default ops run one at a time (`--inter_op_threads=1`,
+each op still uses all cores), so the op times add up to about the wall time;
+with inter-op parallelism concurrent ops inflate each other's times.
+
+  TF_CPP_MIN_LOG_LEVEL=2 python scripts/profile_model.py \
+      --model=cmt_deeplab_s --size=800x1200
+"""
+import collections
+import glob
+import re
+import statistics
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import tensorflow as tf
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.modeling import flop_count
+
+_MODEL = flags.DEFINE_string('model', 'cmt_deeplab_s', 'Config to profile.')
+_SIZE = flags.DEFINE_string('size', '800x1200', 'Input size HxW.')
+_RUNS = flags.DEFINE_integer('runs', 2, 'Profiled calls (after 2 warm-ups).')
+_NUM_CLASSES = flags.DEFINE_integer('num_classes', 133, 'COCO: 133.')
+_XLA = flags.DEFINE_bool('xla', False, 'jit_compile (op names are lost).')
+_TOP_OPS = flags.DEFINE_integer('top_ops', 12, 'Op types listed per group.')
+_LIST_OPS = flags.DEFINE_string(
+    'list_ops', None, 'Also list every op (> 1 ms) whose name contains this.')
+_INTER_OP = flags.DEFINE_integer(
+    'inter_op_threads', 1, 'Inter-op threads; 1 runs ops one at a time, so '
+    'op times add up to the wall time (0: TensorFlow default).')
+
+_LAYER = re.compile(r'/((?:decoder|backbone)_stage(\d)_block(\d+))/([^/]+)')
+_STRIDES = {'decoder': (16, 8, 4), 'backbone': (16, 16, 16, 16)}
+
+
+def component(op_name):
+  """(group, detail) of a graph op name, e.g. ('cmt s4 decoder_stage2_block0',
+  'clustering')."""
+  match = _LAYER.search(op_name)
+  if match:
+    location, stage, _, sublayer = match.groups()
+    stride = _STRIDES[location.split('_')[0]][int(stage)]
+    return f'transformer s{stride} {location}', sublayer
+  parts = op_name.split('/')
+  if len(parts) < 3:
+    return 'model-level ops', parts[-1].split('_')[0]
+  scope = parts[1]
+  if scope == 'pixel_decoder':
+    return f'decoder {parts[2]}', parts[2]
+  if scope in ('heads', 'pixel_embedding_head'):
+    return 'heads', scope
+  return 'backbone', scope
+
+
+def op_times(logdir):
+  """{op name: (op type, summed picoseconds)} from the newest xplane."""
+  path = sorted(glob.glob(f'{logdir}/**/*.xplane.pb', recursive=True))[-1]
+  space = xplane_pb2.XSpace()
+  with open(path, 'rb') as f:
+    space.ParseFromString(f.read())
+  times = collections.defaultdict(int)
+  types = {}
+  for plane in space.planes:
+    if plane.name != '/host:CPU':
+      continue
+    for line in plane.lines:
+      for event in line.events:
+        name = plane.event_metadata[event.metadata_id].name
+        if ':' not in name or name.count(':') != 1 or '::' in name:
+          continue
+        op_name, op_type = (part.strip() for part in name.split(':'))
+        if not op_name or op_type.startswith('__'):  # The tf.function call itself.
+          continue
+        times[op_name] += event.duration_ps
+        types[op_name] = op_type
+  return {name: (types[name], ps) for name, ps in times.items()}
+
+
+def main(argv):
+  del argv
+  if _INTER_OP.value:
+    tf.config.threading.set_inter_op_parallelism_threads(_INTER_OP.value)
+  height, width = (int(v) for v in _SIZE.value.split('x'))
+  model = builder.build_model(_MODEL.value, _NUM_CLASSES.value)
+  function = tf.function(lambda x: model(x, training=False),
+                         jit_compile=_XLA.value, autograph=False)
+  spec = tf.TensorSpec([1, height, width, 3], tf.float32)
+  graph = function.get_concrete_function(spec).graph
+  macs = collections.defaultdict(int)
+  for op in graph.get_operations():
+    count = flop_count._op_multiply_adds(op)  # pylint: disable=protected-access
+    if count:
+      macs[component(op.name)[0]] += count
+  images = tf.random.uniform([1, height, width, 3], -1.0, 1.0)
+  for _ in range(2):
+    function(images).get('mask_logits', None)
+  walls = []
+  logdir = tempfile.mkdtemp(prefix='profile_model_')
+  tf.profiler.experimental.start(logdir)
+  for _ in range(_RUNS.value):
+    start = time.perf_counter()
+    tf.nest.map_structure(lambda t: t.numpy(), function(images))
+    walls.append(time.perf_counter() - start)
+  tf.profiler.experimental.stop()
+  runs = _RUNS.value
+  groups = collections.defaultdict(float)
+  details = collections.defaultdict(float)
+  by_type = collections.defaultdict(lambda: collections.defaultdict(float))
+  times = op_times(logdir)
+  for name, (op_type, ps) in times.items():
+    group, detail = component(name)
+    seconds = ps * 1e-12 / runs
+    groups[group] += seconds
+    details[(group, detail)] += seconds
+    kind = group.split(' ')[0] + (' ' + group.split(' ')[1]
+                                  if group.startswith('transformer') else '')
+    by_type[kind][op_type] += seconds
+  total = sum(groups.values())
+  print(f'{_MODEL.value} {_SIZE.value}: wall {statistics.median(walls):.2f} s '
+        f'(profiled), op time summed {total:.2f} s, '
+        f'{sum(macs.values()) / 1e9:.1f} GMACs')
+  print('\n| component | op time (s) | share | GMACs | GFLOP/s |')
+  print('|---|---|---|---|---|')
+  for group, seconds in sorted(groups.items()):
+    gflops = 2 * macs[group] / seconds / 1e9 if seconds else 0
+    print(f'| {group} | {seconds:.3f} | {seconds / total:.1%} | '
+          f'{macs[group] / 1e9:.2f} | {gflops:.0f} |')
+  print('\nTransformer sublayers (op time, s):')
+  for (group, detail), seconds in sorted(details.items()):
+    if group.startswith('transformer') and seconds > 0.002:
+      print(f'  {group:40s} {detail:28s} {seconds:.3f}')
+  if _LIST_OPS.value:
+    print(f'\nOps matching {_LIST_OPS.value!r} (s):')
+    for name, (op_type, ps) in sorted(times.items(), key=lambda kv: -kv[1][1]):
+      if _LIST_OPS.value in name and ps / runs > 1e9:
+        print(f'  {ps * 1e-12 / runs:.4f} {op_type:28s} {name}')
+  print('\nOp types by group (s):')
+  for kind, types in sorted(by_type.items()):
+    top = sorted(types.items(), key=lambda kv: -kv[1])[:_TOP_OPS.value]
+    print(f'  {kind}: ' + ', '.join(f'{t} {s:.3f}' for t, s in top))
+
+
+if __name__ == '__main__':
+  app.run(main)
