@@ -5,6 +5,7 @@ Modes: `train`, `eval` (the latest checkpoint), `train_and_eval` (evaluate every
 training is done). Checkpoints, summaries, the operative gin config and one
 `eval/results-<step>.json` per evaluated checkpoint go into the model dir.
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -219,8 +220,24 @@ def run(mode: str, model_dir: str, strategy: tf.distribute.Strategy,
     raise ValueError(f'--mode={mode!r} is not one of {MODES}.')
   config = config or ExperimentConfig()
   check_model_dir(model_dir)
-  if config.mixed_precision:
-    tf_keras.mixed_precision.set_global_policy(config.mixed_precision)
+  with _dtype_policy(config.mixed_precision):
+    return _run(mode, model_dir, strategy, config, return_trainer)
+
+
+@contextlib.contextmanager
+def _dtype_policy(name: Optional[str]):
+  """Sets the Keras dtype policy `name` (None: unchanged), then restores the old one."""
+  previous = tf_keras.mixed_precision.global_policy()
+  if name:
+    tf_keras.mixed_precision.set_global_policy(name)
+  try:
+    yield
+  finally:
+    tf_keras.mixed_precision.set_global_policy(previous)
+
+
+def _run(mode, model_dir, strategy, config, return_trainer):
+  """`run` after its checks, under the configured dtype policy."""
   info = dataset_info_lib.get_dataset_info(config.dataset_name)
   trainer = build_trainer(config, strategy, mode)
   chief = _is_chief(strategy)

@@ -6,7 +6,9 @@ import os
 
 import gin
 import pytest
+import numpy as np
 import tensorflow as tf
+import tf_keras
 
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.training import optimization
@@ -83,14 +85,8 @@ def test_train_eval_resume_and_reject_another_architecture(tfrecord_dir, tmp_pat
   assert 'build_model.name' in open(os.path.join(model_dir, train_lib.CONFIG_FILE)).read()
   assert glob.glob(os.path.join(model_dir, 'train', 'events.*'))
   # Every trainable model variable (training-only heads included) was updated.
-  before, after = (tf.train.load_checkpoint(os.path.join(model_dir, f'ckpt-{s}'))
-                   for s in (2, 4))
-  names = [n for n in before.get_variable_to_shape_map()
-           if n.startswith('model/') and n.endswith('VARIABLE_VALUE')
-           and 'moving_' not in n and 'OPTIMIZER_SLOT' not in n]
+  names, frozen = _unchanged_model_variables(model_dir, 2, 4)
   assert any('semantic_head' in n for n in names)
-  frozen = [n for n in names
-            if (before.get_tensor(n) == after.get_tensor(n)).all()]
   assert not frozen, frozen[:5]
 
   # Resuming restores step 4 and trains only the two missing steps.
@@ -120,6 +116,43 @@ def test_train_eval_resume_and_reject_another_architecture(tfrecord_dir, tmp_pat
   gin.bind_parameter('build_model.num_clusters', 12)
   with pytest.raises(ValueError, match='does not match the configured model'):
     train_lib.run('eval', model_dir, strategy, config)
+
+
+def test_mixed_bfloat16_training_updates_float32_variables(tfrecord_dir, tmp_path):
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  config = _tiny_config(tfrecord_dir, mixed_precision='mixed_bfloat16')
+  trainer = train_lib.run('train', str(tmp_path / 'run'), strategy, config,
+                          return_trainer=True)
+  # run() restores the process-wide policy it set.
+  assert tf_keras.mixed_precision.global_policy().name == 'float32'
+  layers = list(_all_layers(trainer.model))
+  assert any(layer.compute_dtype == 'bfloat16' for layer in layers)
+  assert {v.dtype for v in trainer.model.trainable_variables} == {tf.float32}
+  losses = trainer.loss_averages()
+  assert all(np.isfinite(value) for value in losses.values()), losses
+  # The float32 master weights take the bfloat16 gradients: every one moves.
+  model_dir = str(tmp_path / 'run')
+  names, frozen = _unchanged_model_variables(model_dir, 2, 4)
+  reader = tf.train.load_checkpoint(model_dir)
+  assert names and all(reader.get_tensor(n).dtype == np.float32 for n in names)
+  assert not frozen, frozen[:5]
+
+
+def _unchanged_model_variables(model_dir, step_a, step_b):
+  """(trainable model variable names, those equal in checkpoints step_a and step_b)."""
+  before, after = (tf.train.load_checkpoint(os.path.join(model_dir, f'ckpt-{s}'))
+                   for s in (step_a, step_b))
+  names = [n for n in before.get_variable_to_shape_map()
+           if n.startswith('model/') and n.endswith('VARIABLE_VALUE')
+           and 'moving_' not in n and 'OPTIMIZER_SLOT' not in n]
+  return names, [n for n in names if (before.get_tensor(n) == after.get_tensor(n)).all()]
+
+
+def _all_layers(layer):
+  yield layer
+  for child in getattr(layer, '_self_tracked_trackables', []):
+    if isinstance(child, tf_keras.layers.Layer):
+      yield from _all_layers(child)
 
 
 def test_warmup_longer_than_training_is_rejected():
