@@ -25,7 +25,7 @@ config; mask-wise overlap 0.5, reorder weights 1 and 0).
 Everything is static-shape TF (no bincount, no Python-side work): it compiles
 with XLA and can live inside an exported SavedModel.
 """
-from typing import Dict, Mapping, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import gin
 import tensorflow as tf
@@ -85,6 +85,17 @@ def _count_per_segment(segment_ids: tf.Tensor, include: tf.Tensor,
   counts = tf.math.unsorted_segment_sum(
       tf.cast(include, tf.int32), segment_ids + offsets, batch * num_segments)
   return tf.reshape(counts, [batch, num_segments])
+
+
+def _inside(batch_size_hw: tf.Tensor, valid_size) -> tf.Tensor:
+  """bool [B, H, W]: pixels within each image's valid (height, width), all if None."""
+  if valid_size is None:
+    return tf.ones(batch_size_hw, tf.bool)
+  valid_size = tf.cast(valid_size, tf.int32)
+  rows = tf.range(batch_size_hw[1])[tf.newaxis, :, tf.newaxis]
+  cols = tf.range(batch_size_hw[2])[tf.newaxis, tf.newaxis, :]
+  return ((rows < valid_size[:, 0, tf.newaxis, tf.newaxis]) &
+          (cols < valid_size[:, 1, tf.newaxis, tf.newaxis]))
 
 
 def _gather_per_pixel(per_slot: tf.Tensor, slot_map: tf.Tensor) -> tf.Tensor:
@@ -160,14 +171,18 @@ class PostProcessor:
     self._semantic_without_thresholds = semantic_without_thresholds
     self._output_stride = output_stride
 
-  def __call__(self, outputs: Mapping[str, tf.Tensor],
-               output_size: Size) -> Dict[str, tf.Tensor]:
+  def __call__(self, outputs: Mapping[str, tf.Tensor], output_size: Size,
+               valid_size: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
     """Post-processes one batch.
 
     Args:
       outputs: dict with common.CLASS_LOGITS [B, N, C + 1] and MASK_LOGITS
         [B, h, w, N].
       output_size: (H, W) of the predictions, usually the input crop size.
+      valid_size: optional int [B, 2], the (height, width) of each image at the
+        top left of a padded input (common.VALID_SIZE). Pixels beyond it are
+        void and count toward no area, mask score or overlap, so evaluating on
+        padded crops applies the thresholds serving applies at the image's size.
 
     Returns:
       PANOPTIC_PRED, SEMANTIC_PRED, INSTANCE_PRED (int32 [B, H, W]; void pixels
@@ -186,16 +201,18 @@ class PostProcessor:
                                        self._stuff_class_threshold)
     mask_logits = upsample_mask_logits(outputs[common.MASK_LOGITS], output_size,
                                        self._output_stride)
+    inside = _inside(tf.shape(mask_logits)[:3], valid_size)
     if self._method == 'pixelwise':
       slot_map, assigned = self._pixelwise_assignment(mask_logits, slot_kept)
     else:
       slot_map, assigned = self._maskwise_assignment(mask_logits, slot_kept,
-                                                     slot_score)
-    predictions = self._panoptic_maps(slot_map, assigned, slot_class, slot_score,
-                                      slot_is_thing)
+                                                     slot_score, inside)
+    predictions = self._panoptic_maps(slot_map, assigned & inside, slot_class,
+                                      slot_score, slot_is_thing)
     if self._semantic_without_thresholds:
-      predictions[common.SEMANTIC_PRED] = _gather_per_pixel(
+      semantic = _gather_per_pixel(
           slot_class, tf.argmax(mask_logits, axis=-1, output_type=tf.int32))
+      predictions[common.SEMANTIC_PRED] = tf.where(inside, semantic, common.IGNORE_LABEL)
     return predictions
 
   def _pixelwise_assignment(self, mask_logits, slot_kept):
@@ -208,11 +225,11 @@ class PostProcessor:
                               confidence > self._pixel_confidence_threshold)
     return slot_map, assigned
 
-  def _maskwise_assignment(self, mask_logits, slot_kept, slot_score):
+  def _maskwise_assignment(self, mask_logits, slot_kept, slot_score, inside):
     """Pastes confident binary masks from the most to the least confident."""
     num_slots = mask_logits.shape[-1]
     probs = tf.nn.softmax(mask_logits, axis=-1)
-    binary = probs > self._pixel_confidence_threshold
+    binary = (probs > self._pixel_confidence_threshold) & inside[..., tf.newaxis]
     binary_float = tf.cast(binary, tf.float32)
     mask_score = tf.math.divide_no_nan(
         tf.reduce_sum(probs * binary_float, axis=[1, 2]),

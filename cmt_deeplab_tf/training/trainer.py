@@ -170,7 +170,9 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
   def eval_step(self, iterator):
     def replica_step(features):
       outputs = self.model(features[common.IMAGE], training=False)
-      predictions = self.post_processor(outputs, features[common.IMAGE].shape[1:3])
+      # Thresholds count only the image's own pixels, as in serving (not the padding).
+      predictions = self.post_processor(outputs, features[common.IMAGE].shape[1:3],
+                                        features[common.VALID_SIZE])
       result = {key: features[key] for key in _EVAL_KEYS}
       result.update({key: predictions[key] for key in _PRED_KEYS})
       return result

@@ -170,3 +170,46 @@ def test_bad_arguments_raise():
     post_processing.PostProcessor(IS_THING, DIVISOR, pixel_confidence_threshold=2.0)
   with pytest.raises(ValueError, match='CLASS_LOGITS'):
     _run(np.zeros((1, 4, 6), np.float32), _quadrant_masks())
+
+
+@pytest.mark.parametrize('method', ['pixelwise', 'maskwise'])
+def test_valid_size_gives_what_the_unpadded_image_gives(method):
+  # Evaluation post-processes padded crops; with VALID_SIZE the result inside each
+  # image must be the one of the image alone (areas, scores and overlaps count only
+  # its pixels), and the padding void.
+  rng = np.random.default_rng(7)
+  class_logits = (rng.normal(size=(2, 6, 4)) * 4).astype(np.float32)
+  mask_logits = (rng.normal(size=(2, 12, 14, 6)) * 2).astype(np.float32)
+  # Cluster 0 of image 0 is a confident thing with 4 pixels inside and 20 in the
+  # padding: it passes the area limit of 6 only if the padding is counted.
+  class_logits[0, 0] = [10.0, 0.0, 0.0, 0.0]
+  mask_logits[0, :, :, 0] = -10.0
+  mask_logits[0, 7:9, 8:14, 0] = mask_logits[0, 9:12, 8:14, 0] = 20.0
+  valid_size = np.array([[9, 10], [12, 7]], np.int32)
+  processor = post_processing.PostProcessor(
+      IS_THING, DIVISOR, method=method, thing_class_threshold=0.5,
+      stuff_class_threshold=0.5, thing_area_limit=6, stuff_area_limit=10,
+      output_stride=1)
+
+  def run(classes, masks, valid=None):
+    outputs = {common.CLASS_LOGITS: tf.constant(classes),
+               common.MASK_LOGITS: tf.constant(masks)}
+    result = processor(outputs, masks.shape[1:3], valid)
+    return {k: v.numpy() for k, v in result.items()}
+
+  padded = run(class_logits, mask_logits, valid_size)
+  void = {common.PANOPTIC_PRED: VOID, common.SEMANTIC_PRED: common.IGNORE_LABEL,
+          common.INSTANCE_PRED: 0}
+  for b, (h, w) in enumerate(valid_size):
+    alone = run(class_logits[b:b + 1], mask_logits[b:b + 1, :h, :w])
+    outside = np.ones(mask_logits.shape[1:3], bool)
+    outside[:h, :w] = False
+    for key, void_value in void.items():
+      np.testing.assert_array_equal(padded[key][b, :h, :w], alone[key][0], err_msg=key)
+      assert (padded[key][b][outside] == void_value).all(), key
+    for key in (common.SEGMENT_PANOPTIC_IDS, common.SEGMENT_SCORES):
+      np.testing.assert_array_equal(padded[key][b], alone[key][0], err_msg=key)
+  # Without VALID_SIZE the straddling thing survives: the test can tell.
+  unmasked = run(class_logits, mask_logits)
+  assert unmasked[common.SEGMENT_PANOPTIC_IDS][0, 0] >= 0
+  assert padded[common.SEGMENT_PANOPTIC_IDS][0, 0] == -1
