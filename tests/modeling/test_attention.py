@@ -119,3 +119,61 @@ def test_heads_must_divide_the_depth():
   query, key, value = (tf.constant(x, tf.float32) for x in _inputs())
   with pytest.raises(ValueError, match='divisible'):
     layer(query, key, value)
+
+
+def test_inference_logits_equal_the_keras_norm_of_the_raw_logits():
+  """The folded inference norm (scale on the queries, offset kept aside for
+  the softmax) equals the Keras batch norm applied to the raw products."""
+  query, key, value = (tf.constant(x, tf.float32) for x in _inputs(seed=4))
+  bias = tf.constant(np.random.default_rng(5).standard_normal([2, 1, 5, 7]),
+                     tf.float32)
+  layer = attention.MultiHeadAttention(num_heads=2)
+  layer(query, key, value, training=False)
+  norm = layer._logit_norm
+  rng = np.random.default_rng(6)
+  norm.moving_mean.assign(rng.standard_normal(2))
+  norm.moving_variance.assign(rng.uniform(0.2, 3.0, 2))
+  norm.gamma.assign(rng.uniform(0.5, 2.0, 2))
+  norm.beta.assign(rng.standard_normal(2))
+  heads_q, heads_k = (np.transpose(x.numpy().reshape([2, -1, 2, 4]),
+                                   [0, 2, 1, 3]) for x in (query, key))
+  raw = np.einsum('bhqd,bhkd->bhqk', heads_q, heads_k)
+  expected = norm(tf.constant(raw, tf.float32), training=False) + bias
+  logits = layer.compute_logits(query, key, bias, training=False)
+  np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=1e-5)
+  probabilities, mean_logits = layer.attend(query, key, bias, training=False)
+  np.testing.assert_allclose(probabilities, tf.nn.softmax(expected, -1),
+                             atol=1e-6)
+  np.testing.assert_allclose(mean_logits, tf.reduce_mean(expected, 1),
+                             atol=1e-5, rtol=1e-5)
+  result = layer(query, key, value, logit_bias=bias, training=False)
+  np.testing.assert_allclose(result.logits, expected, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(result.probabilities, probabilities, atol=1e-6)
+  # In training the Keras norm normalises with the batch statistics.
+  trained = layer.compute_logits(query, key, training=True)
+  np.testing.assert_allclose(tf.reduce_mean(trained, [0, 2, 3]),
+                             norm.beta, atol=1e-4)
+
+
+def test_clustering_as_pixels_querying_centers_equals_softmax_over_queries():
+  """The CMT layer's form of clustering (pixels query the centers, softmax
+  over keys) is the transpose of centers querying pixels with the softmax over
+  queries, and its two retrievals swap accordingly."""
+  centers, pixels, pixel_values = (tf.constant(x, tf.float32)
+                                   for x in _inputs(seed=7))
+  center_values = tf.constant(
+      np.random.default_rng(8).standard_normal([2, 5, 12]), tf.float32)
+  by_queries = attention.MultiHeadAttention(
+      num_heads=2, softmax_over=attention.SOFTMAX_OVER_QUERIES)
+  by_keys = attention.MultiHeadAttention(num_heads=2)
+  a = by_queries(centers, pixels, pixel_values, training=False)
+  b, _ = by_keys.attend(pixels, centers, training=False)
+  np.testing.assert_allclose(tf.transpose(b, [0, 1, 3, 2]), a.probabilities,
+                             atol=1e-6)
+  np.testing.assert_allclose(
+      by_keys.retrieve(b, pixel_values, training=False,
+                       transpose_weights=True), a.output, atol=1e-5)
+  np.testing.assert_allclose(
+      by_keys.retrieve(b, center_values, training=False),
+      by_queries.retrieve(a.probabilities, center_values, training=False,
+                          transpose_weights=True), atol=1e-5)

@@ -234,3 +234,119 @@ def test_gin_sweeps_reach_the_layers_of_a_model():
   pixels, centers = _inputs()
   outputs = layer(pixels, centers[:, :3])
   np.testing.assert_array_equal(outputs[ct.PIXELS], pixels)
+
+
+def _randomize_norm_statistics(layer, seed=0):
+  """Non-trivial moving statistics everywhere, so folded norms are exercised."""
+  rng = np.random.default_rng(seed)
+  for variable in layer.weights:
+    if variable.name.endswith('moving_mean:0'):
+      variable.assign(0.3 * rng.standard_normal(variable.shape))
+    elif variable.name.endswith('moving_variance:0'):
+      variable.assign(rng.uniform(0.5, 2.0, variable.shape))
+
+
+def _norm(norm, x, axis=-1):
+  """NumPy inference batch norm with the layer's moving statistics."""
+  shape = [1] * x.ndim
+  shape[axis] = -1
+  def get(v):
+    return v.numpy().reshape(shape)
+  return ((x - get(norm.moving_mean)) / np.sqrt(get(norm.moving_variance) +
+                                                 norm.epsilon) *
+          get(norm.gamma) + get(norm.beta))
+
+
+def _general_linear_bn(projection, x, relu=False):
+  y = _norm(projection._norm, x @ projection._dense.kernel.numpy())
+  return np.maximum(y, 0.0) if relu else y
+
+
+def _softmax(x, axis):
+  e = np.exp(x - x.max(axis=axis, keepdims=True))
+  return e / e.sum(axis=axis, keepdims=True)
+
+
+def test_cmt_layer_matches_a_numpy_derivation_with_centers_as_queries():
+  """Inference of the default CMT layer, re-derived in NumPy the way the paper
+  states it (centers query the pixels; the assignment is a softmax over the
+  center axis; non-separable Gaussian prior), with non-trivial batch-norm
+  statistics. Guards the [B, heads, HW, N] reformulation of the layer."""
+  layer = _layer()
+  _randomize_norm_statistics(layer)
+  pixels, centers = _inputs(seed=5)
+  previous = tf.random.stateless_normal([2, 7, 9, NUM_CENTERS], [7, 8])
+  outputs = layer(pixels, centers, previous, training=False)
+  heads, height, width = SMALL['num_heads'], 7, 9
+  ys, xs = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width),
+                       indexing='ij')
+  p = np.concatenate([pixels.numpy(), np.broadcast_to(
+      np.stack([ys, xs], -1), (2, height, width, 2))], -1).reshape(
+          [2, height * width, -1])
+  m = centers.numpy()
+  pixel_hidden = _general_linear_bn(layer._pixel_in, p, relu=True)
+  center_hidden = _general_linear_bn(layer._center_in, m, relu=True)
+  center_query = _general_linear_bn(layer._center_query, center_hidden)
+  center_key = _general_linear_bn(layer._center_key, center_hidden)
+  center_value = _general_linear_bn(layer._center_value, center_hidden)
+  pixel_key = _general_linear_bn(layer._pixel_key, pixel_hidden)
+  pixel_value = _general_linear_bn(layer._pixel_value, pixel_hidden)
+  # Gaussian reference prior, [B, N, HW].
+  dense = layer._reference._projection
+  g = m @ dense.kernel.numpy() + dense.bias.numpy()
+  cy, cx = np.tanh(g[..., 0, None]), np.tanh(g[..., 1, None])
+  sy, sx = (np.exp(np.clip(g[..., i, None], -6.0, 3.0)) for i in (2, 3))
+  r = g[..., 4, None] - 0.5 * (((ys.reshape(-1) - cy) / sy)**2 +
+                               ((xs.reshape(-1) - cx) / sx)**2)
+  bias = -np.log1p(np.exp(-r)) + np.transpose(
+      previous.numpy().reshape([2, height * width, -1]), [0, 2, 1])
+  # Clustering: logits [B, heads, N, HW], softmax over the N axis.
+  key_depth = center_query.shape[-1] // heads
+  value_depth = pixel_value.shape[-1] // heads
+  def head(x, h, depth):
+    return x[..., h * depth:(h + 1) * depth]
+  logits = np.stack([np.einsum('bnd,bpd->bnp', head(center_query, h, key_depth),
+                               head(pixel_key, h, key_depth))
+                     for h in range(heads)], 1)
+  logits = _norm(layer._clustering._logit_norm, logits, axis=1) + bias[:, None]
+  assignment = _softmax(logits, axis=2)
+  np.testing.assert_allclose(
+      outputs[ct.ASSIGNMENT_LOGITS],
+      np.transpose(logits.mean(1), [0, 2, 1]).reshape([2, height, width, -1]),
+      atol=1e-4, rtol=1e-4)
+  clustered = np.concatenate(
+      [np.einsum('bnp,bpd->bnd', assignment[:, h], head(pixel_value, h,
+                                                         value_depth))
+       for h in range(heads)], -1)
+  clustered = np.maximum(_norm(layer._clustering._value_norm, clustered), 0.0)
+  # Cross + self attention of the centers: one softmax over [pixels; centers].
+  keys = np.concatenate([pixel_key, center_key], 1)
+  values = np.concatenate([pixel_value, center_value], 1)
+  attention_layer = layer._center_attention
+  a = np.stack([np.einsum('bnd,bkd->bnk', head(center_query, h, key_depth),
+                          head(keys, h, key_depth)) for h in range(heads)], 1)
+  a = _softmax(_norm(attention_layer._logit_norm, a, axis=1), -1)
+  attended = [a[:, h] @ head(values, h, value_depth) for h in range(heads)]
+  attended = np.maximum(
+      _norm(attention_layer._value_norm, np.concatenate(attended, -1)), 0.0)
+  new_centers = np.maximum(
+      m + _general_linear_bn(layer._clustering_out, clustered) +
+      _general_linear_bn(layer._center_attention_out, attended), 0.0)
+  hidden = _general_linear_bn(layer._ffn[0], new_centers, relu=True)
+  new_centers = np.maximum(
+      new_centers + _general_linear_bn(layer._ffn[1], hidden), 0.0)
+  # Pixels retrieve center values with the same assignment (transposed).
+  retrieved = np.concatenate(
+      [np.einsum('bnp,bnd->bpd', assignment[:, h], head(center_value, h,
+                                                         value_depth))
+       for h in range(heads)], -1)
+  retrieved = np.maximum(_norm(layer._pixel_attention._value_norm, retrieved),
+                         0.0)
+  new_pixels = np.maximum(
+      pixels.numpy().reshape([2, height * width, -1]) +
+      _general_linear_bn(layer._pixel_out, retrieved), 0.0)
+  np.testing.assert_allclose(outputs[ct.CENTERS], new_centers, atol=1e-4,
+                             rtol=1e-4)
+  np.testing.assert_allclose(outputs[ct.PIXELS],
+                             new_pixels.reshape(pixels.shape), atol=1e-4,
+                             rtol=1e-4)

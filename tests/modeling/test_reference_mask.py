@@ -49,3 +49,22 @@ def test_extreme_parameters_stay_finite():
   parameters = tf.constant([[[50.0, -50.0, -1e4, 1e4, 3.0]]])
   logits = reference_mask.gaussian_mask_logits(parameters, 5, 5)
   assert np.all(np.isfinite(logits.numpy()))
+
+
+def test_gaussian_logits_match_the_unseparated_formula():
+  """The separable evaluation equals a - ((y-cy)^2/sy^2 + (x-cx)^2/sx^2) / 2
+  computed on the full grid, for random parameters and odd sizes."""
+  rng = np.random.default_rng(0)
+  parameters = rng.standard_normal([2, 6, 5]).astype(np.float32)
+  parameters[..., 2:4] *= 2.0
+  for height, width in ((7, 11), (1, 4), (13, 1)):
+    logits = reference_mask.gaussian_mask_logits(
+        tf.constant(parameters), height, width).numpy()
+    grid = reference_mask.normalized_coordinates(height, width).numpy()
+    center = np.tanh(parameters[..., 0:2])
+    sigma = np.exp(np.clip(parameters[..., 2:4], -6.0, 3.0))
+    offset = (grid[None, :, :, None, :] - center[:, None, None]) / sigma[
+        :, None, None]
+    expected = parameters[:, None, None, :, 4] - 0.5 * np.sum(offset**2, -1)
+    assert logits.shape == (2, height, width, 6)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
