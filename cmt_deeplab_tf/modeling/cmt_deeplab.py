@@ -19,7 +19,6 @@ import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf import common
-from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.decoders import pixel_decoder as pixel_decoder_lib
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
 from cmt_deeplab_tf.modeling.heads import mask_transformer_heads
@@ -31,10 +30,10 @@ from cmt_deeplab_tf.modeling.layers import resize
 
 def run_backbone(backbone, images, training=None, after_block=None,
                  res2_fusion=None):
-  """Runs an `AxialResNet` block by block, with the hooks the models need.
+  """Runs an `AxialResNet` with the hooks the models need.
 
   Args:
-    backbone: An `AxialResNet` (its `stem` and per-stage `stages` blocks).
+    backbone: An `AxialResNet`.
     images: [B, H, W, 3] images.
     training: Training mode.
     after_block: Optional callable (stage_index, block_index, features) ->
@@ -45,18 +44,18 @@ def run_backbone(backbone, images, training=None, after_block=None,
   Returns:
     The endpoint dict RES2..RES5 (RES2 after the fusion).
   """
-  features = backbone.stem(images, training=training)
-  endpoints = {}
-  for stage_index, (endpoint, stage) in enumerate(
-      zip(axial_resnet.ENDPOINTS, backbone.stages)):
-    for block_index, block in enumerate(stage):
-      features = block(features, training=training)
-      if after_block is not None:
-        features = after_block(stage_index, block_index, features)
-    if endpoint == axial_resnet.RES2 and res2_fusion is not None:
+  if after_block is None and res2_fusion is None:
+    return backbone(images, training=training)
+  last_res2_block = len(backbone.stages[0]) - 1
+
+  def hook(stage_index, block_index, features):
+    if after_block is not None:
+      features = after_block(stage_index, block_index, features)
+    if (res2_fusion is not None and stage_index == 0 and
+        block_index == last_res2_block):
       features = 0.5 * (features + tf.cast(res2_fusion, features.dtype))
-    endpoints[endpoint] = features
-  return endpoints
+    return features
+  return backbone(images, training=training, after_block=hook)
 
 
 def _reference_mask_logits(layer_outputs, height, width):
@@ -136,15 +135,12 @@ class CMTDeepLab(tf_keras.Model):
     if centers is None:
       centers = self.transformer.initial_centers(tf.shape(images)[0])
     state = transformer_decoder.TransformerState(centers)
-    if self._backbone_has_transformer or res2_fusion is not None:
-      after_block = None
-      if self._backbone_has_transformer:
-        after_block = self.transformer.block_hook(
-            transformer_decoder.BACKBONE, state, training, return_visualization)
-      endpoints = run_backbone(self.backbone, images, training, after_block,
-                               res2_fusion)
-    else:
-      endpoints = self.backbone(images, training=training)
+    after_block = None
+    if self._backbone_has_transformer:
+      after_block = self.transformer.block_hook(
+          transformer_decoder.BACKBONE, state, training, return_visualization)
+    endpoints = run_backbone(self.backbone, images, training, after_block,
+                             res2_fusion)
     features = self.pixel_decoder(
         endpoints, training=training,
         after_block=self.transformer.block_hook(

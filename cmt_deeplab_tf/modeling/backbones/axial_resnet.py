@@ -153,12 +153,15 @@ class AxialResNet(tf_keras.Model):
             width_multiplier=width_multiplier)
         for stage, count in enumerate(num_blocks, start=FIRST_STAGE)]
 
-  def call(self, images, training=None):
+  def call(self, images, training=None, after_block=None):
     """Runs the backbone.
 
     Args:
       images: A [batch, H, W, 3] tensor of any size.
       training: Whether batch norms use batch statistics and drop path drops.
+      after_block: Optional callable (stage_index, block_index, features) ->
+        features, run after every block (stage_index 0 is the RES2 stage);
+        the models insert transformer layers and feature fusions with it.
 
     Returns:
       A dict of activated features: RES2 [batch, ceil(H/4), ceil(W/4), 256w],
@@ -168,9 +171,12 @@ class AxialResNet(tf_keras.Model):
     """
     x = self.stem(images, training=training)
     endpoints = {}
-    for endpoint, stage_blocks in zip(ENDPOINTS, self.stages):
-      for block in stage_blocks:
+    for stage_index, (endpoint, stage_blocks) in enumerate(
+        zip(ENDPOINTS, self.stages)):
+      for block_index, block in enumerate(stage_blocks):
         x = block(x, training=training)
+        if after_block is not None:
+          x = after_block(stage_index, block_index, x)
       endpoints[endpoint] = x
     return endpoints
 
