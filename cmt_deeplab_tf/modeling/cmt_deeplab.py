@@ -125,8 +125,9 @@ class CMTDeepLab(tf_keras.Model):
     Returns:
       outputs: dict with CLASS_LOGITS [B, N, C + 1], MASK_LOGITS [B, h, w, N],
         PIXEL_EMBEDDINGS [B, h, w, D], REFERENCE_MASK_LOGITS [B, h, w, N] (CMT
-        layers with reference masks), AUX_OUTPUTS (one dict per layer but the
-        last), SEMANTIC_LOGITS [B, h, w, C] (training only), and with
+        layers with reference masks), in training only AUX_OUTPUTS (one dict
+        per layer but the last, for deep supervision) and SEMANTIC_LOGITS
+        [B, h, w, C], and with
         `return_visualization` CLUSTERING_MAPS / ATTENTION_MAPS (lists of
         [B, h', w', N] per layer that computes them). h = ceil(H / 4).
       centers: The final [B, N, Cc] cluster centers.
@@ -166,18 +167,18 @@ class CMTDeepLab(tf_keras.Model):
                                              width)
     if final_reference is not None:
       outputs[common.REFERENCE_MASK_LOGITS] = final_reference
+    if not training:  # Deep supervision and the semantic head train the model only.
+      return outputs
     aux_outputs = []
     for layer_outputs in state.layer_outputs[:-1]:
-      aux = self.heads(embeddings, layer_outputs[ct.CENTERS],
-                       training=training)
+      aux = self.heads(embeddings, layer_outputs[ct.CENTERS], training=training)
       reference = _reference_mask_logits(layer_outputs, height, width)
       if reference is not None:
         aux[common.REFERENCE_MASK_LOGITS] = reference
       aux_outputs.append(aux)
     outputs[common.AUX_OUTPUTS] = aux_outputs
-    if training and self.semantic_head is not None:
-      outputs[common.SEMANTIC_LOGITS] = self.semantic_head(features,
-                                                           training=training)
+    if self.semantic_head is not None:
+      outputs[common.SEMANTIC_LOGITS] = self.semantic_head(features, training=training)
     return outputs
 
 

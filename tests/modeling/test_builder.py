@@ -50,7 +50,7 @@ def test_tiny_trains_fast_on_cpu():
 def test_decoder_blocks_set_the_number_of_cmt_layers():
   model = builder.build_model('tiny', num_classes=3, num_clusters=4,
                               decoder_blocks=(1, 2, 1))
-  outputs = model(tf.zeros([1, 33, 33, 3]))
+  outputs = model(tf.zeros([1, 33, 33, 3]), training=True)
   assert [len(stage) for stage in model.pixel_decoder.stages] == [1, 2, 1]
   assert len(outputs[common.AUX_OUTPUTS]) == 3  # 4 CMT layers.
 

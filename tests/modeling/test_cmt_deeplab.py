@@ -52,9 +52,10 @@ def test_output_shapes_at_odd_sizes(model, height, width):
                                               NUM_CLASSES + 1)
 
 
-def test_semantic_head_runs_only_in_training(model):
+def test_semantic_head_and_deep_supervision_run_only_in_training(model):
   outputs = model(_images(33, 33), training=False)
   assert common.SEMANTIC_LOGITS not in outputs
+  assert common.AUX_OUTPUTS not in outputs
   assert common.CLUSTERING_MAPS not in outputs
 
 
