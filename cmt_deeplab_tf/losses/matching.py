@@ -10,7 +10,7 @@ optimal one-to-one matching is found with the Hungarian algorithm; CMT-DeepLab
 (Yu et al., CVPR 2022) keeps this matching. Two TF-native exact solvers, both
 XLA-compilable (they run inside a TPU step), are available:
 - 'shortest_path' (default): our batched shortest-augmenting-path solver
-  (`linear_assignment`), 7-36x faster than 'tf_models' on CPU
+  (`linear_assignment`), 7-300x faster than 'tf_models' on CPU
   (scripts/bench_objective.py);
 - 'tf_models': tf-models-official's `hungarian_matching`, which needs square
   problems, so the [M, N] problem is padded.
