@@ -157,13 +157,30 @@ def test_bad_arguments_raise(kwargs):
     ct.ClusteringTransformerLayer(**kwargs)
 
 
-def _bn(layer_norm, x):
-  return x * BN_SCALE * layer_norm.gamma.numpy() + layer_norm.beta.numpy()
+def _norm(norm, x, axis=-1):
+  """NumPy inference batch norm with the layer's moving statistics."""
+  shape = [1] * x.ndim
+  shape[axis] = -1
+  def get(v):
+    return v.numpy().reshape(shape)
+  return ((x - get(norm.moving_mean)) / np.sqrt(get(norm.moving_variance) +
+                                                 norm.epsilon) *
+          get(norm.gamma) + get(norm.beta))
 
 
 def _linear_bn(projection, x, relu=False):
-  y = _bn(projection._norm, x @ projection._dense.kernel.numpy())
+  y = _norm(projection._norm, x @ projection._dense.kernel.numpy())
   return np.maximum(y, 0.0) if relu else y
+
+
+def _project(layer, pixels, centers):
+  """NumPy queries, keys and values of the layer (those it has), by projection name."""
+  pixel_hidden = _linear_bn(layer._pixel_in, pixels, relu=True)
+  center_hidden = _linear_bn(layer._center_in, centers, relu=True)
+  return {name: _linear_bn(getattr(layer, '_' + name),
+                           center_hidden if name.startswith('center') else pixel_hidden)
+          for name in ('center_query', 'center_key', 'center_value', 'pixel_key',
+                       'pixel_value', 'pixel_query') if getattr(layer, '_' + name, None)}
 
 
 def _max_attention(attention_layer, query, key, value, num_heads):
@@ -181,7 +198,7 @@ def _max_attention(attention_layer, query, key, value, num_heads):
     weights /= weights.sum(-1, keepdims=True)
     output[..., h * head_value:(h + 1) * head_value] = np.einsum(
         'bqk,bkd->bqd', weights, value[..., h * head_value:(h + 1) * head_value])
-  return np.maximum(_bn(attention_layer._value_norm, output), 0.0)
+  return np.maximum(_norm(attention_layer._value_norm, output), 0.0)
 
 
 def test_dual_path_switches_compute_max_deeplab_dual_path_layer():
@@ -192,27 +209,20 @@ def test_dual_path_switches_compute_max_deeplab_dual_path_layer():
   heads = SMALL['num_heads']
   p = pixels.numpy().reshape([2, 63, -1])
   m = centers.numpy()
-  pixel_hidden = _linear_bn(layer._pixel_in, p, relu=True)
-  center_hidden = _linear_bn(layer._center_in, m, relu=True)
-  center_query = _linear_bn(layer._center_query, center_hidden)
-  center_key = _linear_bn(layer._center_key, center_hidden)
-  center_value = _linear_bn(layer._center_value, center_hidden)
-  pixel_key = _linear_bn(layer._pixel_key, pixel_hidden)
-  pixel_value = _linear_bn(layer._pixel_value, pixel_hidden)
-  pixel_query = _linear_bn(layer._pixel_query, pixel_hidden)
+  x = _project(layer, p, m)
   # Memory -> [pixel; memory] attention with ONE softmax (MaX-DeepLab).
   retrieved = _max_attention(
-      layer._center_attention, center_query,
-      np.concatenate([pixel_key, center_key], 1),
-      np.concatenate([pixel_value, center_value], 1), heads)
+      layer._center_attention, x['center_query'],
+      np.concatenate([x['pixel_key'], x['center_key']], 1),
+      np.concatenate([x['pixel_value'], x['center_value']], 1), heads)
   new_centers = np.maximum(
       m + _linear_bn(layer._center_attention_out, retrieved), 0.0)
   hidden = _linear_bn(layer._ffn[0], new_centers, relu=True)
   new_centers = np.maximum(new_centers + _linear_bn(layer._ffn[1], hidden),
                            0.0)
   # Pixel -> memory attention from the input memory.
-  retrieved = _max_attention(layer._pixel_attention, pixel_query, center_key,
-                             center_value, heads)
+  retrieved = _max_attention(layer._pixel_attention, x['pixel_query'], x['center_key'],
+                             x['center_value'], heads)
   new_pixels = np.maximum(p + _linear_bn(layer._pixel_out, retrieved), 0.0)
   np.testing.assert_allclose(outputs[ct.CENTERS], new_centers, atol=1e-4)
   np.testing.assert_allclose(outputs[ct.PIXELS],
@@ -246,22 +256,6 @@ def _randomize_norm_statistics(layer, seed=0):
       variable.assign(rng.uniform(0.5, 2.0, variable.shape))
 
 
-def _norm(norm, x, axis=-1):
-  """NumPy inference batch norm with the layer's moving statistics."""
-  shape = [1] * x.ndim
-  shape[axis] = -1
-  def get(v):
-    return v.numpy().reshape(shape)
-  return ((x - get(norm.moving_mean)) / np.sqrt(get(norm.moving_variance) +
-                                                 norm.epsilon) *
-          get(norm.gamma) + get(norm.beta))
-
-
-def _general_linear_bn(projection, x, relu=False):
-  y = _norm(projection._norm, x @ projection._dense.kernel.numpy())
-  return np.maximum(y, 0.0) if relu else y
-
-
 def _softmax(x, axis):
   e = np.exp(x - x.max(axis=axis, keepdims=True))
   return e / e.sum(axis=axis, keepdims=True)
@@ -284,13 +278,7 @@ def test_cmt_layer_matches_a_numpy_derivation_with_centers_as_queries():
       np.stack([ys, xs], -1), (2, height, width, 2))], -1).reshape(
           [2, height * width, -1])
   m = centers.numpy()
-  pixel_hidden = _general_linear_bn(layer._pixel_in, p, relu=True)
-  center_hidden = _general_linear_bn(layer._center_in, m, relu=True)
-  center_query = _general_linear_bn(layer._center_query, center_hidden)
-  center_key = _general_linear_bn(layer._center_key, center_hidden)
-  center_value = _general_linear_bn(layer._center_value, center_hidden)
-  pixel_key = _general_linear_bn(layer._pixel_key, pixel_hidden)
-  pixel_value = _general_linear_bn(layer._pixel_value, pixel_hidden)
+  x = _project(layer, p, m)
   # Gaussian reference prior, [B, N, HW].
   dense = layer._reference._projection
   g = m @ dense.kernel.numpy() + dense.bias.numpy()
@@ -301,12 +289,12 @@ def test_cmt_layer_matches_a_numpy_derivation_with_centers_as_queries():
   bias = -np.log1p(np.exp(-r)) + np.transpose(
       previous.numpy().reshape([2, height * width, -1]), [0, 2, 1])
   # Clustering: logits [B, heads, N, HW], softmax over the N axis.
-  key_depth = center_query.shape[-1] // heads
-  value_depth = pixel_value.shape[-1] // heads
+  key_depth = x['center_query'].shape[-1] // heads
+  value_depth = x['pixel_value'].shape[-1] // heads
   def head(x, h, depth):
     return x[..., h * depth:(h + 1) * depth]
-  logits = np.stack([np.einsum('bnd,bpd->bnp', head(center_query, h, key_depth),
-                               head(pixel_key, h, key_depth))
+  logits = np.stack([np.einsum('bnd,bpd->bnp', head(x['center_query'], h, key_depth),
+                               head(x['pixel_key'], h, key_depth))
                      for h in range(heads)], 1)
   logits = _norm(layer._clustering._logit_norm, logits, axis=1) + bias[:, None]
   assignment = _softmax(logits, axis=2)
@@ -315,36 +303,36 @@ def test_cmt_layer_matches_a_numpy_derivation_with_centers_as_queries():
       np.transpose(logits.mean(1), [0, 2, 1]).reshape([2, height, width, -1]),
       atol=1e-4, rtol=1e-4)
   clustered = np.concatenate(
-      [np.einsum('bnp,bpd->bnd', assignment[:, h], head(pixel_value, h,
+      [np.einsum('bnp,bpd->bnd', assignment[:, h], head(x['pixel_value'], h,
                                                          value_depth))
        for h in range(heads)], -1)
   clustered = np.maximum(_norm(layer._clustering._value_norm, clustered), 0.0)
   # Cross + self attention of the centers: one softmax over [pixels; centers].
-  keys = np.concatenate([pixel_key, center_key], 1)
-  values = np.concatenate([pixel_value, center_value], 1)
+  keys = np.concatenate([x['pixel_key'], x['center_key']], 1)
+  values = np.concatenate([x['pixel_value'], x['center_value']], 1)
   attention_layer = layer._center_attention
-  a = np.stack([np.einsum('bnd,bkd->bnk', head(center_query, h, key_depth),
+  a = np.stack([np.einsum('bnd,bkd->bnk', head(x['center_query'], h, key_depth),
                           head(keys, h, key_depth)) for h in range(heads)], 1)
   a = _softmax(_norm(attention_layer._logit_norm, a, axis=1), -1)
   attended = [a[:, h] @ head(values, h, value_depth) for h in range(heads)]
   attended = np.maximum(
       _norm(attention_layer._value_norm, np.concatenate(attended, -1)), 0.0)
   new_centers = np.maximum(
-      m + _general_linear_bn(layer._clustering_out, clustered) +
-      _general_linear_bn(layer._center_attention_out, attended), 0.0)
-  hidden = _general_linear_bn(layer._ffn[0], new_centers, relu=True)
+      m + _linear_bn(layer._clustering_out, clustered) +
+      _linear_bn(layer._center_attention_out, attended), 0.0)
+  hidden = _linear_bn(layer._ffn[0], new_centers, relu=True)
   new_centers = np.maximum(
-      new_centers + _general_linear_bn(layer._ffn[1], hidden), 0.0)
+      new_centers + _linear_bn(layer._ffn[1], hidden), 0.0)
   # Pixels retrieve center values with the same assignment (transposed).
   retrieved = np.concatenate(
-      [np.einsum('bnp,bnd->bpd', assignment[:, h], head(center_value, h,
+      [np.einsum('bnp,bnd->bpd', assignment[:, h], head(x['center_value'], h,
                                                          value_depth))
        for h in range(heads)], -1)
   retrieved = np.maximum(_norm(layer._pixel_attention._value_norm, retrieved),
                          0.0)
   new_pixels = np.maximum(
       pixels.numpy().reshape([2, height * width, -1]) +
-      _general_linear_bn(layer._pixel_out, retrieved), 0.0)
+      _linear_bn(layer._pixel_out, retrieved), 0.0)
   np.testing.assert_allclose(outputs[ct.CENTERS], new_centers, atol=1e-4,
                              rtol=1e-4)
   np.testing.assert_allclose(outputs[ct.PIXELS],
