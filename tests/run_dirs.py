@@ -2,6 +2,7 @@
 import os
 
 import tensorflow as tf
+import tf_keras
 
 from cmt_deeplab_tf.modeling import builder
 
@@ -15,7 +16,8 @@ def write_untrained_run(model_dir: str, operative_config: str, num_classes: int,
   """
   with open(os.path.join(model_dir, 'operative_config.gin'), 'w') as f:
     f.write(operative_config)
-  tf.random.set_seed(0)
+  # Seeds Python, NumPy and TF: Keras draws unseeded initializer seeds from Python's RNG.
+  tf_keras.utils.set_random_seed(0)
   model = builder.build_model('tiny', num_classes, num_clusters)
   model(tf.zeros([1, 65, 65, 3]), training=False)
   tf.train.CheckpointManager(tf.train.Checkpoint(model=model, **extra_checkpoint_items),

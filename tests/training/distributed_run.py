@@ -32,6 +32,11 @@ def configure_tiny_run():
   """The gin bindings of every distributed test run (tiny model, fixed data)."""
   for binding in ("build_model.name = 'tiny'", 'build_model.num_clusters = 8',
                   'OptimizerConfig.warmup_steps = 1', 'panoptic_dataset.deterministic = True',
+                  # Adam divides by sqrt(v) + epsilon: with the default 1e-6 a weight whose
+                  # gradient is ~0 moves +-lr on float summation noise alone; epsilon 1
+                  # keeps every update proportional to its gradient, so replica and
+                  # single-device runs can be compared to float32 summation order.
+                  'OptimizerConfig.epsilon = 1.0',
                   'panoptic_dataset.min_scale = 1.0', 'panoptic_dataset.max_scale = 1.0'):
     gin.parse_config(binding)
 
