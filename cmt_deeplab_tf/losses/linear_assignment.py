@@ -105,10 +105,10 @@ def _dijkstra_to_free_column(cost, u, v, row4col, cur_row, searching):
     path = tf.where(better, row[:, tf.newaxis], path)
     shortest = tf.where(better, reduced, shortest)
     candidates = tf.where(cols_seen, _INFINITY, shortest)
-    key = tf.reduce_min(_pack(candidates, tie_key, tie_bits), axis=-1)
-    lowest, key = _unpack(key, tie_bits)
-    col = key % num_cols
-    found = key < num_cols  # The column is free: the path ends there.
+    lowest, tie = _unpack(
+        tf.reduce_min(_pack(candidates, tie_key, tie_bits), axis=-1), tie_bits)
+    col = tie % num_cols
+    found = tie < num_cols  # The column is free: the path ends there.
     sink = tf.where(active & found, col, sink)
     row = tf.where(active & ~found, tf.gather(row4col, col, batch_dims=1), row)
     min_val = tf.where(active, lowest, min_val)
