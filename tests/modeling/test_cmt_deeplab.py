@@ -78,10 +78,12 @@ def test_visualization_adds_maps_without_changing_outputs(model):
                                    rtol=1e-4)
     else:
       # Cross-attention shares its softmax with center self-attention, so a
-      # center's mass over the pixels is in (0, 1).
+      # center's mass over the pixels is in (0, 1) (1 up to float32 rounding
+      # for a center that attends to pixels only).
       for m in maps:
         mass = tf.reduce_sum(m, normalized_axis).numpy()
-        assert np.all(mass > 0.0) and np.all(mass < 1.0)
+        assert np.all(mass > 0.0) and np.all(mass <= 1.0 + 1e-6)
+        assert mass.min() < 1.0 - 1e-3
 
 
 def test_every_trainable_variable_gets_a_gradient(model):

@@ -81,3 +81,31 @@ def test_statistics_are_all_reduced_over_replicas():
   got = ast.literal_eval(result.stdout.strip().splitlines()[-1])
   want = (np.array([1.0, 3.0, 5.0, 7.0]) - 4.0) / np.sqrt(5.0 + 1e-3)
   np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_inference_affine_equals_the_norm_at_inference():
+  rng = np.random.default_rng(0)
+  norm = normalization.get_norm_layer(axis=1)
+  x = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+  norm(x, training=False)
+  for variable in (norm.moving_mean, norm.gamma, norm.beta):
+    variable.assign(rng.normal(size=3).astype(np.float32))
+  norm.moving_variance.assign(rng.uniform(0.1, 2.0, 3).astype(np.float32))
+  scale, offset = normalization.inference_affine(norm, [1, 3, 1, 1])
+  folded = x * scale.numpy()[:, None, None] + offset.numpy()[:, None, None]
+  np.testing.assert_allclose(folded, norm(x, training=False), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_inference_affine_builds_a_fresh_norm_at_identity():
+  scale, offset = normalization.inference_affine(
+      normalization.get_norm_layer(epsilon=0.0), [1, 4])
+  np.testing.assert_allclose(scale, 1.0)
+  np.testing.assert_allclose(offset, 0.0)
+
+
+@pytest.mark.parametrize('training,expected', [
+    (None, True), (False, True), (True, False)])
+def test_is_inference(training, expected):
+  assert normalization.is_inference(training) == expected
+  assert not normalization.is_inference(tf.constant(False))

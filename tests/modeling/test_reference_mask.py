@@ -12,12 +12,13 @@ def test_normalized_coordinates_span_minus_one_to_one():
   np.testing.assert_allclose(reference_mask.normalized_coordinates(1, 1), 0.0)
 
 
-def test_add_coordinate_features_appends_y_and_x():
+def test_coordinate_features_give_y_and_x_per_image():
   pixels = tf.ones([2, 3, 5, 4])
-  features = reference_mask.add_coordinate_features(pixels).numpy()
-  assert features.shape == (2, 3, 5, 6)
-  np.testing.assert_array_equal(features[..., :4], 1.0)
-  np.testing.assert_allclose(features[1, 2, 4, 4:], [1.0, 1.0])
+  features = reference_mask.coordinate_features(pixels).numpy()
+  assert features.shape == (2, 3, 5, 2)
+  np.testing.assert_allclose(features[1, 2, 4], [1.0, 1.0])
+  np.testing.assert_allclose(features[0, 1, 0], [0.0, -1.0])
+  np.testing.assert_array_equal(features[0], features[1])
 
 
 def test_gaussian_logits_by_hand():

@@ -64,6 +64,7 @@ class TransformerDecoder(tf_keras.layers.Layer):
                filters=128,
                scale_filters_with_stride=True,
                num_heads=8,
+               scale_heads_with_stride=True,
                feed_forward_channels=2048,
                dual_path=False,
                learn_initial_centers=True,
@@ -84,7 +85,13 @@ class TransformerDecoder(tf_keras.layers.Layer):
         (filters * stride / 16: 64 at stride 8, 32 at stride 4), as DeepLab2's
         `transformer_expansion` for low-level features; the FFN and the
         256-wide centers are unchanged.
-      num_heads: Attention heads per layer.
+      num_heads: Attention heads of the layers at stride 16.
+      scale_heads_with_stride: Scale the heads with the pixel stride too
+        (num_heads * stride / 16: 4 at stride 8, 2 at stride 4), so that with
+        `scale_filters_with_stride` every head keeps the stride-16 width
+        (filters / num_heads key channels). Parameters and multiply-adds are
+        unchanged; the [B, heads, HW, N] attention maps at strides 8 and 4 get
+        2x and 4x smaller. False: `num_heads` at every stride.
       feed_forward_channels: Hidden width of the center FFN.
       dual_path: Build MaX-DeepLab dual-path layers (the CMT switches off)
         instead of CMT layers configured by gin / their defaults.
@@ -115,11 +122,16 @@ class TransformerDecoder(tf_keras.layers.Layer):
     def layer_filters(stride):
       if not scale_filters_with_stride:
         return filters
-      return max(int(round(filters * stride / 16)), num_heads)
+      return max(int(round(filters * stride / 16)), layer_heads(stride))
+    def layer_heads(stride):
+      if not scale_heads_with_stride:
+        return num_heads
+      return max(int(round(num_heads * stride / 16)), 1)
     self.transformer_layers = {
         location: ct.ClusteringTransformerLayer(
             filters=layer_filters(stride), center_channels=center_channels,
-            num_heads=num_heads, feed_forward_channels=feed_forward_channels,
+            num_heads=layer_heads(stride),
+            feed_forward_channels=feed_forward_channels,
             drop_path_rate=drop_path_rate, name=location, **switches)
         for location, stride in zip(locations, location_strides)}
     self._initial_centers = None

@@ -65,15 +65,6 @@ def _merge_heads(inputs):
   return tf.reshape(merged, [shape[0], shape[2], inputs.shape[1] * inputs.shape[3]])
 
 
-def _is_inference(training):
-  """Whether `training` (None, a bool or a tensor) is statically inference.
-
-  None counts as inference, as for a Keras batch norm outside `fit`; a tensor
-  is left to the Keras layer.
-  """
-  return training is None or (isinstance(training, bool) and not training)
-
-
 def mean_over_heads(probabilities):
   """Averages [B, heads, Lq, Lk] attention over heads (DETR-style) -> [B, Lq, Lk]."""
   return tf.reduce_mean(probabilities, axis=1)
@@ -122,22 +113,6 @@ class MultiHeadAttention(tf_keras.layers.Layer):
     self._value_norm = normalization.get_norm_layer(name='value_batch_norm')
     self._activation = tf_keras.activations.get(activation)
 
-  def _inference_logit_affine(self):
-    """Per-head (scale, offset) [heads] of the logit batch norm at inference.
-
-    BN(x) = (x - mean) * gamma / sqrt(var + eps) + beta = x * scale + offset.
-    """
-    norm = self._logit_norm
-    if not norm.built:  # Create the variables, under the norm's own name.
-      norm(tf.zeros([1, self.num_heads, 1, 1]), training=False)
-    scale = tf.math.rsqrt(norm.moving_variance + norm.epsilon)
-    if norm.scale:
-      scale *= norm.gamma
-    offset = -norm.moving_mean * scale
-    if norm.center:
-      offset += norm.beta
-    return scale, offset
-
   def _shifted_logits(self, query, key, logit_bias, training):
     """Logits up to the per-head offset of the inference batch norm.
 
@@ -155,8 +130,9 @@ class MultiHeadAttention(tf_keras.layers.Layer):
     query = _heads_first(tf.cast(query, tf.float32), self.num_heads)
     key = _heads_first(tf.cast(key, tf.float32), self.num_heads)
     offset = None
-    if self._logit_norm is not None and _is_inference(training):
-      scale, offset = self._inference_logit_affine()
+    if self._logit_norm is not None and normalization.is_inference(training):
+      scale, offset = normalization.inference_affine(
+          self._logit_norm, [1, self.num_heads, 1, 1])
       query *= scale[:, tf.newaxis, tf.newaxis]
       offset = offset[:, tf.newaxis, tf.newaxis]
     logits = tf.linalg.matmul(query, key, transpose_b=True)

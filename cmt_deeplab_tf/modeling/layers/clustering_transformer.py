@@ -58,6 +58,12 @@ DUAL_PATH_SWITCHES = dict(
 _REFERENCE_MASKS = (None, reference_mask_lib.GAUSSIAN)
 
 
+def _flatten_pixels(pixels):
+  """[B, H, W, C] -> [B, HW, C]."""
+  shape = tf.shape(pixels)
+  return tf.reshape(pixels, [shape[0], shape[1] * shape[2], pixels.shape[-1]])
+
+
 @gin.configurable('ClusteringTransformerLayer')
 class ClusteringTransformerLayer(tf_keras.layers.Layer):
   """One CMT layer (or, with `DUAL_PATH_SWITCHES`, one MaX dual-path layer)."""
@@ -255,14 +261,11 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
       CLUSTERING_MAP and ATTENTION_MAP [B, H, W, N].
     """
     height, width = resize.spatial_size(pixels)
-    pixel_inputs = pixels
-    if self._use_coordinates:
-      pixel_inputs = reference_mask_lib.add_coordinate_features(pixels)
-    flat_shape = tf.shape(pixel_inputs)
-    pixel_inputs = tf.reshape(
-        pixel_inputs,
-        [flat_shape[0], flat_shape[1] * flat_shape[2], pixel_inputs.shape[-1]])
-    pixel_hidden = self._pixel_in(pixel_inputs, training=training)
+    pixel_inputs = [pixels]
+    if self._use_coordinates:  # Projected as if concatenated to the pixels.
+      pixel_inputs.append(reference_mask_lib.coordinate_features(pixels))
+    pixel_hidden = self._pixel_in([_flatten_pixels(x) for x in pixel_inputs],
+                                  training=training)
     center_hidden = self._center_in(centers, training=training)
 
     def project(layer, inputs):

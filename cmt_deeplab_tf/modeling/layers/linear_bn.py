@@ -3,6 +3,11 @@
 The token-wise (1x1) projection of MaX-DeepLab's memory path (DeepLab2's
 `Conv1D(use_bn=True)`): it acts on the last axis of a tensor of any rank, e.g.
 cluster centers [B, N, C] or flattened pixels [B, HW, C].
+
+At inference the batch norm is an affine map per channel and is folded into
+the projection: x W' + b with W' = W * scale and b = offset, one matmul with a
+bias (which oneDNN fuses with the ReLU) instead of a matmul and two passes of
+the norm over the output. Training runs the Keras batch norm.
 """
 import tensorflow as tf
 import tf_keras
@@ -26,6 +31,7 @@ class LinearBN(tf_keras.layers.Layer):
       name: The layer name.
     """
     super().__init__(name=name)
+    self._units = units
     self._dense = tf_keras.layers.Dense(
         units, use_bias=False, kernel_initializer=kernel_initializer,
         name='dense')
@@ -34,8 +40,52 @@ class LinearBN(tf_keras.layers.Layer):
     self._use_relu = use_relu
 
   def call(self, inputs, training=None):
-    """Projects [..., C_in] to [..., units]."""
-    x = self._norm(self._dense(inputs), training=training)
+    """Projects [..., C_in] to [..., units].
+
+    Args:
+      inputs: A tensor [..., C_in], or a list of tensors [..., C_i] with the
+        same leading shape, projected as their concatenation [..., sum C_i]
+        (at inference without materialising it; e.g. pixel features and their
+        two coordinate channels).
+      training: Whether the batch norm uses batch statistics.
+
+    Returns:
+      [..., units].
+    """
+    parts = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    dtype = parts[0].dtype
+    parts = [tf.cast(part, dtype) for part in parts]
+    if normalization.is_inference(training):
+      x = self._folded_projection(parts)
+    else:
+      x = tf.concat(parts, axis=-1) if len(parts) > 1 else parts[0]
+      x = self._norm(self._dense(x), training=training)
     if self._use_relu:
       x = tf.nn.relu(x)
     return x
+
+  def _folded_projection(self, parts):
+    """sum_i parts[i] W'_i + offset, with the inference batch norm folded in."""
+    channels = [part.shape[-1] for part in parts]
+    ones = [1] * (parts[0].shape.rank - 1)  # The variables' input rank.
+    if not self._dense.built:  # Create the kernel, under the dense's own name.
+      self._dense(tf.zeros(ones + [sum(channels)], parts[0].dtype))
+    scale, offset = normalization.inference_affine(self._norm,
+                                                   ones + [self._units])
+    kernel = tf.cast(self._dense.kernel, tf.float32) * scale
+    kernels = tf.split(tf.cast(kernel, parts[0].dtype), channels, axis=0)
+    leading = tf.shape(parts[0])[:-1]
+    projected = None
+    for part, part_kernel in zip(parts, kernels):
+      term = tf.linalg.matmul(_flatten(part), part_kernel)
+      projected = term if projected is None else projected + term
+    # Bias after the sum: grappler's remapper fuses MatMul + BiasAdd (+ ReLU),
+    # but a BiasAdd followed by an Add and a ReLU makes the whole remapper
+    # pass fail (TF 2.20, oneDNN), which loses every fusion of the graph.
+    projected = tf.nn.bias_add(projected, tf.cast(offset, projected.dtype))
+    return tf.reshape(projected, tf.concat([leading, [self._units]], axis=0))
+
+
+def _flatten(inputs):
+  """[..., C] -> [prod(...), C]."""
+  return tf.reshape(inputs, [-1, inputs.shape[-1]])

@@ -44,3 +44,33 @@ def get_norm_layer(name=None, momentum=0.99, epsilon=1e-3, synchronized=None,
   return tf_keras.layers.BatchNormalization(
       momentum=momentum, epsilon=epsilon, synchronized=synchronized, name=name,
       **kwargs)
+
+
+def is_inference(training):
+  """Whether `training` (None, a bool or a tensor) is statically inference.
+
+  None counts as inference, as for a Keras batch norm outside `fit`; a tensor
+  is left to the Keras layer.
+  """
+  return training is None or (isinstance(training, bool) and not training)
+
+
+def inference_affine(norm, input_shape):
+  """(scale, offset) of a batch norm at inference, over its normalised axis.
+
+  BN(x) = (x - mean) * gamma / sqrt(var + eps) + beta = x * scale + offset,
+  so the norm folds into an adjacent linear map. A norm not built yet is built
+  by a call on zeros of `input_shape`, under its own name.
+
+  Returns:
+    float32 (scale, offset), each [channels] of the norm's axis.
+  """
+  if not norm.built:
+    norm(tf.zeros(input_shape), training=False)
+  scale = tf.math.rsqrt(norm.moving_variance + norm.epsilon)
+  if norm.scale:
+    scale *= norm.gamma
+  offset = -norm.moving_mean * scale
+  if norm.center:
+    offset += norm.beta
+  return scale, offset

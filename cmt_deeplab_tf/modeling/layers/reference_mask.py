@@ -50,12 +50,15 @@ def normalized_coordinates(height, width, dtype=tf.float32):
   return tf.cast(tf.stack([y, x], axis=-1), dtype)
 
 
-def add_coordinate_features(pixels):
-  """Concatenates (y, x) coordinates to [B, H, W, C] -> [B, H, W, C + 2]."""
+def coordinate_features(pixels):
+  """The (y, x) coordinate channels [B, H, W, 2] of pixel features [B, H, W, C].
+
+  Coordinate convolution [2] projects the pixel features concatenated with
+  these; `LinearBN` takes both as a list and never materialises the concatenation.
+  """
   shape = tf.shape(pixels)
   coordinates = normalized_coordinates(shape[1], shape[2], pixels.dtype)
-  coordinates = tf.tile(coordinates[tf.newaxis], [shape[0], 1, 1, 1])
-  return tf.concat([pixels, coordinates], axis=-1)
+  return tf.tile(coordinates[tf.newaxis], [shape[0], 1, 1, 1])
 
 
 class GaussianReferenceMask(tf_keras.layers.Layer):
