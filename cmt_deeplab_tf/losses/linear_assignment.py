@@ -6,22 +6,36 @@ rows are inserted one at a time; each insertion runs a Dijkstra search over the
 reduced costs `cost - u - v` for the cheapest path to a free column, updates the
 dual variables (u, v) and flips the assignments along the path. A parallel row
 reduction first assigns every row whose cheapest column is not claimed by an
-earlier row, so only the conflicting rows need the sequential insertions. Every
-step is a vectorised op on [B, m] tensors inside `tf.while_loop`s with static
-shapes, so a whole batch of problems is solved in lockstep, on any device and
-under XLA.
+earlier row, so only the conflicting rows need the sequential insertions.
 
-Speed: a Dijkstra step is a few microseconds of loop overhead around very little
-work, so the loop bodies are kept to a handful of ops. Index searches use
-`reduce_min` over an index ramp instead of `argmin`/`argmax`, whose (value,
-index) reductions XLA's CPU backend does not vectorise, and a search step finds
-its next column with one reduction over int64 keys that pack the path cost with
-the tie-break; the rows a search expanded are recovered after it from the
-columns it saw.
+Every problem of the batch runs its own state machine inside ONE
+`tf.while_loop` with static shapes: an iteration scans one column of each
+problem's current search; a search that reaches a free column updates the duals
+and flips its path in the same iteration, and the problem starts its next
+pending row in the next one. The loop runs max over problems of that problem's
+own search steps, not the sum over insertions of the slowest problem's.
+Bookkeeping that makes this possible without extra loops:
+- a column's scan adds its path cost to v and marks it scanned by setting its
+  path cost to a large negative value (never improved on, skipped by the
+  search); when the search ends, the final path cost is subtracted from the scanned columns,
+  which is scipy's v update;
+- u is never stored: an assigned pair is tight, so u of a row reached through
+  column j is cost[row, j] - v[j] (and u of a pending row is its row minimum);
+- each column keeps, as a bit set, the columns of the search-tree path that
+  reached it, so the path to the sink is known at once and flipped in one
+  elementwise step instead of a pointer walk.
+
+Speed on XLA's CPU backend (a search step does ~1k elements of work, so its
+cost is kernel dispatch): index searches use `reduce_min` over packed int64
+keys (path cost, tie-break) instead of `argmin`, whose (value, index) reduction
+is not vectorised; rows of the cost are read with per-problem dynamic slices
+(static batch) because XLA splits a gather from the whole [B, n, m] cost
+(> 256 KB) over threads, which costs more than the gather.
 """
 import tensorflow as tf
 
 _INFINITY = 1e30
+_SCANNED = -3e38  # Path cost mark of a scanned column: never improved on.
 
 
 def _ramp(size: int, axis: int, rank: int) -> tf.Tensor:
@@ -73,70 +87,21 @@ def _unpack(key, tie_bits):
   return tf.bitcast(_flip_negative_bits(ordered), tf.float32), tie
 
 
-def _dijkstra_to_free_column(cost, u, v, row4col, cur_row, searching):
-  """Searches, per problem, the shortest augmenting path from row cur_row [B].
-
-  Columns are scanned in order of their path cost; ties go to a free column,
-  then to the lowest index, as in scipy.
-
-  Returns (sink [B], min_val [B], shortest [B, m], path [B, m], cols_seen
-  [B, m]); problems with `searching` False are left untouched (sink -2).
-  """
-  num_cols = cost.shape[2]
-  batch = tf.shape(cost)[0]
-  cols = _ramp(num_cols, 1, 2)
-  # Sort key of a column among equally short ones: free columns first.
-  tie_key = tf.cast(cols + tf.where(row4col < 0, 0, num_cols), tf.int64)
-  tie_bits = (2 * num_cols).bit_length()
-  init = (
-      cur_row,                                    # row being expanded
-      tf.zeros([batch]),                          # min_val
-      tf.where(searching, -1, -2),                # sink (-1 = still searching)
-      tf.fill([batch, num_cols], _INFINITY),      # shortest path costs
-      -tf.ones([batch, num_cols], tf.int32),      # path: previous row of a column
-      tf.zeros([batch, num_cols], tf.bool),       # columns seen
-  )
-
-  def body(row, min_val, sink, shortest, path, cols_seen):
-    active = sink == -1
-    offset = tf.gather(u, row, batch_dims=1) - min_val
-    reduced = tf.gather(cost, row, batch_dims=1) - v - offset[:, tf.newaxis]
-    better = active[:, tf.newaxis] & ~cols_seen & (reduced < shortest)
-    path = tf.where(better, row[:, tf.newaxis], path)
-    shortest = tf.where(better, reduced, shortest)
-    candidates = tf.where(cols_seen, _INFINITY, shortest)
-    lowest, tie = _unpack(
-        tf.reduce_min(_pack(candidates, tie_key, tie_bits), axis=-1), tie_bits)
-    col = tie % num_cols
-    found = tie < num_cols  # The column is free: the path ends there.
-    sink = tf.where(active & found, col, sink)
-    row = tf.where(active & ~found, tf.gather(row4col, col, batch_dims=1), row)
-    min_val = tf.where(active, lowest, min_val)
-    cols_seen |= (cols == col[:, tf.newaxis]) & active[:, tf.newaxis]
-    return row, min_val, sink, shortest, path, cols_seen
-
-  _, min_val, sink, shortest, path, cols_seen = tf.while_loop(
-      lambda *state: tf.reduce_any(state[2] == -1), body, init)
-  return sink, min_val, shortest, path, cols_seen
+def _cost_rows(cost: tf.Tensor, row: tf.Tensor) -> tf.Tensor:
+  """float32 [B, m]: cost[b, row[b]] of cost [B, n, m], row int32 [B]."""
+  batch, num_cols = cost.shape[0], cost.shape[2]
+  if batch is None:
+    return tf.gather(cost, row, batch_dims=1)
+  return tf.concat([tf.slice(cost, tf.stack([b, row[b], 0]), [1, 1, num_cols])[0]
+                    for b in range(batch)], axis=0)
 
 
-def _augment(sink, path, col4row, row4col, cur_row):
-  """Flips the assignments along each problem's path from `sink` to `cur_row`."""
-  rows = _ramp(col4row.shape[1], 1, 2)
-  cols = _ramp(row4col.shape[1], 1, 2)
-
-  def body(col, going, col4row, row4col):
-    row = tf.gather(path, tf.maximum(col, 0), batch_dims=1)
-    next_col = tf.gather(col4row, tf.maximum(row, 0), batch_dims=1)
-    mask = going[:, tf.newaxis]
-    row4col = tf.where(mask & (cols == col[:, tf.newaxis]), row[:, tf.newaxis], row4col)
-    col4row = tf.where(mask & (rows == row[:, tf.newaxis]), col[:, tf.newaxis], col4row)
-    return next_col, going & (row != cur_row), col4row, row4col
-
-  _, _, col4row, row4col = tf.while_loop(
-      lambda col, going, *_: tf.reduce_any(going), body,
-      (sink, sink >= 0, col4row, row4col))
-  return col4row, row4col
+def _column_bits(col: tf.Tensor, num_words: int) -> tf.Tensor:
+  """int64 [..., W]: the bit set {col} of int32 col [...] in W 64-bit words."""
+  bit = tf.bitwise.left_shift(tf.constant(1, tf.int64),
+                              tf.cast(col[..., tf.newaxis] % 64, tf.int64))
+  word = tf.range(num_words)
+  return tf.where(col[..., tf.newaxis] // 64 == word, bit, tf.constant(0, tf.int64))
 
 
 def _row_reduction(cost, row_active):
@@ -162,11 +127,60 @@ def _row_reduction(cost, row_active):
   return tf.where(row_active, row_min, 0.0), col4row, row4col
 
 
+def _pending_rows(pending):
+  """The rows left unassigned, in increasing order.
+
+  Args:
+    pending: bool [B, n].
+
+  Returns:
+    (order [B, n], the k-th pending row at k (0 past the end); count [B]).
+  """
+  count = tf.reduce_sum(tf.cast(pending, tf.int32), axis=1)
+  position = tf.where(pending, tf.cumsum(tf.cast(pending, tf.int32), axis=1) - 1, -1)
+  return tf.maximum(first_position(position, pending.shape[1]), 0), count
+
+
+def _relax(reduced, searching, row, row_path, shortest, path, paths):
+  """Relaxes the unscanned columns through the row each search expands.
+
+  Args:
+    reduced: float32 [B, m], path cost of every column through `row`.
+    searching: bool [B]; row: int32 [B]; row_path: int64 [B, W], the columns on
+      the path to `row`.
+    shortest, path, paths: per column, float32 [B, m] path cost (_SCANNED
+      once scanned), int32 [B, m] previous row, int64 [B, m, W] columns on its path.
+
+  Returns:
+    The updated (shortest, path, paths).
+  """
+  better = searching[:, tf.newaxis] & (reduced < shortest)  # False when scanned.
+  return (tf.where(better, reduced, shortest),
+          tf.where(better, row[:, tf.newaxis], path),
+          tf.where(better[..., tf.newaxis], row_path[:, tf.newaxis, :], paths))
+
+
+def _cheapest_column(shortest, row4col):
+  """(path cost float32 [B], column int32 [B], is free bool [B]) of the next scan.
+
+  Ties go to a free column, then to the lowest index, as in scipy; scanned
+  columns are skipped.
+  """
+  num_cols = shortest.shape[1]
+  tie_bits = (2 * num_cols).bit_length()
+  tie_key = tf.cast(_ramp(num_cols, 1, 2) + tf.where(row4col < 0, 0, num_cols), tf.int64)
+  candidates = tf.where(shortest == _SCANNED, float('inf'), shortest)
+  lowest, tie = _unpack(tf.reduce_min(_pack(candidates, tie_key, tie_bits), axis=1),
+                        tie_bits)
+  return lowest, tie % num_cols, tie < num_cols
+
+
 def linear_sum_assignment(cost: tf.Tensor, row_active: tf.Tensor) -> tf.Tensor:
   """Minimum-cost assignment of the active rows of each problem to distinct columns.
 
   Args:
-    cost: float32 [B, n, m] with static n <= m. Finite values.
+    cost: float32 [B, n, m] with static n <= m. Finite values. A static B is
+      faster under XLA (see the module docstring).
     row_active: bool [B, n]; inactive rows are left unassigned and do not
       constrain the others.
 
@@ -179,29 +193,66 @@ def linear_sum_assignment(cost: tf.Tensor, row_active: tf.Tensor) -> tf.Tensor:
   batch = tf.shape(cost)[0]
   cost = tf.cast(cost, tf.float32)
   row_active = tf.cast(row_active, tf.bool)
-  rows = _ramp(num_rows, 1, 2)
-  u, col4row, row4col = _row_reduction(cost, row_active)
+  cols = _ramp(num_cols, 1, 2)
+  num_words = -(-num_cols // 64)
+  col_bits = _column_bits(tf.range(num_cols), num_words)  # [m, W]
+  row_min, col4row, row4col = _row_reduction(cost, row_active)
+  order, num_pending = _pending_rows(row_active & (col4row < 0))
+  order_u = tf.gather(row_min, order, batch_dims=1)
 
-  def insert_row(pending, u, v, col4row, row4col):
-    cur_row = index_of_true(pending, axis=1)
+  def step(k, cur_row, row, through, row_u, row_path, shortest, v, path, paths, row4col):
+    """One scan per searching problem; a finished search starts the next row."""
     searching = cur_row >= 0
-    sink, min_val, shortest, path, cols_seen = _dijkstra_to_free_column(
-        cost, u, v, row4col, tf.maximum(cur_row, 0), searching)
-    # The rows the search expanded: the start and the owners of the seen columns.
-    is_cur = rows == cur_row[:, tf.newaxis]
-    own_col = tf.maximum(col4row, 0)
-    expanded = is_cur | ((col4row >= 0) & tf.gather(cols_seen, own_col, batch_dims=1))
-    min_val_ = min_val[:, tf.newaxis]
-    # One update per variable: chained adds inside while loops trip grappler's
-    # AddOpsRewrite (AlreadyExistsError on a temporary variable) in graph mode.
-    u_step = tf.where(is_cur, min_val_,
-                      min_val_ - tf.gather(shortest, own_col, batch_dims=1))
-    u += tf.where(expanded, u_step, 0.0)
-    v -= tf.where(cols_seen, min_val_ - shortest, 0.0)
-    col4row, row4col = _augment(sink, path, col4row, row4col, cur_row)
-    return pending & ~is_cur, u, v, col4row, row4col
+    row_cost = _cost_rows(cost, row) - v
+    # u[row] - path cost of row: row_u for a pending row, else cost - v on the
+    # tight edge it was reached through (v of scanned columns holds + path cost).
+    offset = tf.where(through < 0, row_u,
+                      tf.gather(row_cost, tf.maximum(through, 0), batch_dims=1))
+    reduced = row_cost - offset[:, tf.newaxis]
+    shortest, path, paths = _relax(reduced, searching, row, row_path, shortest, path,
+                                   paths)
+    lowest, col, free = _cheapest_column(shortest, row4col)
+    found = searching & free
+    scanned = searching[:, tf.newaxis] & (cols == col[:, tf.newaxis])
+    lowest_, found_ = lowest[:, tf.newaxis], found[:, tf.newaxis]
+    shortest = tf.where(scanned, _SCANNED, shortest)
+    # A scanned column's v gains its path cost; the finished search takes the
+    # final one from all of them: v_j -= lowest - shortest_j as in scipy.
+    v = tf.where(scanned, v + lowest_, v) - tf.where(
+        found_ & (shortest == _SCANNED), lowest_, 0.0)
+    col_path = tf.gather(paths, col, batch_dims=1) | tf.gather(col_bits, col)
+    on_path = tf.reduce_any(
+        tf.bitwise.bitwise_and(col_path[:, tf.newaxis, :], col_bits) != 0, axis=2)
+    next_row = tf.maximum(tf.gather(row4col, col, batch_dims=1), 0)
+    row4col = tf.where(found_ & on_path, path, row4col)
+    # Next state: continue through the owner of col, or start a pending row.
+    go_on = searching & ~found
+    start = ~go_on & (k < num_pending)
+    k_ = tf.minimum(k, num_rows - 1)
+    new_row = tf.gather(order, k_, batch_dims=1)
+    row_u = tf.where(start, tf.gather(order_u, k_, batch_dims=1), row_u)
+    through = tf.where(start, -1, tf.where(go_on, col, through))
+    row_path = tf.where(start[:, tf.newaxis], tf.constant(0, tf.int64),
+                        tf.where(go_on[:, tf.newaxis], col_path, row_path))
+    cur_row = tf.where(start, new_row, tf.where(found, -1, cur_row))
+    row = tf.where(start, new_row, tf.where(go_on, next_row, row))
+    shortest = tf.where(start[:, tf.newaxis], _INFINITY, shortest)
+    return (k + tf.cast(start, tf.int32), cur_row, row, through, row_u, row_path,
+            shortest, v, path, paths, row4col)
 
-  init = (row_active & (col4row < 0), u, tf.zeros([batch, num_cols]), col4row, row4col)
-  _, _, _, col4row, _ = tf.while_loop(
-      lambda pending, *_: tf.reduce_any(pending), insert_row, init)
-  return col4row
+  has_pending = num_pending > 0
+  init = (
+      tf.cast(has_pending, tf.int32),              # pending rows started
+      tf.where(has_pending, order[:, 0], -1),      # row being inserted, -1 if done
+      order[:, 0],                                 # row the next scan expands
+      -tf.ones_like(num_pending),                  # column row was reached through
+      order_u[:, 0],                               # u of the pending row started
+      tf.zeros([batch, num_words], tf.int64),      # columns on the path to row
+      tf.fill([batch, num_cols], _INFINITY),       # path costs, or _SCANNED
+      tf.zeros([batch, num_cols]),                 # column duals v
+      -tf.ones([batch, num_cols], tf.int32),       # path: previous row of a column
+      tf.zeros([batch, num_cols, num_words], tf.int64),  # columns on its path
+      row4col,
+  )
+  state = tf.while_loop(lambda k, cur_row, *_: tf.reduce_any(cur_row >= 0), step, init)
+  return tf.where(row_active, first_position(state[-1], num_rows), -1)

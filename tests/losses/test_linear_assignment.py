@@ -63,6 +63,45 @@ def test_every_row_prefers_the_same_column():
   _check(cost, row_active, col4row.numpy())
 
 
+@pytest.mark.parametrize('num_rows,num_cols,tie_levels', [(70, 130, 0), (40, 70, 3),
+                                                          (128, 128, 0)])
+def test_path_bit_sets_span_several_words(num_rows, num_cols, tie_levels):
+  # More than 64 columns: the search-tree paths are bit sets of several int64 words.
+  rng = np.random.default_rng(num_rows + num_cols)
+  cost = rng.normal(size=(8, num_rows, num_cols))
+  if tie_levels:
+    cost = rng.integers(0, tie_levels, cost.shape).astype(np.float64)
+  cost = cost.astype(np.float32)
+  row_active = rng.random((8, num_rows)) < 0.9
+  solve = tf.function(linear_assignment.linear_sum_assignment, jit_compile=True)
+  _check(cost, row_active, solve(tf.constant(cost), tf.constant(row_active)).numpy())
+
+
+def test_problems_of_one_batch_need_different_numbers_of_steps():
+  # Each problem runs its own searches: some finish at once, others need long
+  # augmenting paths, one has no active row at all.
+  rng = np.random.default_rng(12)
+  cost = rng.random((6, 20, 24)).astype(np.float32)
+  cost[1::2] = np.arange(24)[None, None, :] + 0.01 * cost[1::2]
+  row_active = np.ones((6, 20), bool)
+  row_active[4] = False
+  col4row = linear_assignment.linear_sum_assignment(tf.constant(cost),
+                                                    tf.constant(row_active))
+  _check(cost, row_active, col4row.numpy())
+
+
+@pytest.mark.parametrize('jit_compile', [False, True])
+def test_unknown_batch_size(jit_compile):
+  # Without a static batch the cost rows are gathered instead of sliced.
+  rng = np.random.default_rng(8)
+  cost = rng.random((5, 9, 11)).astype(np.float32)
+  row_active = rng.random((5, 9)) < 0.8
+  solve = tf.function(linear_assignment.linear_sum_assignment, jit_compile=jit_compile,
+                      input_signature=[tf.TensorSpec([None, 9, 11], tf.float32),
+                                       tf.TensorSpec([None, 9], tf.bool)])
+  _check(cost, row_active, solve(tf.constant(cost), tf.constant(row_active)).numpy())
+
+
 def test_first_position_inverts_an_assignment_and_keeps_the_first_duplicate():
   rng = np.random.default_rng(3)
   index = rng.integers(-1, 6, (32, 9)).astype(np.int32)
