@@ -37,7 +37,7 @@ CLASS_LOGITS = 'class_logits'        # float32 [B, N, C + 1]; last index = no-ob
 MASK_LOGITS = 'mask_logits'          # float32 [B, h, w, N].
 PIXEL_EMBEDDINGS = 'pixel_embeddings'    # float32 [B, h, w, D], L2-normalised.
 SEMANTIC_LOGITS = 'semantic_logits'  # float32 [B, h, w, C]; training-only head.
-REFERENCE_MASK_LOGITS = 'reference_mask_logits'  # float32 [B, h, w, N]; CMT only.
+REFERENCE_MASK_LOGITS = 'reference_mask_logits'  # float32 [B, h, w, N]; CMT, training only.
 # A list with one dict per transformer layer before the last, each holding
 # CLASS_LOGITS, MASK_LOGITS (and REFERENCE_MASK_LOGITS) for deep supervision.
 AUX_OUTPUTS = 'aux_outputs'

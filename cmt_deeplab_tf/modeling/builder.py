@@ -13,7 +13,8 @@ CMT-DeepLab moves MaX-S's three stage-5 transformer modules out of the backbone
 and stacks more decoder blocks (supplement Fig. 1): the stride-16 decoder stage
 holds the 3 + 1 axial blocks those modules followed in MaX-S, strides 8 and 4 get
 two blocks each, and every decoder block is followed by a CMT layer whose width
-scales with its stride (DeepLab2's `transformer_expansion`). With 133 classes
+scales with its stride (DeepLab2's `transformer_expansion`), with heads of a
+constant width (8 / 4 / 2 heads at strides 16 / 8 / 4). With 133 classes
 and 128 clusters: 61.90M / 93.41M / 133.70M inference parameters for
 max_deeplab_s / cmt_deeplab_s / cmt_deeplab_l (paper: 61.9M / 94.9M / 135.2M);
 `scripts/model_stats.py` prints the breakdown and the multiply-adds.

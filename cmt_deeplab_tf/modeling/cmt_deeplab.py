@@ -124,10 +124,10 @@ class CMTDeepLab(tf_keras.Model):
 
     Returns:
       outputs: dict with CLASS_LOGITS [B, N, C + 1], MASK_LOGITS [B, h, w, N],
-        PIXEL_EMBEDDINGS [B, h, w, D], REFERENCE_MASK_LOGITS [B, h, w, N] (CMT
-        layers with reference masks), in training only AUX_OUTPUTS (one dict
-        per layer but the last, for deep supervision) and SEMANTIC_LOGITS
-        [B, h, w, C], and with
+        PIXEL_EMBEDDINGS [B, h, w, D], in training only REFERENCE_MASK_LOGITS
+        [B, h, w, N] (CMT layers with reference masks, for the mask
+        approximation loss), AUX_OUTPUTS (one dict per layer but the last, for
+        deep supervision) and SEMANTIC_LOGITS [B, h, w, C], and with
         `return_visualization` CLUSTERING_MAPS / ATTENTION_MAPS (lists of
         [B, h', w', N] per layer that computes them). h = ceil(H / 4).
       centers: The final [B, N, Cc] cluster centers.
@@ -163,12 +163,12 @@ class CMTDeepLab(tf_keras.Model):
     height, width = resize.spatial_size(embeddings)
     outputs = self.heads(embeddings, state.centers, training=training)
     outputs[common.PIXEL_EMBEDDINGS] = embeddings
+    if not training:  # Reference masks, deep supervision and the semantic head
+      return outputs  # only train the model.
     final_reference = _reference_mask_logits(state.layer_outputs[-1], height,
                                              width)
     if final_reference is not None:
       outputs[common.REFERENCE_MASK_LOGITS] = final_reference
-    if not training:  # Deep supervision and the semantic head train the model only.
-      return outputs
     aux_outputs = []
     for layer_outputs in state.layer_outputs[:-1]:
       aux = self.heads(embeddings, layer_outputs[ct.CENTERS], training=training)
