@@ -102,6 +102,27 @@ def test_unknown_batch_size(jit_compile):
   _check(cost, row_active, solve(tf.constant(cost), tf.constant(row_active)).numpy())
 
 
+@pytest.mark.parametrize('batch_spec', [8, None])
+@pytest.mark.parametrize('kind', ['normal', 'ties', 'same_column'])
+def test_auction_warm_start_stays_exact(kind, batch_spec):
+  # 128x128 problems leave dozens of rows free after the row reduction, so the
+  # auction runs its rounds, with more free rows than bidders ('same_column':
+  # nearly all rows prefer column 0) and with tied bids ('ties').
+  rng = np.random.default_rng(len(kind))
+  solve = tf.function(linear_assignment.linear_sum_assignment, jit_compile=True,
+                      input_signature=[tf.TensorSpec([batch_spec, 128, 128], tf.float32),
+                                       tf.TensorSpec([batch_spec, 128], tf.bool)])
+  for _ in range(3):
+    cost = rng.normal(size=(8, 128, 128))
+    if kind == 'ties':
+      cost = rng.integers(0, 6, cost.shape).astype(np.float64)
+    elif kind == 'same_column':
+      cost = np.arange(128)[None, None, :] + 0.5 * rng.random(cost.shape)
+    cost = cost.astype(np.float32)
+    row_active = rng.random((8, 128)) < 0.9
+    _check(cost, row_active, solve(tf.constant(cost), tf.constant(row_active)).numpy())
+
+
 def test_first_position_inverts_an_assignment_and_keeps_the_first_duplicate():
   rng = np.random.default_rng(3)
   index = rng.integers(-1, 6, (32, 9)).astype(np.int32)
