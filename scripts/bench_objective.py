@@ -6,7 +6,8 @@ Realistic case: batch 8, N = 128 clusters, M = 128 ground-truth slots of which
 model), so the similarity matrices have the structure the matcher meets in
 training. Compares, in one run:
 - the in-graph matchers (our shortest-augmenting-path solver, the default, and
-  tf-models-official's Hungarian) with and without XLA;
+  tf-models-official's Hungarian) in a tf.function and in an XLA-compiled one
+  (ours also with its own XLA computation switched off, `compile_solver=False`);
 - scipy's linear_sum_assignment per image, alone and as a round trip from a
   tf.function (tf.numpy_function: device -> host -> device);
 - the full PanopticLoss forward (and forward + backward) with and without XLA.
@@ -123,10 +124,15 @@ def matcher_row(args, num_masks):
 
   in_graph = {}
   for solver in args.solvers:
-    for name, jit in [('tf.function', False), ('XLA', True)]:
+    variants = [('tf.function', False, True), ('XLA', True, True)]
+    if solver == 'shortest_path':  # The solver's own XLA computation, off.
+      variants.insert(1, ('tf.function, graph-mode solver', False, False))
+    for name, jit, compile_solver in variants:
       in_graph[f'{solver}, {name}'] = tf.function(
-          lambda s, v, solver=solver: matching.hungarian_match(
-              s, v, solver=solver).gt_to_pred, jit_compile=jit)
+          lambda s, v, solver=solver, compile_solver=compile_solver:
+          matching.hungarian_match(s, v, solver=solver,
+                                   compile_solver=compile_solver).gt_to_pred,
+          jit_compile=jit)
   # The solvers must agree on the optimum before their speed means anything.
   reference = scipy_match(sim_np, valid_np)
   for name, fn in in_graph.items():

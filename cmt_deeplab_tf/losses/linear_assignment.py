@@ -174,7 +174,7 @@ def _auction(cost, row_active, col4row, row4col):
     (v [B, m], col4row [B, n], row4col [B, m]).
   """
   num_rows, num_cols = cost.shape[1], cost.shape[2]
-  batch = tf.shape(cost)[0]
+  batch = cost.shape[0] or tf.shape(cost)[0]
   num_bidders = min(_AUCTION_BIDDERS, num_rows)
   col_bits, row_bits = num_cols.bit_length(), num_rows.bit_length()
   cols = tf.cast(_ramp(num_cols, 2, 3), tf.int64)

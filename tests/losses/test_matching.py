@@ -100,6 +100,20 @@ def test_default_solver_under_xla_matches_scipy(num_gt, num_pred, tie_levels):
   _check_against_scipy(similarity, gt_valid, result)
 
 
+@pytest.mark.parametrize('batch,num_gt,num_pred', [(1, 3, 3), (4, 20, 20), (3, 9, 6)])
+@pytest.mark.parametrize('compile_solver', [False, True])
+def test_solver_in_a_graph_with_and_without_its_own_xla(batch, num_gt, num_pred,
+                                                        compile_solver):
+  # Graph mode (a tf.function that is not XLA-compiled), as in a default CPU
+  # training step; batch 1 once failed the solver's while-loop shape checks.
+  rng = np.random.default_rng(batch + num_gt)
+  similarity, gt_valid = _random_problems(rng, batch, num_gt, num_pred)
+  match_fn = tf.function(lambda s, v: matching.hungarian_match(
+      s, v, compile_solver=compile_solver))
+  result = match_fn(tf.constant(similarity), tf.constant(gt_valid))
+  _check_against_scipy(similarity, gt_valid, result)
+
+
 def test_many_more_ground_truth_than_predictions():
   rng = np.random.default_rng(11)
   similarity, gt_valid = _random_problems(rng, 32, 40, 6)
