@@ -57,6 +57,15 @@ def _ramp(size: int, axis: int, rank: int) -> tf.Tensor:
   return tf.reshape(tf.range(size, dtype=tf.int32), shape)
 
 
+def _batch_size(x: tf.Tensor):
+  """The leading dimension of x: a Python int when static, else a scalar tensor.
+
+  Static where known, so `tf.while_loop` states built from it keep the static
+  shapes their loop bodies produce.
+  """
+  return x.shape[0] or tf.shape(x)[0]
+
+
 def index_of_true(x: tf.Tensor, axis: int) -> tf.Tensor:
   """int32: index of the first True along `axis` of a bool tensor, -1 if none."""
   size = x.shape[axis]
@@ -71,7 +80,7 @@ def first_position(index: tf.Tensor, size: int) -> tf.Tensor:
   this is its inverse. A scatter over the n entries, not a [B, n, size] search.
   """
   num = index.shape[1]
-  batch = index.shape[0] or tf.shape(index)[0]
+  batch = _batch_size(index)
   segment = index + size * tf.range(batch)[:, tf.newaxis]
   segment = tf.where(index >= 0, segment, batch * size)  # A dump segment, dropped.
   positions = tf.broadcast_to(tf.range(num), tf.shape(index))
@@ -174,7 +183,7 @@ def _auction(cost, row_active, col4row, row4col):
     (v [B, m], col4row [B, n], row4col [B, m]).
   """
   num_rows, num_cols = cost.shape[1], cost.shape[2]
-  batch = cost.shape[0] or tf.shape(cost)[0]
+  batch = _batch_size(cost)
   num_bidders = min(_AUCTION_BIDDERS, num_rows)
   col_bits, row_bits = num_cols.bit_length(), num_rows.bit_length()
   cols = tf.cast(_ramp(num_cols, 2, 3), tf.int64)
@@ -259,7 +268,7 @@ def linear_sum_assignment(cost: tf.Tensor, row_active: tf.Tensor) -> tf.Tensor:
   num_rows, num_cols = cost.shape[1], cost.shape[2]
   if num_rows is None or num_cols is None or num_rows > num_cols:
     raise ValueError(f'cost must have static n <= m, got shape {cost.shape}')
-  batch = tf.shape(cost)[0]
+  batch = _batch_size(cost)
   cost = tf.cast(cost, tf.float32)
   row_active = tf.cast(row_active, tf.bool)
   cols = _ramp(num_cols, 1, 2)

@@ -119,14 +119,16 @@ class TransformerDecoder(tf_keras.layers.Layer):
     self.center_channels = center_channels
     self.locations = locations
     switches = ct.DUAL_PATH_SWITCHES if dual_path else {}
-    def layer_filters(stride):
-      if not scale_filters_with_stride:
-        return filters
-      return max(int(round(filters * stride / 16)), layer_heads(stride))
     def layer_heads(stride):
       if not scale_heads_with_stride:
         return num_heads
       return max(int(round(num_heads * stride / 16)), 1)
+
+    def layer_filters(stride):
+      if not scale_filters_with_stride:
+        return filters
+      return max(int(round(filters * stride / 16)), layer_heads(stride))
+
     self.transformer_layers = {
         location: ct.ClusteringTransformerLayer(
             filters=layer_filters(stride), center_channels=center_channels,
