@@ -155,6 +155,43 @@ def test_inference_logits_equal_the_keras_norm_of_the_raw_logits():
                              norm.beta, atol=1e-4)
 
 
+def _randomize(norm, rng):
+  channels = norm.moving_mean.shape[0]
+  norm.moving_mean.assign(rng.standard_normal(channels))
+  norm.moving_variance.assign(rng.uniform(0.2, 3.0, channels))
+  norm.gamma.assign(rng.uniform(-2.0, 2.0, channels))
+  norm.beta.assign(rng.standard_normal(channels))
+
+
+@pytest.mark.parametrize('num_queries,num_keys', [(5, 7), (9, 3)])
+def test_inference_output_equals_the_keras_value_norm_of_the_retrieval(
+    num_queries, num_keys):
+  """With fewer keys than queries the value norm is folded into the values
+  (each row of the weights sums to one); either way the output is the Keras
+  norm of the retrieved values. Keys and values given as lists (e.g. pixels
+  and centers) equal their concatenation."""
+  query, key, value = (tf.constant(x, tf.float32) for x in _inputs(
+      seed=7, num_queries=num_queries, num_keys=num_keys))
+  layer = attention.MultiHeadAttention(num_heads=2)
+  layer(query, key, value, training=False)
+  rng = np.random.default_rng(8)
+  _randomize(layer._logit_norm, rng)
+  _randomize(layer._value_norm, rng)
+  result = layer(query, key, value, training=False)
+  heads_v = np.transpose(value.numpy().reshape([2, num_keys, 2, 6]),
+                         [0, 2, 1, 3])
+  retrieved = np.einsum('bhqk,bhkd->bqhd', result.probabilities.numpy(),
+                        heads_v).reshape([2, num_queries, 12])
+  expected = tf.nn.relu(layer._value_norm(tf.constant(retrieved, tf.float32),
+                                          training=False))
+  np.testing.assert_allclose(result.output, expected, atol=1e-4, rtol=1e-4)
+  split = num_keys // 2
+  from_lists = layer(query, [key[:, :split], key[:, split:]],
+                     [value[:, :split], value[:, split:]], training=False)
+  np.testing.assert_allclose(from_lists.output, result.output, atol=1e-5)
+  np.testing.assert_allclose(from_lists.logits, result.logits, atol=1e-5)
+
+
 def test_clustering_as_pixels_querying_centers_equals_softmax_over_queries():
   """The CMT layer's form of clustering (pixels query the centers, softmax
   over keys) is the transpose of centers querying pixels with the softmax over

@@ -65,6 +65,12 @@ def _merge_heads(inputs):
   return tf.reshape(merged, [shape[0], shape[2], inputs.shape[1] * inputs.shape[3]])
 
 
+def _is_shorter(first, second):
+  """Whether [B, heads, L, d] `first` has statically fewer positions L."""
+  length, other = first.shape[-2], second.shape[-2]
+  return length is not None and (other is None or length < other)
+
+
 def mean_over_heads(probabilities):
   """Averages [B, heads, Lq, Lk] attention over heads (DETR-style) -> [B, Lq, Lk]."""
   return tf.reduce_mean(probabilities, axis=1)
@@ -117,23 +123,27 @@ class MultiHeadAttention(tf_keras.layers.Layer):
     """Logits up to the per-head offset of the inference batch norm.
 
     At inference the logit batch norm is a per-head affine map; its scale is
-    applied to the (small) queries before the product, and its offset, a
-    constant per head, is returned separately [heads, 1, 1]: it cancels in
-    both softmaxes, so only callers that need the logits themselves add it.
-    The [B, heads, Lq, Lk] tensor is then written once and, with a bias,
-    updated once. In training the Keras batch norm runs on the logits (batch
-    statistics, moving averages) and the offset is None.
+    applied before the product to the shorter of queries and keys (the
+    cluster centers), and its offset, a constant per head, is returned
+    separately [heads, 1, 1]: it cancels in both softmaxes, so only callers
+    that need the logits themselves add it. The [B, heads, Lq, Lk] tensor is
+    then written once and, with a bias, updated once. In training the Keras
+    batch norm runs on the logits (batch statistics, moving averages) and the
+    offset is None.
 
     Returns:
       (float32 [B, heads, Lq, Lk] logits - offset, offset or None).
     """
-    query = _heads_first(tf.cast(query, tf.float32), self.num_heads)
-    key = _heads_first(tf.cast(key, tf.float32), self.num_heads)
+    query = self._heads_first(query, tf.float32)
+    key = self._heads_first(key, tf.float32)
     offset = None
     if self._logit_norm is not None and normalization.is_inference(training):
       scale, offset = normalization.inference_affine(
           self._logit_norm, [1, self.num_heads, 1, 1])
-      query *= scale[:, tf.newaxis, tf.newaxis]
+      if _is_shorter(key, query):
+        key *= scale[:, tf.newaxis, tf.newaxis]
+      else:
+        query *= scale[:, tf.newaxis, tf.newaxis]
       offset = offset[:, tf.newaxis, tf.newaxis]
     logits = tf.linalg.matmul(query, key, transpose_b=True)
     if self._logit_norm is not None and offset is None:
@@ -175,8 +185,10 @@ class MultiHeadAttention(tf_keras.layers.Layer):
     """Aggregates values with attention weights, then BN and activation.
 
     Args:
-      weights: float32 [B, heads, Lq, Lk] attention weights.
-      value: [B, Lk, Dv] values (or [B, Lq, Dv] with `transpose_weights`).
+      weights: float32 [B, heads, Lq, Lk] attention weights, normalised as
+        this layer's softmax normalises them.
+      value: [B, Lk, Dv] values (or [B, Lq, Dv] with `transpose_weights`), or
+        a list of such tensors concatenated along their second axis.
       training: Whether batch norms use batch statistics.
       transpose_weights: Retrieve for the keys instead: output[k] =
         sum_q weights[q, k] value[q]. CMT-DeepLab updates centers from pixels
@@ -185,8 +197,9 @@ class MultiHeadAttention(tf_keras.layers.Layer):
     Returns:
       The retrieved values, [B, Lq, Dv] ([B, Lk, Dv] if transposed).
     """
-    value_heads = _heads_first(value, self.num_heads)
-    weights = tf.cast(weights, value.dtype)
+    value_heads = self._heads_first(value)
+    weights = tf.cast(weights, value_heads.dtype)
+    depth = value_heads.shape[1] * value_heads.shape[3]
     if transpose_weights:
       # value^T weights, [B, heads, d, Lk]: reads the (large) weights in their
       # stored order; oneDNN runs this 1.7x faster than weights^T value for
@@ -194,18 +207,47 @@ class MultiHeadAttention(tf_keras.layers.Layer):
       retrieved = tf.linalg.matmul(value_heads, weights, adjoint_a=True)
       shape = tf.shape(retrieved)
       retrieved = tf.reshape(tf.transpose(retrieved, [0, 3, 1, 2]),
-                             [shape[0], shape[3], value.shape[-1]])
-    else:
-      retrieved = _merge_heads(tf.linalg.matmul(weights, value_heads))
+                             [shape[0], shape[3], depth])
+      return self._activation(self._value_norm(retrieved, training=training))
+    if (normalization.is_inference(training) and
+        self.softmax_over == SOFTMAX_OVER_KEYS and
+        _is_shorter(value_heads, weights)):
+      # Each row of the weights sums to one, so the inference batch norm (an
+      # affine map per channel) of the retrieved values equals the weighted
+      # sum of normalised values: it runs on the Lk (e.g. 128 center) values
+      # instead of the Lq (e.g. pixel) outputs.
+      heads, depth_per_head = value_heads.shape[1], value_heads.shape[3]
+      scale, offset = (
+          tf.cast(tf.reshape(x, [heads, 1, depth_per_head]), value_heads.dtype)
+          for x in normalization.inference_affine(self._value_norm,
+                                                  [1, 1, depth]))
+      value_heads = value_heads * scale + offset
+      return self._activation(
+          _merge_heads(tf.linalg.matmul(weights, value_heads)))
+    retrieved = _merge_heads(tf.linalg.matmul(weights, value_heads))
     return self._activation(self._value_norm(retrieved, training=training))
+
+  def _heads_first(self, inputs, dtype=None):
+    """[B, L, D] (or a list concatenated along L) -> [B, heads, L, D / heads].
+
+    Parts are split separately and then concatenated, so a tensor that is
+    split for several attentions (e.g. the pixel keys) is split once: the
+    graph optimizer merges the identical reshapes and transposes.
+    """
+    parts = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    dtype = dtype or parts[0].dtype
+    heads = [_heads_first(tf.cast(part, dtype), self.num_heads)
+             for part in parts]
+    return heads[0] if len(heads) == 1 else tf.concat(heads, axis=2)
 
   def call(self, query, key, value, logit_bias=None, training=None):
     """Runs attention.
 
     Args:
       query: [B, Lq, Dk] queries.
-      key: [B, Lk, Dk] keys.
-      value: [B, Lk, Dv] values.
+      key: [B, Lk, Dk] keys, or a list of [B, L_i, Dk] keys that together
+        make the Lk keys (e.g. pixels and centers).
+      value: [B, Lk, Dv] values, or a list like `key`.
       logit_bias: Optional additive bias broadcastable to [B, heads, Lq, Lk]
         (e.g. CMT's residual assignment logits and reference-mask prior).
       training: Whether batch norms use batch statistics.

@@ -222,8 +222,8 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     if self._reference is not None:
       parameters = self._reference(centers)
       outputs[REFERENCE_PARAMETERS] = parameters
-      prior = reference_mask_lib.log_reference_prior(
-          reference_mask_lib.gaussian_mask_logits(parameters, height, width))
+      prior = reference_mask_lib.log_reference_prior(parameters, height,
+                                                     width)
       bias = prior if bias is None else bias + prior
     if bias is not None:
       shape = tf.shape(bias)
@@ -305,9 +305,8 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
       if self._use_self_attention:
         keys.append(center_key)
         values.append(center_value)
-      result = self._center_attention(
-          center_query, tf.concat(keys, axis=1), tf.concat(values, axis=1),
-          training=training)
+      result = self._center_attention(center_query, keys, values,
+                                      training=training)
       center_updates.append(self._center_attention_out(result.output,
                                                        training=training))
       if return_maps and self._use_cross_attention:

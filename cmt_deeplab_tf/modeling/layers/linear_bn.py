@@ -56,13 +56,10 @@ class LinearBN(tf_keras.layers.Layer):
     dtype = parts[0].dtype
     parts = [tf.cast(part, dtype) for part in parts]
     if normalization.is_inference(training):
-      x = self._folded_projection(parts)
-    else:
-      x = tf.concat(parts, axis=-1) if len(parts) > 1 else parts[0]
-      x = self._norm(self._dense(x), training=training)
-    if self._use_relu:
-      x = tf.nn.relu(x)
-    return x
+      return self._folded_projection(parts)
+    x = tf.concat(parts, axis=-1) if len(parts) > 1 else parts[0]
+    x = self._norm(self._dense(x), training=training)
+    return tf.nn.relu(x) if self._use_relu else x
 
   def _folded_projection(self, parts):
     """sum_i parts[i] W'_i + offset, with the inference batch norm folded in."""
@@ -75,15 +72,27 @@ class LinearBN(tf_keras.layers.Layer):
     kernel = tf.cast(self._dense.kernel, tf.float32) * scale
     kernels = tf.split(tf.cast(kernel, parts[0].dtype), channels, axis=0)
     leading = tf.shape(parts[0])[:-1]
-    projected = None
-    for part, part_kernel in zip(parts, kernels):
-      term = tf.linalg.matmul(_flatten(part), part_kernel)
-      projected = term if projected is None else projected + term
-    # Bias after the sum: grappler's remapper fuses MatMul + BiasAdd (+ ReLU),
-    # but a BiasAdd followed by an Add and a ReLU makes the whole remapper
-    # pass fail (TF 2.20, oneDNN), which loses every fusion of the graph.
-    projected = tf.nn.bias_add(projected, tf.cast(offset, projected.dtype))
+    # grappler's remapper fuses the first MatMul + BiasAdd (+ ReLU), and the
+    # Add of a further term, into one oneDNN kernel.
+    projected = tf.nn.bias_add(
+        tf.linalg.matmul(_flatten(parts[0]), kernels[0]),
+        tf.cast(offset, kernels[0].dtype))
+    for part, part_kernel in zip(parts[1:], kernels[1:]):
+      projected += tf.linalg.matmul(_flatten(part), part_kernel)
+    if self._use_relu:
+      projected = (tf.nn.relu(projected) if len(parts) == 1 else
+                   _relu_after_add(projected))
     return tf.reshape(projected, tf.concat([leading, [self._units]], axis=0))
+
+
+def _relu_after_add(inputs):
+  """ReLU as a Maximum, for a sum whose first term is a MatMul + BiasAdd.
+
+  MatMul + BiasAdd + Add + Relu makes grappler's remapper fail on the whole
+  graph (TF 2.20, oneDNN), which silently loses every fusion of the model; a
+  Maximum is not part of that pattern.
+  """
+  return tf.maximum(inputs, tf.zeros([], inputs.dtype))
 
 
 def _flatten(inputs):
