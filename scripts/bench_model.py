@@ -4,10 +4,14 @@ Batch 1, float32, `tf.function` with and without XLA (`jit_compile=True`). For
 each input size and XLA setting, every model is built, traced and warmed up, and
 then the models are timed in turns: each of the `--repeats` rounds calls every
 model once, so all models meet the same machine load (the machine is shared;
-timing one model after the other let a load change show up as a ratio change).
+timing one model after the other let a load change show up as a ratio change),
+and every other round calls them in reverse order, so neither model always
+runs first.
 Each call is timed until its outputs are copied to NumPy ('latency') and for
 the call alone ('call'; CPU eager calls are synchronous). Reports the median
-and the minimum over the rounds. Achieved GFLOP/s = 2 x multiply-adds of the
+and the minimum over the rounds, and for the ratio of the last two models also
+the median (and quartiles) of the per-round ratios: each pairs two calls made
+back to back, so a slow phase of the machine cancels out. Achieved GFLOP/s = 2 x multiply-adds of the
 inference graph (`flop_count`, einsum included) / median latency, compared with
 a 4096^3 float32 matmul timed just before each round of models. Prints a
 Markdown table and the latency ratios of the last two models.
@@ -39,14 +43,15 @@ def interleaved_seconds(functions, args, repeats):
   """Per name: (latencies, call times) of `functions[name](*args)`, called in turns.
 
   Each function is called once to warm up; then every one of `repeats` rounds
-  calls each function once. A latency runs until every output is copied to
-  NumPy; the call time stops when the call returns.
+  calls each function once, odd rounds in reverse order. A latency runs until
+  every output is copied to NumPy; the call time stops when the call returns.
   """
   for function in functions.values():
     function(*args)
   times = {name: ([], []) for name in functions}
-  for _ in range(repeats):
-    for name, function in functions.items():
+  for round_index in range(repeats):
+    order = list(functions.items())
+    for name, function in order[::-1] if round_index % 2 else order:
       start = time.perf_counter()
       outputs = function(*args)
       times[name][1].append(time.perf_counter() - start)
@@ -108,11 +113,15 @@ def print_ratios(results, first, second):
     if name != second:
       continue
     base_latencies, base_calls = results[(first, size, jit)]
+    paired = [t / b for t, b in zip(latencies, base_latencies)]
+    quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
     print(f'- {size}, XLA={jit}: latency '
-          f'{statistics.median(latencies) / statistics.median(base_latencies):.2f} '
-          f'({min(latencies) / min(base_latencies):.2f}), call '
-          f'{statistics.median(calls) / statistics.median(base_calls):.2f} '
-          f'({min(calls) / min(base_calls):.2f})')
+          f'{statistics.median(latencies) / statistics.median(base_latencies):.3f} '
+          f'({min(latencies) / min(base_latencies):.3f}), call '
+          f'{statistics.median(calls) / statistics.median(base_calls):.3f} '
+          f'({min(calls) / min(base_calls):.3f}); per-round latency ratios: '
+          f'median {statistics.median(paired):.3f} '
+          f'(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f})')
 
 
 if __name__ == '__main__':
