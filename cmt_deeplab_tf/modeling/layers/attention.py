@@ -134,8 +134,8 @@ class MultiHeadAttention(tf_keras.layers.Layer):
     Returns:
       (float32 [B, heads, Lq, Lk] logits - offset, offset or None).
     """
-    query = self._heads_first(query, tf.float32)
-    key = self._heads_first(key, tf.float32)
+    query = self._to_heads(query, tf.float32)
+    key = self._to_heads(key, tf.float32)
     offset = None
     if self._logit_norm is not None and normalization.is_inference(training):
       scale, offset = normalization.inference_affine(
@@ -197,7 +197,7 @@ class MultiHeadAttention(tf_keras.layers.Layer):
     Returns:
       The retrieved values, [B, Lq, Dv] ([B, Lk, Dv] if transposed).
     """
-    value_heads = self._heads_first(value)
+    value_heads = self._to_heads(value)
     weights = tf.cast(weights, value_heads.dtype)
     depth = value_heads.shape[1] * value_heads.shape[3]
     if transpose_weights:
@@ -227,7 +227,7 @@ class MultiHeadAttention(tf_keras.layers.Layer):
     retrieved = _merge_heads(tf.linalg.matmul(weights, value_heads))
     return self._activation(self._value_norm(retrieved, training=training))
 
-  def _heads_first(self, inputs, dtype=None):
+  def _to_heads(self, inputs, dtype=None):
     """[B, L, D] (or a list concatenated along L) -> [B, heads, L, D / heads].
 
     Parts are split separately and then concatenated, so a tensor that is
