@@ -209,23 +209,24 @@ class MultiHeadAttention(tf_keras.layers.Layer):
       retrieved = tf.reshape(tf.transpose(retrieved, [0, 3, 1, 2]),
                              [shape[0], shape[3], depth])
       return self._activation(self._value_norm(retrieved, training=training))
-    if (normalization.is_inference(training) and
-        self.softmax_over == SOFTMAX_OVER_KEYS and
-        _is_shorter(value_heads, weights)):
-      # Each row of the weights sums to one, so the inference batch norm (an
-      # affine map per channel) of the retrieved values equals the weighted
-      # sum of normalised values: it runs on the Lk (e.g. 128 center) values
-      # instead of the Lq (e.g. pixel) outputs.
+    # Each row of the weights sums to one, so the inference batch norm (an
+    # affine map per channel) of the retrieved values equals the weighted sum
+    # of normalised values: it then runs on the Lk (e.g. 128 center) values
+    # instead of the Lq (e.g. pixel) outputs.
+    norm_values_first = (normalization.is_inference(training) and
+                         self.softmax_over == SOFTMAX_OVER_KEYS and
+                         _is_shorter(value_heads, weights))
+    if norm_values_first:
       heads, depth_per_head = value_heads.shape[1], value_heads.shape[3]
       scale, offset = (
           tf.cast(tf.reshape(x, [heads, 1, depth_per_head]), value_heads.dtype)
           for x in normalization.inference_affine(self._value_norm,
                                                   [1, 1, depth]))
       value_heads = value_heads * scale + offset
-      return self._activation(
-          _merge_heads(tf.linalg.matmul(weights, value_heads)))
     retrieved = _merge_heads(tf.linalg.matmul(weights, value_heads))
-    return self._activation(self._value_norm(retrieved, training=training))
+    if not norm_values_first:
+      retrieved = self._value_norm(retrieved, training=training)
+    return self._activation(retrieved)
 
   def _to_heads(self, inputs, dtype=None):
     """[B, L, D] (or a list concatenated along L) -> [B, heads, L, D / heads].
