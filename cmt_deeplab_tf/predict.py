@@ -36,9 +36,9 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
-from cmt_deeplab_tf.analysis import colors
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.data import panoptic_format
+from cmt_deeplab_tf.ops import colors
 from cmt_deeplab_tf.serving import export_lib
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')

@@ -27,7 +27,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from cmt_deeplab_tf.analysis import colors
+from cmt_deeplab_tf.ops import colors
 from cmt_deeplab_tf.ops import post_processing
 
 HEATMAP_MAX = 255.0

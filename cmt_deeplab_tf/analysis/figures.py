@@ -29,8 +29,8 @@ from PIL import Image
 from PIL import ImageDraw
 
 from cmt_deeplab_tf.analysis import attention_maps
-from cmt_deeplab_tf.analysis import colors
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
+from cmt_deeplab_tf.ops import colors
 
 PAD = 4
 LINE_HEIGHT = 14

@@ -93,6 +93,11 @@ class CMTDeepLab(tf_keras.Model):
         location.startswith(transformer_decoder.BACKBONE)
         for location in transformer.locations)
 
+  @property
+  def backbone_variables(self):
+    """The backbone's trainable variables (trained with a smaller learning rate)."""
+    return self.backbone.trainable_variables
+
   def call(self, images, training=None, return_visualization=False):
     """Runs the model.
 

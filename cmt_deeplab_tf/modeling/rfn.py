@@ -41,6 +41,12 @@ class RecursiveFeatureNetwork(tf_keras.Model):
     self.first_network = first_network
     self.second_network = second_network
 
+  @property
+  def backbone_variables(self):
+    """The trainable variables of both networks' backbones."""
+    return (self.first_network.backbone_variables +
+            self.second_network.backbone_variables)
+
   def call(self, images, training=None, return_visualization=False):
     """Runs both networks.
 

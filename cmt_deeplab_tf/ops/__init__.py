@@ -1,1 +1,1 @@
-"""TensorFlow ops on model outputs: post-processing into panoptic maps."""
+"""TensorFlow ops on model outputs: post-processing into panoptic maps, their colours."""

@@ -13,7 +13,6 @@ import gin
 import tensorflow as tf
 import tf_keras
 
-from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from official.modeling.optimization import optimizer_factory
 from official.modeling.optimization.configs import optimization_config
 
@@ -89,10 +88,17 @@ def split_backbone_variables(model: tf_keras.Model
                              ) -> Tuple[List[tf.Variable], List[tf.Variable]]:
   """Splits the trainable variables into (backbone, the rest).
 
-  The backbone is every `AxialResNet` inside the model (two for RFN).
+  The model names its backbone variables (`backbone_variables`, two backbones
+  for RFN), so the optimizer needs no knowledge of the backbone's class.
+
+  Raises:
+    TypeError: If the model has no `backbone_variables`.
   """
-  backbone_ids = {id(v) for m in model.submodules if isinstance(m, axial_resnet.AxialResNet)
-                  for v in m.trainable_variables}
+  if not hasattr(model, 'backbone_variables'):
+    raise TypeError(f'Model {model.name!r} ({type(model).__name__}) has no '
+                    '`backbone_variables`: the backbone learning-rate multiplier '
+                    'needs to know which variables are the backbone\'s.')
+  backbone_ids = {id(v) for v in model.backbone_variables}
   backbone = [v for v in model.trainable_variables if id(v) in backbone_ids]
   rest = [v for v in model.trainable_variables if id(v) not in backbone_ids]
   return backbone, rest

@@ -19,12 +19,12 @@ import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf import common
-from cmt_deeplab_tf.analysis import colors
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.data import pipeline
 from cmt_deeplab_tf.evaluation import panoptic_evaluator
 from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.ops import colors
 from cmt_deeplab_tf.ops import post_processing
 from cmt_deeplab_tf.training import optimization
 from cmt_deeplab_tf.training import trainer as trainer_lib

@@ -20,9 +20,9 @@ import tensorflow as tf
 
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf import predict
-from cmt_deeplab_tf.analysis import colors
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.data import panoptic_format
+from cmt_deeplab_tf.ops import colors
 from cmt_deeplab_tf.ops import post_processing
 from cmt_deeplab_tf.serving import export_lib
 from tests import run_dirs
