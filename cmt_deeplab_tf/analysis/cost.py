@@ -6,8 +6,9 @@ Per config:
   FLOPs    multiply-adds of the inference graph (einsum included) at the given
            size, batch 1, `modeling.flop_count`;
   FPS      1 / median wall time of `model(images, training=False)` under
-           `tf.function`, batch 1, after two warm-up calls (network forward only,
-           no post-processing), on the current device;
+           `tf.function`, batch 1, after two warm-up calls, outputs fetched to
+           the host (network forward only, no post-processing), on the current
+           device;
   memory   peak memory of one training step at batch 1 (see
            `training_step_peak_memory`).
 
@@ -16,14 +17,18 @@ The paper measured FPS on a V100 and memory on a TPUv4 (supplement Sec. 2);
 
 `python -m cmt_deeplab_tf.analysis.cost NAME CLASSES CLUSTERS HEIGHT WIDTH` is
 the fresh process of the memory measurement; it prints one JSON line.
+
+The memory figure is that of the project's own training step, so the probe runs
+`training.trainer.PanopticTrainer` (the same loss, gradients, clipping and AdamW
+update `train.py` runs) rather than a re-written step that could drift from it.
+This is a downward import: analysis sits above training (`tests/test_layering.py`).
+FPS uses the benchmarks' harness (`analysis.timing`).
 """
 import dataclasses
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -31,6 +36,7 @@ import tensorflow as tf
 
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf.analysis import paper_tables
+from cmt_deeplab_tf.analysis import timing
 from cmt_deeplab_tf.data import targets as targets_lib
 from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.modeling import builder
@@ -111,13 +117,7 @@ def frames_per_second(model, height: int, width: int, runs: int,
     raise ValueError(f'runs must be >= 1, got {runs}.')
   forward = tf.function(lambda images: model(images, training=False))
   images = tf.random.uniform([1, height, width, 3], -1.0, 1.0)
-  seconds = []
-  for index in range(warmup + runs):
-    start = time.perf_counter()
-    tf.nest.map_structure(lambda tensor: tensor.numpy(), forward(images))
-    if index >= warmup:
-      seconds.append(time.perf_counter() - start)
-  return 1.0 / statistics.median(seconds)
+  return 1.0 / timing.median_seconds(lambda: forward(images), runs, warmup)
 
 
 def random_training_batch(height: int, width: int, num_classes: int,
