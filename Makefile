@@ -26,5 +26,17 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
 
+# The benchmarks at their documented settings (full-size models on CPU: long; the
+# figures in WORKSPACE_NOTES.md come from these commands). Tables go to stdout.
+# scripts/bench_layers.py (A/B against a git revision) and scripts/profile_model.py
+# (per-component profile) are run by hand with their arguments.
+BENCHMARKS := model_stats bench_model bench_train bench_objective bench_evaluator \
+	bench_input_pipeline
+bench: $(STAMP)
+	@for script in $(BENCHMARKS); do \
+	  echo "== scripts/$$script.py"; \
+	  TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/$$script.py || exit 1; \
+	done
+
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

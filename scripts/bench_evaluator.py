@@ -3,25 +3,32 @@
 Synthetic images at COCO size (640x480) and Cityscapes size (1024x2048) with
 about 40 segments each (10 stuff bands, 30 thing rectangles, 2% void); the
 prediction shifts every segment by a few pixels and relabels some. Compares
-with tf-models-official's numpy PanopticQuality on the same maps.
+with tf-models-official's numpy PanopticQuality on the same maps. The
+benchmarks' harness (`analysis.timing.interleaved`) gives every candidate the
+same image in each round (one image per round), so all meet the same load.
 
   TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python scripts/bench_evaluator.py
 """
+import itertools
 import tempfile
-import time
 
 from absl import app
 from absl import flags
 import numpy as np
 
+from cmt_deeplab_tf import common
+from cmt_deeplab_tf.analysis import timing
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.evaluation import mean_iou
 from cmt_deeplab_tf.evaluation import panoptic_evaluator
 from cmt_deeplab_tf.evaluation import panoptic_quality
 from cmt_deeplab_tf.evaluation import submission
-from cmt_deeplab_tf import common
 
-_NUM_IMAGES = flags.DEFINE_integer('num_images', 10, 'Images per measurement.')
+_NUM_IMAGES = flags.DEFINE_integer('num_images', 10, 'Timed images (rounds).')
+_SIZES = flags.DEFINE_list('sizes', ['coco:480x640', 'cityscapes:1024x2048'],
+                           'dataset:HxW image sizes.')
+_WRITERS = {'coco': submission.CocoPanopticWriter,
+            'cityscapes': submission.CityscapesPanopticWriter}
 
 
 def _random_pair(rng, info, height, width, num_stuff=10, num_things=30):
@@ -58,15 +65,22 @@ def _tfm_update(info):
   return update
 
 
-def _images_per_second(update, pairs):
-  """1 / median seconds per image (the median resists other jobs' load)."""
-  update(*pairs[0])  # Warm-up.
-  seconds = []
-  for gt, pred in pairs:
-    start = time.perf_counter()
-    update(gt, pred)
-    seconds.append(time.perf_counter() - start)
-  return 1.0 / np.median(seconds)
+def _each_image(update, pairs):
+  """A call without arguments that updates with the next pair, cycling."""
+  cycle = itertools.cycle(pairs)
+  return lambda: update(*next(cycle))
+
+
+def parse_size(text):
+  """'coco:480x640' -> ('coco', 480, 640); a clear error naming the flag."""
+  try:
+    name, size = text.split(':')
+    height, width = (int(v) for v in size.split('x'))
+  except ValueError:
+    raise ValueError(f'--sizes entries must be dataset:HxW, got {text!r}.') from None
+  if name not in _WRITERS:
+    raise ValueError(f'--sizes: unknown dataset {name!r}; one of {sorted(_WRITERS)}.')
+  return name, height, width
 
 
 def _evaluator_update(info):
@@ -89,12 +103,12 @@ def main(_):
   rng = np.random.default_rng(0)
   rows = []
   with tempfile.TemporaryDirectory() as output_dir:
-    for name, (height, width), writer_class in (
-        ('coco', (480, 640), submission.CocoPanopticWriter),
-        ('cityscapes', (1024, 2048), submission.CityscapesPanopticWriter)):
+    for name, height, width in (parse_size(size) for size in _SIZES.value):
+      writer_class = _WRITERS[name]
       info = dataset_info_lib.get_dataset_info(name)
+      # One more pair than rounds: the warm-up takes the first.
       pairs = [_random_pair(rng, info, height, width)
-               for _ in range(_NUM_IMAGES.value)]
+               for _ in range(_NUM_IMAGES.value + 1)]
       pq = panoptic_quality.PanopticQuality(info)
       miou = mean_iou.MeanIoU(info)
       candidates = {
@@ -105,10 +119,13 @@ def main(_):
           f'{writer_class.__name__}.add (PNG + record)': _writer_update(
               writer_class, info, f'{output_dir}/{name}'),
       }
+      timings = timing.interleaved(
+          {label: _each_image(update, pairs) for label, update in candidates.items()},
+          _NUM_IMAGES.value)
       segments = np.mean([np.unique(g).size for g, _ in pairs])
-      for label, update in candidates.items():
+      for label in candidates:
         rows.append((f'{name} {height}x{width}', f'{segments:.0f}', label,
-                     _images_per_second(update, pairs)))
+                     1.0 / timings.median(label)))
   print('| image size | segments / image | what | images / s (median) |')
   print('|---|---|---|---|')
   for size, segments, label, speed in rows:

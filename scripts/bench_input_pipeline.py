@@ -1,18 +1,23 @@
 r"""Benchmarks the converter and the training input pipeline on synthetic data.
 
-Prints a Markdown table of images/s. The pipeline is measured as training reads it
-(random scale 0.5-1.5, crop, flip, targets with 128 slots), batch 8.
+Prints a Markdown table of images/s. The converter is timed once per image size
+(it writes the set the pipeline then reads); the pipeline is measured as
+training reads it (random scale 0.5-1.5, crop, flip, targets with
+`--max_num_masks` slots) with the benchmarks' harness
+(`analysis.timing.interleaved`): one batch per round after `--warmup_batches`
+batches that fill the prefetch and shuffle buffers; images/s = batch size /
+median seconds per batch.
 
   python scripts/bench_input_pipeline.py --work_dir /tmp/bench_input
 """
 import os
 import shutil
-import time
 
 from absl import app
 from absl import flags
 import tensorflow as tf
 
+from cmt_deeplab_tf.analysis import timing
 from cmt_deeplab_tf.data import convert_coco
 from cmt_deeplab_tf.data import pipeline
 from cmt_deeplab_tf.data import synthetic
@@ -20,47 +25,60 @@ from cmt_deeplab_tf.data import synthetic
 FLAGS = flags.FLAGS
 flags.DEFINE_string('work_dir', '/tmp/bench_input', 'Scratch folder (deleted first).')
 flags.DEFINE_integer('num_images', 64, 'Images per synthetic set.')
-flags.DEFINE_integer('num_batches', 40, 'Batches timed per configuration.')
+flags.DEFINE_integer('num_batches', 40, 'Batches timed per configuration (rounds).')
+flags.DEFINE_integer('warmup_batches', 5, 'Untimed batches first.')
+flags.DEFINE_integer('batch_size', 8, 'Training batch size.')
+flags.DEFINE_integer('max_num_masks', 128, 'Mask slots of the targets.')
 flags.DEFINE_integer('num_workers', 2, 'Converter processes.')
+flags.DEFINE_list('sizes', ['480x640', '1024x1024'],
+                  'Image sizes HxW (COCO-like, large); crop = larger side + 1.')
 
-# (name, image height, image width, crop size): COCO-sized and Cityscapes-like images.
-_CASES = (('coco-like 640x480', 480, 640, 641), ('large 1024x1024', 1024, 1024, 1025))
+
+def parse_size(text):
+  """'480x640' -> (480, 640); a clear error naming the flag otherwise."""
+  try:
+    height, width = (int(v) for v in text.split('x'))
+  except ValueError:
+    raise ValueError(f'--sizes entries must be HxW, got {text!r}.') from None
+  return height, width
 
 
-def _make_records(root: str, height: int, width: int):
+def _convert(root: str, height: int, width: int) -> float:
+  """Writes a synthetic set and its TFRecords; returns converter images/s."""
   config = synthetic.SyntheticConfig(height=height, width=width)
   json_path = synthetic.write_split(root, 'train', FLAGS.num_images, config, seed=0)
-  start = time.perf_counter()
-  convert_coco.convert_split('synthetic', 'train', os.path.join(root, 'train'), json_path,
-                             None, os.path.join(root, 'records'), num_shards=8,
-                             num_workers=FLAGS.num_workers)
-  return FLAGS.num_images / (time.perf_counter() - start)
+  seconds = timing.median_seconds(
+      lambda: convert_coco.convert_split(
+          'synthetic', 'train', os.path.join(root, 'train'), json_path, None,
+          os.path.join(root, 'records'), num_shards=8, num_workers=FLAGS.num_workers,
+          overwrite=True),
+      rounds=1, warmup=0)
+  return FLAGS.num_images / seconds
 
 
-def _pipeline_rate(pattern: str, crop: int, batch_size: int = 8) -> float:
+def _pipeline_rate(pattern: str, crop: int) -> float:
   dataset = pipeline.panoptic_dataset(pattern, 'synthetic', is_training=True,
-                                      batch_size=batch_size, crop_size=(crop, crop),
-                                      max_num_masks=128, seed=0)
+                                      batch_size=FLAGS.batch_size, crop_size=(crop, crop),
+                                      max_num_masks=FLAGS.max_num_masks, seed=0)
   iterator = iter(dataset)
-  for _ in range(5):  # Warm-up: fill the prefetch and shuffle buffers.
-    next(iterator)
-  start = time.perf_counter()
-  for _ in range(FLAGS.num_batches):
-    next(iterator)
-  return FLAGS.num_batches * batch_size / (time.perf_counter() - start)
+  seconds = timing.median_seconds(lambda: next(iterator), FLAGS.num_batches,
+                                  warmup=FLAGS.warmup_batches)
+  return FLAGS.batch_size / seconds
 
 
 def main(argv):
   del argv
   shutil.rmtree(FLAGS.work_dir, ignore_errors=True)
   rows = []
-  for name, height, width, crop in _CASES:
+  for height, width in (parse_size(size) for size in FLAGS.sizes):
     root = os.path.join(FLAGS.work_dir, f'{height}x{width}')
-    convert_rate = _make_records(root, height, width)
+    crop = max(height, width) + 1
+    convert_rate = _convert(root, height, width)
     rate = _pipeline_rate(os.path.join(root, 'records', 'train-*'), crop)
-    rows.append((name, crop, convert_rate, rate))
+    rows.append((f'{height}x{width}', crop, convert_rate, rate))
   print(f'\nMachine: {os.cpu_count()} CPU cores; TensorFlow {tf.__version__}.')
-  print('| images | crop | converter images/s | training pipeline images/s (batch 8) |')
+  print('| images | crop | converter images/s | training pipeline images/s '
+        f'(batch {FLAGS.batch_size}, median of {FLAGS.num_batches}) |')
   print('|---|---|---|---|')
   for name, crop, convert_rate, rate in rows:
     print(f'| {name} | {crop}x{crop} | {convert_rate:.1f} | {rate:.1f} |')

@@ -11,22 +11,22 @@ training. Compares, in one run:
 - scipy's linear_sum_assignment per image, alone and as a round trip from a
   tf.function (tf.numpy_function: device -> host -> device);
 - the full PanopticLoss forward (and forward + backward) with and without XLA.
-Prints Markdown tables of median wall times, with the matcher times as ratios to
-the scipy round trip, for several numbers of real ground-truth masks (COCO
+All candidates of a table are timed in turns by the benchmarks' harness
+(`analysis.timing.interleaved`). Prints Markdown tables of median wall times,
+with the matcher times as medians of per-round ratios to the scipy round trip, for several numbers of real ground-truth masks (COCO
 images average 7.7 object instances, Lin et al. 2014, plus a few stuff
 segments; 128 is the padded capacity, the worst case).
 
   TF_CPP_MIN_LOG_LEVEL=2 python scripts/bench_objective.py
 """
 import argparse
-import statistics
-import time
 
 import numpy as np
 import tensorflow as tf
 from scipy.optimize import linear_sum_assignment
 
 from cmt_deeplab_tf import common
+from cmt_deeplab_tf.analysis import timing
 from cmt_deeplab_tf.losses import loss_targets
 from cmt_deeplab_tf.losses import matching
 from cmt_deeplab_tf.losses import panoptic_loss
@@ -101,18 +101,8 @@ def scipy_match(similarity, gt_valid):
   return gt_to_pred
 
 
-def timed(fn, repeats):
-  fn()  # Warm-up (tracing, compilation).
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def matcher_row(args, num_masks):
-  """Median matcher times (seconds) for one number of real ground-truth masks."""
+  """`Timings` of the matchers for one number of real ground-truth masks."""
   targets, outputs = make_case(args.batch, args.size, args.num_slots, num_masks,
                                args.num_pred)
   similarity, gt_valid = similarity_of(targets, outputs)
@@ -144,16 +134,15 @@ def matcher_row(args, num_masks):
       ref_total = sim_np[b][ref_rows, reference[b][ref_rows]].sum()
       assert abs(total - ref_total) < 1e-4, (name, b, total, ref_total)
   scipy_round_trip = tf.function(round_trip)
-  times = {SCIPY_ROUND_TRIP: timed(
-      lambda: scipy_round_trip(similarity, gt_valid).numpy(), args.repeats)}
-  times['scipy, numpy only'] = timed(lambda: scipy_match(sim_np, valid_np), args.repeats)
+  calls = {SCIPY_ROUND_TRIP: lambda: scipy_round_trip(similarity, gt_valid),
+           'scipy, numpy only': lambda: scipy_match(sim_np, valid_np)}
   for name, fn in in_graph.items():
-    times[name] = timed(lambda: fn(similarity, gt_valid).numpy(), args.repeats)
-  return times
+    calls[name] = lambda fn=fn: fn(similarity, gt_valid)
+  return timing.interleaved(calls, args.rounds)
 
 
 def loss_rows(args, num_masks):
-  """Median times of the full PanopticLoss, forward and forward + backward."""
+  """(name, median seconds) of the full PanopticLoss, forward and forward + backward."""
   targets, outputs = make_case(args.batch, args.size, args.num_slots, num_masks,
                                args.num_pred)
   # Every pixel of instance discrimination would be 26k^2: use DeepLab2's K.
@@ -165,15 +154,14 @@ def loss_rows(args, num_masks):
       total = loss(t, dict(v))[panoptic_loss.TOTAL]
     return total, tape.gradient(total, v)
 
-  rows = []
+  calls = {}
   for name, jit in [('tf.function', False), ('XLA', True)]:
     forward = tf.function(lambda t, o: loss(t, o)[panoptic_loss.TOTAL], jit_compile=jit)
-    rows.append((f'forward, {name}',
-                 timed(lambda: forward(targets, outputs).numpy(), args.repeats)))
+    calls[f'forward, {name}'] = lambda f=forward: f(targets, outputs)
     step = tf.function(forward_backward, jit_compile=jit)
-    rows.append((f'forward + backward, {name}',
-                 timed(lambda: step(targets, variables)[0].numpy(), args.repeats)))
-  return rows
+    calls[f'forward + backward, {name}'] = lambda f=step: f(targets, variables)[0]
+  timings = timing.interleaved(calls, args.rounds)
+  return [(name, timings.median(name)) for name in calls]
 
 
 def main():
@@ -188,7 +176,8 @@ def main():
                       help='comma-separated in-graph solvers to time')
   parser.add_argument('--loss_masks', type=int, default=50,
                       help='real masks of the full-loss case')
-  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--rounds', type=int, default=5,
+                      help='timed rounds, each calling every candidate once')
   parser.add_argument('--skip_loss', action='store_true')
   args = parser.parse_args()
   args.solvers = args.solvers.split(',')
@@ -196,15 +185,16 @@ def main():
 
   print(f'\nbatch {args.batch}, {args.num_pred} clusters, {args.num_slots} gt slots, '
         f'targets {args.size}x{args.size}, mask logits at stride 4; median ms of '
-        f'{args.repeats} after warm-up; (x) = ratio to the scipy round trip\n')
+        f'{args.rounds} interleaved rounds after warm-up; (x) = median of the '
+        'per-round ratios to the scipy round trip\n')
   rows = [(n, matcher_row(args, n)) for n in counts]
-  names = list(rows[0][1])
+  names = list(rows[0][1].seconds)
   print('| real masks | ' + ' | '.join(names) + ' |')
   print('|---:|' + '---:|' * len(names))
-  for n, times in rows:
-    base = times[SCIPY_ROUND_TRIP]
+  for n, timings in rows:
     print(f'| {n} | ' + ' | '.join(
-        f'{times[k] * 1e3:.2f} ({times[k] / base:.2f})' for k in names) + ' |')
+        f'{timings.median(k) * 1e3:.2f} '
+        f'({timings.ratio_summary(k, SCIPY_ROUND_TRIP)[0]:.2f})' for k in names) + ' |')
   if not args.skip_loss:
     print(f'\nfull loss, {args.loss_masks} real masks\n')
     print('| what | median time (ms) |')

@@ -1,31 +1,55 @@
 r"""Benchmarks training steps/s of the real trainer on CPU, with and without XLA.
 
 Uses the synthetic set (made under --work_dir if missing) and the project's
-trainer (`train_lib.build_trainer`): data pipeline, model, PanopticLoss, AdamW.
-Prints a Markdown table. The synthetic set has 8 classes, so the class heads are
-smaller than COCO's; the rest of each network is the configured one.
+trainer (`train_lib.build_trainer`): data pipeline, model (a `modeling.builder`
+config), PanopticLoss, AdamW. Every configuration's trainer is built and traced
+first (all of them live at once), then the benchmarks' harness
+(`analysis.timing.interleaved`) runs one step of each per round, so all meet the
+same machine load. Prints a Markdown table. The synthetic set has 8 classes, so
+the class heads are smaller than COCO's; the rest of each network is the
+configured one.
 
-  python scripts/bench_train.py --configs=tiny:8:129,cmt_deeplab_s:1:641
+  python scripts/bench_train.py --configs=tiny:8:129:16,cmt_deeplab_s:1:641
 """
 import os
-import time
 
 from absl import app
 from absl import flags
 import gin
-import numpy as np
 import tensorflow as tf
 
+from cmt_deeplab_tf.analysis import timing
 from cmt_deeplab_tf.data import convert_coco
 from cmt_deeplab_tf.data import synthetic
+from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.training import train_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('work_dir', '/tmp/bench_train', 'Scratch folder for the data set.')
-flags.DEFINE_list('configs', ['tiny:8:129', 'cmt_deeplab_s:1:641'],
-                  'model:batch:crop triples.')
+flags.DEFINE_list('configs', ['tiny:8:129:16', 'cmt_deeplab_s:1:641'],
+                  'model:batch:crop[:clusters] (clusters default: 128, also the '
+                  'mask slots).')
 flags.DEFINE_list('xla', ['false', 'true'], 'XLA settings to measure.')
-flags.DEFINE_integer('steps', 5, 'Timed steps per configuration (after 2 warm-up steps).')
+flags.DEFINE_integer('rounds', 5, 'Timed rounds, one step of every configuration each.')
+_DEFAULT_CLUSTERS = 128
+_SMALL_IMAGES = (128, 128)  # Synthetic images for crops up to 129.
+_LARGE_IMAGES = (480, 640)
+
+
+def parse_config(spec: str):
+  """'tiny:8:129:16' -> ('tiny', 8, 129, 16); a clear error naming the flag."""
+  fields = spec.split(':')
+  try:
+    if len(fields) not in (3, 4):
+      raise ValueError
+    model, batch, crop = fields[0], int(fields[1]), int(fields[2])
+    clusters = int(fields[3]) if len(fields) == 4 else _DEFAULT_CLUSTERS
+  except ValueError:
+    raise ValueError(f'--configs entries must be model:batch:crop[:clusters], '
+                     f'got {spec!r}.') from None
+  if model not in builder.MODELS:
+    raise ValueError(f'--configs: unknown model {model!r}; one of {sorted(builder.MODELS)}.')
+  return model, batch, crop, clusters
 
 
 def _records(height: int, width: int) -> str:
@@ -40,43 +64,42 @@ def _records(height: int, width: int) -> str:
   return pattern
 
 
-def _steps_per_second(model: str, batch: int, crop: int, xla: bool) -> float:
+def traced_trainer(model: str, batch: int, crop: int, clusters: int, xla: bool):
+  """A trainer of the configuration that has run (traced) one step."""
   gin.clear_config()
   gin.bind_parameter('build_model.name', model)
-  gin.bind_parameter('build_model.num_clusters', 16 if model == 'tiny' else 128)
+  gin.bind_parameter('build_model.num_clusters', clusters)
   gin.bind_parameter('OptimizerConfig.warmup_steps', 0)
-  size = (128, 128) if crop <= 129 else (480, 640)
+  images = _SMALL_IMAGES if crop <= _SMALL_IMAGES[0] + 1 else _LARGE_IMAGES
   config = train_lib.ExperimentConfig(
-      dataset_name='synthetic', train_file_pattern=_records(*size),
-      train_batch_size=batch, train_crop_size=(crop, crop),
-      max_num_masks=16 if model == 'tiny' else 128, train_steps=10**6, jit_compile=xla,
-      seed=0)
+      dataset_name='synthetic', train_file_pattern=_records(*images),
+      train_batch_size=batch, train_crop_size=(crop, crop), max_num_masks=clusters,
+      train_steps=10**6, jit_compile=xla, seed=0)
   trainer = train_lib.build_trainer(config, tf.distribute.get_strategy(), 'train')
-  trainer.train(tf.constant(2))  # Trace / compile and warm up.
-  durations = []
-  for _ in range(FLAGS.steps):
-    start = time.perf_counter()
-    trainer.train(tf.constant(1))
-    durations.append(time.perf_counter() - start)
-  return 1.0 / float(np.median(durations))
+  trainer.train(tf.constant(1))
+  return trainer
 
 
 def main(argv):
   del argv
-  rows = []
+  calls, batches = {}, {}
   for spec in FLAGS.configs:
-    model, batch, crop = spec.split(':')
+    model, batch, crop, clusters = parse_config(spec)
     for xla in FLAGS.xla:
-      rate = _steps_per_second(model, int(batch), int(crop), xla == 'true')
-      rows.append((model, batch, crop, xla, rate))
-      print(f'{model} batch {batch} crop {crop} xla={xla}: {rate:.3f} steps/s', flush=True)
+      trainer = traced_trainer(model, batch, crop, clusters, xla == 'true')
+      key = (model, batch, crop, clusters, xla)
+      calls[key] = lambda t=trainer: t.train(tf.constant(1))
+      batches[key] = batch
+  timings = timing.interleaved(calls, FLAGS.rounds)
   print(f'\nMachine: {os.cpu_count()} CPU cores; TensorFlow {tf.__version__}; median of '
-        f'{FLAGS.steps} steps after warm-up.')
-  print('| model | batch | crop | XLA | steps/s | images/s |')
-  print('|---|---|---|---|---|---|')
-  for model, batch, crop, xla, rate in rows:
-    print(f'| {model} | {batch} | {crop}x{crop} | {xla} | {rate:.3f} | '
-          f'{rate * int(batch):.2f} |')
+        f'{FLAGS.rounds} interleaved rounds after warm-up.')
+  print('| model | batch | crop | clusters | XLA | steps/s | images/s |')
+  print('|---|---|---|---|---|---|---|')
+  for key, batch in batches.items():
+    model, _, crop, clusters, xla = key
+    rate = 1.0 / timings.median(key)
+    print(f'| {model} | {batch} | {crop}x{crop} | {clusters} | {xla} | {rate:.3f} | '
+          f'{rate * batch:.2f} |')
 
 
 if __name__ == '__main__':

@@ -1,7 +1,9 @@
-"""Per-component CPU time of a model's inference graph (issue 3, item 11).
+"""Per-component CPU time of a model's inference graph.
 
-Runs `model(images, training=False)` in a `tf.function` (batch 1, float32), then
-records `--runs` calls with the TensorFlow profiler and sums the time of every
+Runs `model(images, training=False)` (a `modeling.builder` config) in a
+`tf.function` (batch 1, float32), warms it up twice, then records `--runs` calls
+(timed by the benchmarks' harness, `analysis.timing`) with the TensorFlow
+profiler and sums the time of every
 graph op by the component its name scope belongs to: backbone, pixel-decoder
 blocks, each transformer layer (by location and pixel stride) and its sublayers,
 heads, and the model-level ops (e.g. reference-mask outputs). Multiply-adds per
@@ -16,19 +18,19 @@ with inter-op parallelism concurrent ops inflate each other's times.
 import collections
 import glob
 import re
-import statistics
 import tempfile
-import time
 
 from absl import app
 from absl import flags
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
+from cmt_deeplab_tf.analysis import timing
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.modeling import flop_count
 
-_MODEL = flags.DEFINE_string('model', 'cmt_deeplab_s', 'Config to profile.')
+_MODEL = flags.DEFINE_string('model', 'cmt_deeplab_s',
+                             f'Config to profile, of {sorted(builder.MODELS)}.')
 _SIZE = flags.DEFINE_string('size', '800x1200', 'Input size HxW.')
 _RUNS = flags.DEFINE_integer('runs', 2, 'Profiled calls (after 2 warm-ups).')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 133, 'COCO: 133.')
@@ -103,15 +105,10 @@ def main(argv):
     if count:
       macs[component(op.name)[0]] += count
   images = tf.random.uniform([1, height, width, 3], -1.0, 1.0)
-  for _ in range(2):
-    function(images).get('mask_logits', None)
-  walls = []
   logdir = tempfile.mkdtemp(prefix='profile_model_')
-  tf.profiler.experimental.start(logdir)
-  for _ in range(_RUNS.value):
-    start = time.perf_counter()
-    tf.nest.map_structure(lambda t: t.numpy(), function(images))
-    walls.append(time.perf_counter() - start)
+  wall = timing.interleaved(
+      {'model': lambda: function(images)}, _RUNS.value, warmup=2,
+      after_warmup=lambda: tf.profiler.experimental.start(logdir)).median('model')
   tf.profiler.experimental.stop()
   runs = _RUNS.value
   groups = collections.defaultdict(float)
@@ -127,7 +124,7 @@ def main(argv):
                                   if group.startswith('transformer') else '')
     by_type[kind][op_type] += seconds
   total = sum(groups.values())
-  print(f'{_MODEL.value} {_SIZE.value}: wall {statistics.median(walls):.2f} s '
+  print(f'{_MODEL.value} {_SIZE.value}: wall {wall:.2f} s '
         f'(profiled), op time summed {total:.2f} s, '
         f'{sum(macs.values()) / 1e9:.1f} GMACs')
   print('\n| component | op time (s) | share | GMACs | GFLOP/s |')

@@ -1,0 +1,71 @@
+"""Every script in scripts/ runs end to end at tiny size and prints its table.
+
+Each runs in its own process (the scripts define their own absl flags), with
+this repository first on PYTHONPATH. `demo.py` is exercised by `make demo` (a
+real training run, minutes); every other script must be listed here, so a new
+script cannot go untested. Scripts whose tiny run still traces a whole training
+step or compiles the loss with XLA are `slow`.
+"""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+_NOT_SMOKED = {'demo.py'}  # `make demo` runs it.
+_TINY_MODEL = ['--num_classes=3']
+
+# (script, tiny arguments, a line the table must contain).
+SMOKE_RUNS = (
+    ('model_stats.py', ['--models=tiny', '--height=65', '--width=65',
+                        '--num_clusters=8'] + _TINY_MODEL, '| tiny | '),
+    ('bench_model.py', ['--models=tiny', '--sizes=65x65', '--xla=false', '--rounds=1',
+                        '--matmul_size=64'] + _TINY_MODEL, '| tiny | 65x65 | False |'),
+    ('profile_model.py', ['--model=tiny', '--size=65x65', '--runs=1'] + _TINY_MODEL,
+     '| component | op time (s) |'),
+    ('bench_layers.py', ['--baseline=HEAD', '--models=tiny', '--size=65', '--rounds=1']
+     + _TINY_MODEL, '| tiny | decoder_stage2_block0 | 17x17x'),
+    ('bench_evaluator.py', ['--num_images=1', '--sizes=coco:48x64,cityscapes:64x128'],
+     '| cityscapes 64x128 |'),
+    ('bench_input_pipeline.py', ['--num_images=2', '--num_batches=1',
+                                 '--warmup_batches=1', '--batch_size=1',
+                                 '--max_num_masks=8', '--num_workers=1',
+                                 '--sizes=64x64', '--work_dir={tmp}'], '| 64x64 | 65x65 |'),
+    ('bench_objective.py', ['--batch=1', '--size=33', '--num_pred=8', '--num_slots=8',
+                            '--num_masks=4', '--rounds=1', '--skip_loss',
+                            '--solvers=shortest_path'], '| 4 | '),
+    pytest.param('bench_objective.py', ['--batch=1', '--size=33', '--num_pred=8',
+                                        '--num_slots=8', '--num_masks=4',
+                                        '--loss_masks=4', '--rounds=1'],
+                 '| forward + backward, XLA |', marks=pytest.mark.slow),
+    pytest.param('bench_train.py', ['--configs=tiny:1:65:4', '--xla=false', '--rounds=1',
+                                    '--work_dir={tmp}'], '| tiny | 1 | 65x65 | 4 | false |',
+                 marks=pytest.mark.slow),
+)
+
+
+def _script(run):
+  return run.values[0] if hasattr(run, 'values') else run[0]
+
+
+def test_every_script_is_smoked():
+  scripts = {path.name for path in (ROOT / 'scripts').glob('*.py')}
+  assert scripts - _NOT_SMOKED == {_script(run) for run in SMOKE_RUNS}
+
+
+@pytest.mark.parametrize('script, arguments, expected_line', SMOKE_RUNS)
+def test_script_runs_at_tiny_size(script, arguments, expected_line, tmp_path):
+  if script == 'bench_layers.py' and subprocess.run(
+      ['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True).returncode:
+    pytest.skip('bench_layers.py compares with a git revision: not a git checkout.')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+             PYTHONPATH=os.pathsep.join([str(ROOT)] + [
+                 p for p in [os.environ.get('PYTHONPATH')] if p]))
+  command = [sys.executable, str(ROOT / 'scripts' / script)] + [
+      argument.format(tmp=tmp_path) for argument in arguments]
+  process = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True,
+                           text=True, check=False)
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert expected_line in process.stdout, process.stdout[-3000:]
