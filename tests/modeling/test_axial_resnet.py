@@ -162,7 +162,7 @@ def test_mixed_bfloat16(two_heads):
 
 def test_axial_r50_parameters_match_deeplab2():
   # DeepLab2's Axial-R50 (MaX-DeepLab-S / kMaX-DeepLab backbone): 41.34M
-  # trainable parameters, 19.35M of them in axial attention (DESIGN.md 3).
+  # trainable parameters, 19.35M of them in axial attention (docs/design.md, Sec. 3).
   model = axial_resnet.axial_r50()
   model(tf.zeros([1, 17, 17, 3]))
   assert abs(_trainable_count(model) / 41.34e6 - 1) < 0.01
