@@ -55,6 +55,8 @@ def main(argv):
   del argv
   if not tf.config.experimental.get_synchronous_execution():
     raise RuntimeError('The call-only time needs synchronous execution.')
+  if len(set(_MODELS.value)) != len(_MODELS.value):
+    raise ValueError(f'--models lists a model twice: {_MODELS.value}.')
   models = {name: builder.build_model(name, _NUM_CLASSES.value)
             for name in _MODELS.value}
   print('| model | input | XLA | latency median / min (s) | call median / min (s) '
