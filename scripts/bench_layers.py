@@ -102,6 +102,7 @@ def main(argv):
     print('|---|---|---|---|---|---|')
     for model_name in _MODELS.value:
       model = builder.build_model(model_name, _NUM_CLASSES.value)
+      new_layers = transformer_layers(model)
       baseline_layers = transformer_layers(
           baseline_builder.build_model(model_name, _NUM_CLASSES.value))
       for name, (args, kwargs) in captured_layer_inputs(model, _SIZE.value).items():
@@ -110,7 +111,7 @@ def main(argv):
                            f'it has {sorted(baseline_layers)}.')
         timings = timing.interleaved(
             {'baseline': traced_call(baseline_layers[name], args, kwargs),
-             'new': traced_call(transformer_layers(model)[name], args, kwargs)},
+             'new': traced_call(new_layers[name], args, kwargs)},
             _ROUNDS.value)
         median, low, high = timings.ratio_summary('new', 'baseline')
         print(f'| {model_name} | {name} | {"x".join(map(str, args[0].shape[1:]))} '

@@ -1,4 +1,4 @@
-"""Benchmarks the Hungarian matcher and the full training loss (issue 4, item 6).
+"""Benchmarks the Hungarian matcher and the full training loss.
 
 Realistic case: batch 8, N = 128 clusters, M = 128 ground-truth slots of which
 `--num_masks` are real, targets at 641 x 641 and mask logits at stride 4
@@ -13,9 +13,10 @@ training. Compares, in one run:
 - the full PanopticLoss forward (and forward + backward) with and without XLA.
 All candidates of a table are timed in turns by the benchmarks' harness
 (`analysis.timing.interleaved`). Prints Markdown tables of median wall times,
-with the matcher times as medians of per-round ratios to the scipy round trip, for several numbers of real ground-truth masks (COCO
-images average 7.7 object instances, Lin et al. 2014, plus a few stuff
-segments; 128 is the padded capacity, the worst case).
+with the matcher times as medians of per-round ratios to the scipy round trip,
+for several numbers of real ground-truth masks (COCO images average 7.7 object
+instances, Lin et al. 2014, plus a few stuff segments; 128 is the padded
+capacity, the worst case).
 
   TF_CPP_MIN_LOG_LEVEL=2 python scripts/bench_objective.py
 """
