@@ -184,8 +184,8 @@ class CMTDeepLab(tf_keras.Model):
 
 def build_network(backbone, num_classes, num_clusters, decoder_blocks,
                   transformer_locations=None, location_strides=None,
-                  dual_path=False, width_multiplier=1.0, num_heads=8,
-                  learn_initial_centers=True, name='cmt_deeplab'):
+                  dual_path=False, width_multiplier=1.0, transformer_filters=None,
+                  num_heads=8, learn_initial_centers=True, name='cmt_deeplab'):
   """Assembles a `CMTDeepLab` from a backbone and MaX-DeepLab-S widths.
 
   Args:
@@ -198,8 +198,13 @@ def build_network(backbone, num_classes, num_clusters, decoder_blocks,
     location_strides: Pixel stride at each location (derived for the
       default locations; 16 otherwise).
     dual_path: MaX-DeepLab dual-path layers instead of CMT layers.
-    width_multiplier: Scales decoder, transformer and head widths (256-wide
-      centers, 128 filters, FFN 2048, 128-wide embeddings at 1.0).
+    width_multiplier: Scales decoder, center, feed-forward and head widths
+      with DeepLab2's rounding int(round(c * w)) (256-wide centers, FFN 2048,
+      pixel head 256, 128-wide embeddings at 1.0).
+    transformer_filters: Base width of the transformer layers at stride 16
+      (bottleneck 2x, keys 1x, values 2x this); default 128 * width_multiplier.
+      DeepLab2 keeps it at 128 whatever its width multiplier
+      (`128 * transformer_expansion`), as the named configs do.
     num_heads: Attention heads of the transformer layers.
     learn_initial_centers: False for RFN's second network.
     name: The model name.
@@ -218,7 +223,9 @@ def build_network(backbone, num_classes, num_clusters, decoder_blocks,
       num_blocks=decoder_blocks, width_multiplier=width_multiplier)
   transformer = transformer_decoder.TransformerDecoder(
       transformer_locations, location_strides, num_clusters=num_clusters,
-      center_channels=width(256), filters=width(128), num_heads=num_heads,
+      center_channels=width(256),
+      filters=width(128) if transformer_filters is None else transformer_filters,
+      num_heads=num_heads,
       feed_forward_channels=width(2048), dual_path=dual_path,
       learn_initial_centers=learn_initial_centers)
   heads = mask_transformer_heads.MaskTransformerHeads(
