@@ -95,7 +95,7 @@ import collections
 import dataclasses
 import math
 import re
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -159,7 +159,26 @@ class ImportPlan:
   kept_initial: List[tf.Variable]  # our variables no key is mapped to
 
 
-class DeepLab2Checkpoint:
+class CheckpointKeys:
+  """The keys and shapes of a DeepLab2 checkpoint, without its values.
+
+  Enough to plan an import (e.g. from `full_size_variables.json`, the key list
+  of the published checkpoints); `DeepLab2Checkpoint` adds the values.
+  """
+
+  def __init__(self, stored_shapes: Dict[str, Sequence[int]], path: str):
+    """Args: stored_shapes: stored key -> shape; path: names it in errors."""
+    self.path = path
+    self._stored = {_normalise(key): key for key in stored_shapes}
+    self.shapes = {key: tuple(stored_shapes[stored])
+                   for key, stored in self._stored.items()}
+
+  @property
+  def layout(self) -> str:
+    return detect_layout(self.shapes, self.path)
+
+
+class DeepLab2Checkpoint(CheckpointKeys):
   """A DeepLab2 (or Model Garden) checkpoint, keys normalised to DeepLab2's."""
 
   def __init__(self, path: str):
@@ -172,20 +191,10 @@ class DeepLab2Checkpoint:
       self._reader = tf.train.load_checkpoint(path)
     except (tf.errors.OpError, ValueError) as e:
       raise ValueError(f'Cannot read a checkpoint at {path}: {e}') from e
-    self.path = path
-    self._stored = {}
-    for stored, _ in tf.train.list_variables(path):
-      self._stored[_normalise(stored)] = stored
-    shapes = self._reader.get_variable_to_shape_map()
-    self.shapes = {key: tuple(shapes[stored])
-                   for key, stored in self._stored.items()}
+    super().__init__(self._reader.get_variable_to_shape_map(), path)
 
   def read(self, key: str) -> np.ndarray:
     return self._reader.get_tensor(self._stored[key])
-
-  @property
-  def layout(self) -> str:
-    return detect_layout(self.shapes, self.path)
 
 
 def _normalise(stored_key):
@@ -511,14 +520,14 @@ def _plan_units(units, checkpoint, layout):
   return assignments
 
 
-def plan_import(model, checkpoint: DeepLab2Checkpoint,
+def plan_import(model, checkpoint: CheckpointKeys,
                 modules: str = ALL) -> ImportPlan:
   """Maps a DeepLab2 checkpoint onto `model` (see the module docstring).
 
   Args:
     model: A `CMTDeepLab` built by `build_model`, or a bare `AxialResNet`;
       all its variables must exist (call it once).
-    checkpoint: The opened checkpoint.
+    checkpoint: The opened checkpoint (or only its keys and shapes).
     modules: 'all' (everything the layout holds), 'backbone' (the backbone
       only) or 'all_but_class_head' (all but the class-logit layer, which
       keeps its initial value: fine-tuning on another class set).

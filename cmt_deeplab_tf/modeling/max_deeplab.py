@@ -34,7 +34,7 @@ def max_deeplab_s_locations():
 
 def build_max_deeplab(backbone, num_classes, num_clusters,
                       width_multiplier=1.0, transformer_filters=None,
-                      name='max_deeplab_s'):
+                      name='max_deeplab_s', **widths):
   """Builds a MaX-DeepLab network on an `AxialResNet` with 3 stage-5 blocks.
 
   Args:
@@ -45,6 +45,8 @@ def build_max_deeplab(backbone, num_classes, num_clusters,
     transformer_filters: Base width of the dual-path layers (see
       `cmt_deeplab.build_network`).
     name: The model name.
+    **widths: Explicit `memory_channels`, `feed_forward_channels` or
+      `head_feature_channels` (see `cmt_deeplab.build_network`).
 
   Returns:
     A `CMTDeepLab` model with MaX-DeepLab-S's architecture.
@@ -59,7 +61,7 @@ def build_max_deeplab(backbone, num_classes, num_clusters,
       backbone, num_classes, num_clusters, MAX_DECODER_BLOCKS,
       transformer_locations=max_deeplab_s_locations(), dual_path=True,
       width_multiplier=width_multiplier,
-      transformer_filters=transformer_filters, name=name)
+      transformer_filters=transformer_filters, name=name, **widths)
 
 
 def max_deeplab_s(num_classes, num_clusters, width_multiplier=1.0):

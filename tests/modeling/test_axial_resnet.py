@@ -37,7 +37,12 @@ def _trainable_count(model, name_part=''):
 def test_endpoints_shapes_and_strides_on_odd_sizes(two_heads):
   model = axial_resnet.axial_r50(**TINY)
   endpoints = model(tf.zeros([2, 65, 97, 3]), training=False)
-  assert set(endpoints) == set(axial_resnet.ENDPOINTS)
+  assert set(endpoints) == set(axial_resnet.ENDPOINTS +
+                               axial_resnet.PREACTIVATIONS)
+  for activated, preactivation in zip(axial_resnet.ENDPOINTS,
+                                      axial_resnet.PREACTIVATIONS):
+    np.testing.assert_array_equal(endpoints[activated],
+                                  tf.nn.relu(endpoints[preactivation]))
   # Stride 4, 8, 16, 16: ceil(65 / s) x ceil(97 / s).
   assert endpoints[axial_resnet.RES2].shape == (2, 17, 25, 32)
   assert endpoints[axial_resnet.RES3].shape == (2, 9, 13, 64)
