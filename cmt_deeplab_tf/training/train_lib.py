@@ -224,8 +224,12 @@ def _check_class_count(model: tf_keras.Model, path: str, modules: str) -> int:
 
 
 def _restore_all_but_class_logits(model: tf_keras.Model, path: str) -> None:
-  """Restores a same-architecture model with the checkpoint's class count, then
-  copies every variable but the class-logit layers (which keep their values)."""
+  """Restores the configured model built with the checkpoint's class count, then
+  copies every variable but the class-logit layers (which keep their values).
+
+  The source model comes from `build_model` and the gin configuration, as the
+  run's own model does.
+  """
   num_classes = _check_class_count(model, path, deeplab2.ALL_BUT_CLASS_HEAD) - 1
   source = builder.build_model(num_classes=num_classes)
   create_all_variables(source, tf.distribute.get_strategy())
