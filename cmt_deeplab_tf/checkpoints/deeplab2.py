@@ -159,6 +159,30 @@ class ImportPlan:
   kept_initial: List[tf.Variable]  # our variables no key is mapped to
 
 
+def find_checkpoint(path: str) -> str:
+  """The checkpoint prefix at `path`: a prefix, or a directory holding one.
+
+  A directory (e.g. an extracted model-zoo archive) resolves to its latest
+  checkpoint, or to its only `*.index` file.
+
+  Raises:
+    ValueError: If `path` is neither, naming it.
+  """
+  if tf.io.gfile.exists(path + '.index'):
+    return path
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest:
+      return latest
+    indexes = tf.io.gfile.glob(f'{path.rstrip("/")}/*.index')
+    if len(indexes) == 1:
+      return indexes[0][:-len('.index')]
+    raise ValueError(f'{path} holds {len(indexes)} checkpoints (*.index); '
+                     'give the prefix of one.')
+  raise ValueError(f'{path}: no such checkpoint (neither {path}.index nor a '
+                   'directory).')
+
+
 class CheckpointKeys:
   """The keys and shapes of a DeepLab2 checkpoint, without its values.
 
@@ -182,11 +206,12 @@ class DeepLab2Checkpoint(CheckpointKeys):
   """A DeepLab2 (or Model Garden) checkpoint, keys normalised to DeepLab2's."""
 
   def __init__(self, path: str):
-    """Opens the checkpoint at `path` (a prefix such as `.../ckpt-400000`).
+    """Opens the checkpoint at `path` (see `find_checkpoint`).
 
     Raises:
       ValueError: If `path` is not a readable checkpoint.
     """
+    path = find_checkpoint(path)
     try:
       self._reader = tf.train.load_checkpoint(path)
     except (tf.errors.OpError, ValueError) as e:

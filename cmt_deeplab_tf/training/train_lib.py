@@ -160,7 +160,7 @@ def restore_init_checkpoint(model: tf_keras.Model, path: str, modules: str,
 
   Args:
     model: The built model (all variables created).
-    path: The checkpoint prefix.
+    path: The checkpoint prefix, or a directory holding one checkpoint.
     modules: 'all', 'backbone' or 'all_but_class_head'.
     checkpoint_format: 'native' (another run of this trainer) or 'deeplab2'.
 
@@ -174,8 +174,10 @@ def restore_init_checkpoint(model: tf_keras.Model, path: str, modules: str,
   if checkpoint_format not in INIT_CHECKPOINT_FORMATS:
     raise ValueError(f'ExperimentConfig.init_checkpoint_format={checkpoint_format!r}: '
                      f'expected one of {INIT_CHECKPOINT_FORMATS}.')
-  if not tf.io.gfile.exists(path + '.index'):
-    raise ValueError(f'ExperimentConfig.init_checkpoint={path}: no such checkpoint.')
+  try:
+    path = deeplab2.find_checkpoint(path)
+  except ValueError as e:
+    raise ValueError(f'ExperimentConfig.init_checkpoint={path}: {e}') from e
   if checkpoint_format == DEEPLAB2:
     checkpoint = deeplab2.DeepLab2Checkpoint(path)
     plan = deeplab2.plan_import(model, checkpoint, modules)
