@@ -487,7 +487,8 @@ def _max_deeplab_units(model, num_classes):
   if tuple(decoder.num_blocks) != max_deeplab.MAX_DECODER_BLOCKS:
     raise ValueError(
         'The MaX-DeepLab-S layout maps onto a pixel decoder with blocks '
-        f'{max_deeplab.MAX_DECODER_BLOCKS}, got {tuple(decoder.num_blocks)}.')
+        f'{max_deeplab.MAX_DECODER_BLOCKS}, got {tuple(decoder.num_blocks)}; '
+        "import only its backbone (modules='backbone') into other models.")
   stage_prefixes = ('encoder/_stage5_extra/_block1/',
                     'encoder/_decoder_stage1_extra/_block1/',
                     'encoder/_decoder_stage2_extra/_block1/')

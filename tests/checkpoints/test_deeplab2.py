@@ -48,6 +48,14 @@ def max_deeplab_s():
   return model, plan
 
 
+@pytest.fixture(scope='module')
+def axial_r50():
+  """A built 1/8-width Axial-R50 for tests that only plan imports."""
+  backbone = BACKBONES[fixtures.MAX_DEEPLAB_S_BACKBONE]()
+  backbone(tf.zeros([1, 33, 33, 3]))
+  return backbone
+
+
 @pytest.mark.parametrize('folder', sorted(BACKBONES))
 def test_backbone_endpoints_equal_deeplab2(folder):
   image, reference = fixtures.reference(folder)
@@ -97,8 +105,9 @@ def test_max_deeplab_s_at_one_eighth_has_the_fixture_shapes(max_deeplab_s):
       plan.assignments)
 
 
-def test_model_garden_encoder_prefix(tmp_path):
-  # A Model Garden checkpoint keys the encoder as 'backbone/_encoder/'.
+def test_model_garden_encoder_prefix_and_optimizer_slots(tmp_path):
+  # A Model Garden training checkpoint: the encoder under 'backbone/_encoder/',
+  # with optimizer slots and iterations.
   source = fixtures.checkpoint_path(fixtures.RESNET50)
   reader = tf.train.load_checkpoint(source)
   names, tensors = [], []
@@ -106,6 +115,10 @@ def test_model_garden_encoder_prefix(tmp_path):
     if key.startswith('encoder/'):
       names.append('model/backbone/_encoder/' + key[len('encoder/'):])
       tensors.append(reader.get_tensor(key))
+  slot = names[0].replace('/.ATTRIBUTES/',
+                          '/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/')
+  names += [slot, 'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE']
+  tensors += [tensors[0], tf.constant(5, tf.int64)]
   prefix = str(tmp_path / 'ckpt-7')
   tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
                     shape_and_slices=[''] * len(names), tensors=tensors)
@@ -117,6 +130,7 @@ def test_model_garden_encoder_prefix(tmp_path):
   assert renamed.layout == deeplab2.RESNET50
   assert ([a.key for a in renamed_plan.assignments] ==
           [a.key for a in plan.assignments])
+  assert sorted(renamed_plan.skipped.values()) == ['optimizer state'] * 2
 
 
 def test_unknown_layout_names_the_checkpoint(tmp_path):
@@ -159,22 +173,18 @@ def test_stem_mismatch_is_an_error():
     deeplab2.plan_import(backbone, _shapes(fixtures.RESNET50))
 
 
-def test_missing_key_for_our_variable_is_an_error():
-  # The ResNet-50 checkpoint has no axial blocks for an Axial-R50 with its stem.
-  backbone = BACKBONES[fixtures.MAX_DEEPLAB_S_BACKBONE]()
-  backbone(tf.zeros([1, 33, 33, 3]))
+def test_missing_key_for_our_variable_is_an_error(axial_r50):
   keys = _shapes(fixtures.MAX_DEEPLAB_S_BACKBONE)
   del keys.shapes['encoder/_stage5/_block3/_attention/_width_axis/qkv_kernel']
   with pytest.raises(ValueError, match='stage5_block3/width_axis/qkv_kernel'):
-    deeplab2.plan_import(backbone, keys)
+    deeplab2.plan_import(axial_r50, keys)
 
 
-def test_backbone_of_the_coco_checkpoint_initialises_cmt_deeplab_s_backbone():
+def test_backbone_of_the_coco_checkpoint_initialises_cmt_deeplab_s_backbone(
+    axial_r50):
   # MaX-S's COCO encoder minus its transformer layers is the Axial-R50.
-  backbone = axial_resnet.axial_r50(width_multiplier=W)
-  backbone(tf.zeros([1, 33, 33, 3]))
   plan = deeplab2.plan_import(
-      backbone, _shapes(fixtures.MAX_DEEPLAB_S_COCO), deeplab2.BACKBONE)
+      axial_r50, _shapes(fixtures.MAX_DEEPLAB_S_COCO), deeplab2.BACKBONE)
   assert not plan.kept_initial
   assert plan.skipped['encoder/memory_feature'].startswith('outside')
   assert plan.skipped[

@@ -61,15 +61,6 @@ def test_imported_max_deeplab_s_run_reproduces_deeplab2(tmp_path):
         fixtures.checkpoint_path(fixtures.MAX_DEEPLAB_S_COCO), model_dir)
 
 
-def test_wrong_model_for_the_layout_is_an_error(tmp_path):
-  _parse("ExperimentConfig.dataset_name = 'coco'",
-         "build_model.name = 'cmt_deeplab_s'",
-         f'build_model.width_multiplier = {fixtures.FIXTURE_WIDTH}')
-  with pytest.raises(ValueError, match='ResNet .7x7. stem'):
-    import_deeplab2.import_checkpoint(
-        fixtures.checkpoint_path(fixtures.RESNET50), str(tmp_path / 'run'))
-
-
 @pytest.mark.slow
 def test_command_line_then_train_resumes_and_evaluates(tfrecord_dir, tmp_path):
   """The CLI, then `train` fine-tunes from the run dir (full trainer state)."""

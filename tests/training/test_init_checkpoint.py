@@ -35,6 +35,7 @@ def _save(model, tmp_path):
   return tf.train.Checkpoint(model=model).write(str(tmp_path / 'init'))
 
 
+@pytest.mark.slow  # ~20 s; tests/checkpoints covers the DeepLab2 format by default.
 def test_native_fine_tuning_on_another_class_count(tmp_path):
   source = _tiny(num_classes=3, seed=1)
   path = _save(source, tmp_path)
@@ -66,17 +67,15 @@ def test_bad_format_and_modules_name_the_field():
 
 
 def test_deeplab2_format_initialises_the_backbone():
-  # The ImageNet ResNet-50 into cmt_deeplab_r50: its backbone equals DeepLab2's.
-  model = builder.build_model('cmt_deeplab_r50', num_classes=3, num_clusters=4,
-                              decoder_blocks=(1, 1, 1),
-                              width_multiplier=fixtures.FIXTURE_WIDTH)
-  model(tf.zeros([1, 33, 33, 3]), training=False)
+  # DeepLab2's ImageNet ResNet-50 into the backbone of cmt_deeplab_r50.
+  backbone = builder.cmt_deeplab_r50(
+      3, 4, width_multiplier=fixtures.FIXTURE_WIDTH).backbone
+  backbone(tf.zeros([1, 33, 33, 3]))
   train_lib.restore_init_checkpoint(
-      model, fixtures.checkpoint_path(fixtures.RESNET50), 'backbone',
-      'deeplab2')
+      backbone, fixtures.checkpoint_path(fixtures.RESNET50), 'all', 'deeplab2')
   image, reference = fixtures.reference(fixtures.RESNET50)
   # Output stride 16 here (32 in the fixture): res2..res4 are computed alike.
-  endpoints = model.backbone(image, training=False)
+  endpoints = backbone(image, training=False)
   for name in ('res2', 'res3', 'res4'):
     fixtures.assert_close_to_reference(endpoints[name],
                                        reference[f'encoder/{name}'], name)
