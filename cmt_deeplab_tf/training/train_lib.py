@@ -187,7 +187,8 @@ def restore_init_checkpoint(model: tf_keras.Model, path: str, modules: str,
                  plan.layout, len(plan.assignments), len(plan.skipped),
                  len(plan.kept_initial))
     return
-  _check_class_count(model, path, modules)
+  if modules == deeplab2.ALL:
+    _check_class_count(model, path, modules)
   if modules == deeplab2.ALL_BUT_CLASS_HEAD:
     _restore_all_but_class_logits(model, path)
   else:
