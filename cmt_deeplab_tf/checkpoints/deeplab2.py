@@ -572,10 +572,10 @@ def plan_import(model, checkpoint: CheckpointKeys,
     raise ValueError(f'modules={modules!r}: expected one of {MODULES}.')
   layout = checkpoint.layout
   backbone = model if isinstance(model, axial_resnet.AxialResNet) else (
-      model.backbone)
+      getattr(model, 'backbone', None))
   if not isinstance(backbone, axial_resnet.AxialResNet):
-    raise ValueError(f'The {layout} layout maps onto an AxialResNet backbone; '
-                     f'{model.name} has {type(backbone).__name__}.')
+    raise ValueError(f'The {layout} layout maps onto a model with one '
+                     f'AxialResNet backbone; {model.name} has none.')
   _check_stem(backbone, layout, checkpoint.path)
   units = backbone_units(backbone)
   whole = layout == MAX_DEEPLAB_S and modules != BACKBONE and (

@@ -6,6 +6,8 @@ outputs for one image. Tolerance: 1e-4 of each output's scale (max |x|), what
 float32 round-off leaves after ~50 layers; a mapping error moves outputs by
 the order of their scale.
 """
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -208,3 +210,15 @@ def test_other_class_count_needs_all_but_class_head():
   # The 64 centers are the first 64 of the 128 memory slots.
   centers = [a for a in plan.assignments if a.key == 'encoder/memory_feature']
   assert centers[0].variable.shape == (64, 32)
+
+
+def test_a_checkpoint_is_found_in_its_folder(tmp_path):
+  # An extracted model-zoo folder stands for the checkpoint it holds.
+  folder = os.path.dirname(fixtures.checkpoint_path(fixtures.RESNET50))
+  assert deeplab2.DeepLab2Checkpoint(folder).path.endswith('ckpt-1')
+  with pytest.raises(ValueError, match='no such checkpoint'):
+    deeplab2.DeepLab2Checkpoint(str(tmp_path / 'missing'))
+  for name in ('a', 'b'):
+    (tmp_path / f'{name}.index').write_text('')
+  with pytest.raises(ValueError, match='holds 2 checkpoints'):
+    deeplab2.find_checkpoint(str(tmp_path))
