@@ -11,12 +11,12 @@ has `encoder/`. Three layouts are known (`LAYOUTS`):
 | layout          | published checkpoints                                   | maps onto |
 |-----------------|---------------------------------------------------------|-----------|
 | `max_deeplab_s` | max_deeplab_s_os16_res{641,1025}_{100k,200k,400k}_coco_train | the whole `max_deeplab_s` |
-| `axial_resnet50`| max_deeplab_s_backbone_imagenet1k_strong_training_strategy (ReLU), maxs_gelu_imagenet_22k_1k_224 (GeLU) | the Axial-R50 backbone of `max_deeplab_s`, `cmt_deeplab_s` (ReLU) or `cmt_deeplab_s_gelu` |
+| `axial_resnet50`| max_deeplab_s_backbone_imagenet1k_strong_training_strategy (ReLU), maxs_gelu_imagenet_22k_1k_224 (GeLU) | the Axial-R50 backbone of `max_deeplab_s` or `cmt_deeplab_s` (`AxialResNet.activation`: 'relu' or 'gelu') |
 | `resnet50`      | resnet50_imagenet1k                                     | the backbone of `cmt_deeplab_r50` |
 
-The activation (ReLU or GeLU) is not stored in a checkpoint: the model chosen
-for the weights decides it. The MaX-DeepLab-S layout also holds the backbone, so
-its backbone alone can initialise the Axial-R50 models.
+The activation (ReLU or GeLU) is not stored in a checkpoint: the gin switch
+`AxialResNet.activation` must match the weights. The MaX-DeepLab-S layout also
+holds the backbone, so its backbone alone can initialise the Axial-R50 models.
 
 Every variable of ours is mapped from exactly one checkpoint key, by these rules
 (DeepLab2 name -> ours; the tensor layouts differ only where a transform says so):

@@ -4,7 +4,6 @@
 |--------------------|-------------|------------------------------|--------------------|
 | max_deeplab_s      | MaX-S       | 1, 1, 1                      | 3 in stage 5 + 1 (dual-path) |
 | cmt_deeplab_s      | Axial-R50   | 4, 2, 2                      | 8 CMT, one per decoder block |
-| cmt_deeplab_s_gelu | Axial-R50, GeLU (kMaX's ImageNet-22K Axial-ResNet-50) | 4, 2, 2 | 8 CMT |
 | cmt_deeplab_r50    | ResNet-50, 7x7 stem | 4, 2, 2              | 8 CMT (supp. Table 3) |
 | cmt_deeplab_l      | Axial-R104  | 4, 2, 2                      | 8 CMT              |
 | cmt_deeplab_l_rfn  | 2 x Axial-R104 (RFN) | 4, 2, 2 each        | 2 x 8 CMT, shared centers |
@@ -33,7 +32,6 @@ from cmt_deeplab_tf.modeling import cmt_deeplab
 from cmt_deeplab_tf.modeling import max_deeplab
 from cmt_deeplab_tf.modeling import rfn
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
-from cmt_deeplab_tf.modeling.layers import activations
 from cmt_deeplab_tf.modeling.layers import stems
 
 CMT_DECODER_BLOCKS = (4, 2, 2)
@@ -53,24 +51,15 @@ def _cmt_network(backbone, num_classes, num_clusters, decoder_blocks,
 
 def cmt_deeplab_s(num_classes, num_clusters, decoder_blocks=CMT_DECODER_BLOCKS,
                   width_multiplier=1.0):
-  """CMT-DeepLab-S: Axial-R50 backbone (ReLU)."""
+  """CMT-DeepLab-S: Axial-R50 backbone.
+
+  ReLU by default; with `AxialResNet.activation = 'gelu'` it is the backbone of
+  DeepLab2's ImageNet-22K `maxs_gelu_imagenet_22k_1k_224` (kMaX-DeepLab's
+  Axial-ResNet-50), the init of the paper's Axial-R50 rows.
+  """
   return _cmt_network(
       axial_resnet.axial_r50(width_multiplier=width_multiplier), num_classes,
       num_clusters, decoder_blocks, width_multiplier, 'cmt_deeplab_s')
-
-
-def cmt_deeplab_s_gelu(num_classes, num_clusters,
-                       decoder_blocks=CMT_DECODER_BLOCKS, width_multiplier=1.0):
-  """CMT-DeepLab-S on kMaX-DeepLab's Axial-ResNet-50 (GeLU backbone).
-
-  The backbone of DeepLab2's ImageNet-22K checkpoint
-  `maxs_gelu_imagenet_22k_1k_224`, the init of the paper's Axial-R50 rows.
-  """
-  return _cmt_network(
-      axial_resnet.axial_r50(width_multiplier=width_multiplier,
-                             activation=activations.GELU),
-      num_classes, num_clusters, decoder_blocks, width_multiplier,
-      'cmt_deeplab_s_gelu')
 
 
 def cmt_deeplab_r50(num_classes, num_clusters,
@@ -128,7 +117,6 @@ def tiny(num_classes, num_clusters, decoder_blocks=(1, 1, 1),
 MODELS = {
     'max_deeplab_s': max_deeplab.max_deeplab_s,
     'cmt_deeplab_s': cmt_deeplab_s,
-    'cmt_deeplab_s_gelu': cmt_deeplab_s_gelu,
     'cmt_deeplab_r50': cmt_deeplab_r50,
     'cmt_deeplab_l': cmt_deeplab_l,
     'cmt_deeplab_l_rfn': cmt_deeplab_l_rfn,

@@ -66,7 +66,8 @@ def test_command_line_then_train_resumes_and_evaluates(tfrecord_dir, tmp_path):
   """The CLI, then `train` fine-tunes from the run dir (full trainer state)."""
   model_dir = str(tmp_path / 'run')
   params = ["ExperimentConfig.dataset_name = 'synthetic'",
-            "build_model.name = 'cmt_deeplab_s_gelu'",
+            "build_model.name = 'cmt_deeplab_s'",
+            "AxialResNet.activation = 'gelu'",
             'build_model.num_clusters = 8',
             'build_model.decoder_blocks = (1, 1, 1)',
             f'build_model.width_multiplier = {fixtures.FIXTURE_WIDTH}']

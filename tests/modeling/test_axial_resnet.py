@@ -226,3 +226,18 @@ def test_after_block_hook_sees_every_block_and_its_output_is_used():
   np.testing.assert_array_equal(hooked[axial_resnet.RES4],
                                 plain[axial_resnet.RES4])
   np.testing.assert_array_equal(hooked[axial_resnet.RES5], 0.0)
+
+
+def test_widths_and_stem_come_from_the_model_config_not_gin():
+  # build_model.width_multiplier and the named configs set them; a binding
+  # that would be overridden is an error.
+  for binding in ('AxialResNet.width_multiplier = 0.5',
+                  "AxialResNet.stem_type = 'resnet'",
+                  'axial_r50.width_multiplier = 0.5'):
+    with pytest.raises(ValueError, match='denylisted'):
+      gin.parse_config(binding)
+  gin.parse_config("AxialResNet.activation = 'gelu'")  # The activation switch.
+  endpoints = axial_resnet.axial_r50(**TINY)(tf.random.normal([1, 33, 33, 3]))
+  np.testing.assert_allclose(
+      endpoints[axial_resnet.RES3],
+      tf.nn.gelu(endpoints[axial_resnet.STAGE3], approximate=False), atol=1e-6)

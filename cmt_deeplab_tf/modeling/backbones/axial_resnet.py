@@ -113,7 +113,12 @@ def build_stage_blocks(stage, num_blocks, output_stride=16,
   return stage_blocks
 
 
-@gin.configurable
+# Set by the named model configs (`build_model.width_multiplier`, the stem of
+# `cmt_deeplab_r50`), so not gin-bindable: a binding would be overridden.
+_SET_BY_THE_MODEL_CONFIGS = ['width_multiplier', 'stem_type']
+
+
+@gin.configurable(denylist=_SET_BY_THE_MODEL_CONFIGS)
 class AxialResNet(tf_keras.Model):
   """Stem and stages 2-5 of (Axial-)ResNet; returns res2..res5, stage2..5."""
 
@@ -139,11 +144,14 @@ class AxialResNet(tf_keras.Model):
       drop_path_schedule: 'constant' or 'linear' (MaX-DeepLab-S: 'linear').
       drop_path_beyond_stride: Blocks at smaller ResNet strides are not dropped.
       width_multiplier: Scales every width (stem and stages) with DeepLab2's
-        rounding int(round(c * w)); < 1 for tiny test models.
+        rounding int(round(c * w)); < 1 for tiny test models. Set through
+        `build_model.width_multiplier`, not bindable here.
       activation: 'relu' (MaX-DeepLab-S's ImageNet backbone, ResNet-50) or
-        'gelu' (exact; kMaX-DeepLab's Axial-ResNet-50, ImageNet-22K).
+        'gelu' (exact; kMaX-DeepLab's Axial-ResNet-50, ImageNet-22K). The gin
+        switch `AxialResNet.activation`.
       stem_type: 'inception' (ResNet-50-beta, Axial-ResNet) or 'resnet' (the
-        original 7x7 stem, DeepLab2's `resnet50`).
+        original 7x7 stem, DeepLab2's `resnet50`); chosen by the named config
+        (`cmt_deeplab_r50` has the ResNet stem), not bindable here.
       name: The model name.
 
     Raises:
@@ -203,19 +211,19 @@ class AxialResNet(tf_keras.Model):
     return endpoints
 
 
-@gin.configurable
+@gin.configurable(denylist=_SET_BY_THE_MODEL_CONFIGS)
 def axial_r50(**kwargs):
   """Axial-R50: ResNet-50-beta (3-4-6-3) with axial blocks from stride 16."""
   return AxialResNet(num_blocks=(3, 4, 6, 3), name='axial_r50', **kwargs)
 
 
-@gin.configurable
+@gin.configurable(denylist=_SET_BY_THE_MODEL_CONFIGS)
 def axial_r104(**kwargs):
   """Axial-R104: Axial-R50 with four times the stage-4 blocks (3-4-24-3)."""
   return AxialResNet(num_blocks=(3, 4, 24, 3), name='axial_r104', **kwargs)
 
 
-@gin.configurable
+@gin.configurable(denylist=_SET_BY_THE_MODEL_CONFIGS)
 def resnet50(**kwargs):
   """ResNet-50(-beta) (3-4-6-3) without axial attention.
 
