@@ -12,6 +12,7 @@ _CLIS = {
     'cmt-render-tables': 'cmt_deeplab_tf.render_tables:run',
     'cmt-cost-table': 'cmt_deeplab_tf.cost_table:run',
     'cmt-sweep': 'cmt_deeplab_tf.sweep:run',
+    'cmt-import-deeplab2': 'cmt_deeplab_tf.import_deeplab2:run',
 }
 
 setuptools.setup(

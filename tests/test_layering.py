@@ -18,12 +18,12 @@ LAYERS = (
     ('common',),
     ('data',),
     ('modeling',),
-    ('losses', 'ops'),
+    ('losses', 'ops', 'checkpoints'),
     ('evaluation',),
     ('training',),
     ('serving', 'analysis'),
     ('train', 'export', 'predict', 'visualize', 'cost_table', 'render_tables',
-     'sweep'),  # Command lines.
+     'sweep', 'import_deeplab2'),  # Command lines.
 )
 _LEVEL = {part: level for level, parts in enumerate(LAYERS) for part in parts}
 

@@ -4,7 +4,7 @@
 |--------------------|-------------|------------------------------|--------------------|
 | max_deeplab_s      | MaX-S       | 1, 1, 1                      | 3 in stage 5 + 1 (dual-path) |
 | cmt_deeplab_s      | Axial-R50   | 4, 2, 2                      | 8 CMT, one per decoder block |
-| cmt_deeplab_r50    | ResNet-50   | 4, 2, 2                      | 8 CMT (supp. Table 3) |
+| cmt_deeplab_r50    | ResNet-50, 7x7 stem | 4, 2, 2              | 8 CMT (supp. Table 3) |
 | cmt_deeplab_l      | Axial-R104  | 4, 2, 2                      | 8 CMT              |
 | cmt_deeplab_l_rfn  | 2 x Axial-R104 (RFN) | 4, 2, 2 each        | 2 x 8 CMT, shared centers |
 | tiny               | Axial-ResNet, width 1/8, 1-1-1-1 | 1, 1, 1 | 3 CMT, width 1/8 |
@@ -18,6 +18,13 @@ constant width (8 / 4 / 2 heads at strides 16 / 8 / 4). With 133 classes
 and 128 clusters: 61.90M / 93.41M / 133.70M inference parameters for
 max_deeplab_s / cmt_deeplab_s / cmt_deeplab_l (paper: 61.9M / 94.9M / 135.2M);
 `scripts/model_stats.py` prints the breakdown and the multiply-adds.
+
+`build_model(width_multiplier=w)` scales every width of a named config with
+DeepLab2's rounding int(round(c * w)): stem, stages, decoder, centers,
+feed-forward networks and heads. The transformer layers keep DeepLab2's 128
+filters at stride 16 (`128 * transformer_expansion`, which DeepLab2's width
+multipliers do not scale either), so `max_deeplab_s` at 0.125 has the shapes of
+DeepLab2's 1/8-width MaX-DeepLab-S.
 """
 import gin
 
@@ -25,57 +32,86 @@ from cmt_deeplab_tf.modeling import cmt_deeplab
 from cmt_deeplab_tf.modeling import max_deeplab
 from cmt_deeplab_tf.modeling import rfn
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
+from cmt_deeplab_tf.modeling.layers import stems
 
 CMT_DECODER_BLOCKS = (4, 2, 2)
+_TRANSFORMER_FILTERS = max_deeplab.TRANSFORMER_FILTERS
 _TINY_BACKBONE_WIDTH = 0.125
 _TINY_HEAD_WIDTH = 0.25
 _TINY_HEADS = 4
 
 
-def cmt_deeplab_s(num_classes, num_clusters,
-                  decoder_blocks=CMT_DECODER_BLOCKS):
-  """CMT-DeepLab-S: Axial-R50 backbone."""
+def _cmt_network(backbone, num_classes, num_clusters, decoder_blocks,
+                 width_multiplier, name, **kwargs):
   return cmt_deeplab.build_network(
-      axial_resnet.axial_r50(), num_classes, num_clusters, decoder_blocks,
-      name='cmt_deeplab_s')
+      backbone, num_classes, num_clusters, decoder_blocks,
+      width_multiplier=width_multiplier,
+      transformer_filters=_TRANSFORMER_FILTERS, name=name, **kwargs)
+
+
+def cmt_deeplab_s(num_classes, num_clusters, decoder_blocks=CMT_DECODER_BLOCKS,
+                  width_multiplier=1.0):
+  """CMT-DeepLab-S: Axial-R50 backbone.
+
+  ReLU by default; with `AxialResNet.activation = 'gelu'` it is the backbone of
+  DeepLab2's ImageNet-22K `maxs_gelu_imagenet_22k_1k_224` (kMaX-DeepLab's
+  Axial-ResNet-50), the init of the paper's Axial-R50 rows.
+  """
+  return _cmt_network(
+      axial_resnet.axial_r50(width_multiplier=width_multiplier), num_classes,
+      num_clusters, decoder_blocks, width_multiplier, 'cmt_deeplab_s')
 
 
 def cmt_deeplab_r50(num_classes, num_clusters,
-                    decoder_blocks=CMT_DECODER_BLOCKS):
-  """CMT-DeepLab with a plain ResNet-50(-beta) backbone (supplement Table 3)."""
-  return cmt_deeplab.build_network(
-      axial_resnet.resnet50(), num_classes, num_clusters, decoder_blocks,
-      name='cmt_deeplab_r50')
+                    decoder_blocks=CMT_DECODER_BLOCKS, width_multiplier=1.0):
+  """CMT-DeepLab with ResNet-50 (supplement Table 3).
+
+  The original 7x7 ResNet stem, as the other methods' ResNet-50 in the
+  supplement's Table 3 and DeepLab2's `resnet50_imagenet1k`.
+  """
+  return _cmt_network(
+      axial_resnet.resnet50(width_multiplier=width_multiplier,
+                            stem_type=stems.RESNET),
+      num_classes, num_clusters, decoder_blocks, width_multiplier,
+      'cmt_deeplab_r50')
 
 
-def cmt_deeplab_l(num_classes, num_clusters,
-                  decoder_blocks=CMT_DECODER_BLOCKS):
+def cmt_deeplab_l(num_classes, num_clusters, decoder_blocks=CMT_DECODER_BLOCKS,
+                  width_multiplier=1.0):
   """CMT-DeepLab-L: Axial-R104 backbone."""
-  return cmt_deeplab.build_network(
-      axial_resnet.axial_r104(), num_classes, num_clusters, decoder_blocks,
-      name='cmt_deeplab_l')
+  return _cmt_network(
+      axial_resnet.axial_r104(width_multiplier=width_multiplier), num_classes,
+      num_clusters, decoder_blocks, width_multiplier, 'cmt_deeplab_l')
 
 
 def cmt_deeplab_l_rfn(num_classes, num_clusters,
-                      decoder_blocks=CMT_DECODER_BLOCKS):
+                      decoder_blocks=CMT_DECODER_BLOCKS, width_multiplier=1.0):
   """CMT-DeepLab-L-RFN: two Axial-R104 networks sharing their centers."""
-  first = cmt_deeplab.build_network(
-      axial_resnet.axial_r104(), num_classes, num_clusters, decoder_blocks,
-      name='first_network')
-  second = cmt_deeplab.build_network(
-      axial_resnet.axial_r104(), num_classes, num_clusters, decoder_blocks,
-      learn_initial_centers=False, name='second_network')
+  first = _cmt_network(
+      axial_resnet.axial_r104(width_multiplier=width_multiplier), num_classes,
+      num_clusters, decoder_blocks, width_multiplier, 'first_network')
+  second = _cmt_network(
+      axial_resnet.axial_r104(width_multiplier=width_multiplier), num_classes,
+      num_clusters, decoder_blocks, width_multiplier, 'second_network',
+      learn_initial_centers=False)
   return rfn.RecursiveFeatureNetwork(first, second, name='cmt_deeplab_l_rfn')
 
 
-def tiny(num_classes, num_clusters, decoder_blocks=(1, 1, 1)):
-  """A small CMT-DeepLab for CPU tests and the demo, all CMT mechanisms on."""
+def tiny(num_classes, num_clusters, decoder_blocks=(1, 1, 1),
+         width_multiplier=1.0):
+  """A small CMT-DeepLab for CPU tests and the demo, all CMT mechanisms on.
+
+  Its own widths (backbone 1/8, heads and transformer 1/4) times
+  `width_multiplier`.
+  """
   backbone = axial_resnet.AxialResNet(
-      num_blocks=(1, 1, 1, 1), width_multiplier=_TINY_BACKBONE_WIDTH,
+      num_blocks=(1, 1, 1, 1),
+      width_multiplier=_TINY_BACKBONE_WIDTH * width_multiplier,
       drop_path_rate=0.0, name='tiny_axial_resnet')
+  head_width = _TINY_HEAD_WIDTH * width_multiplier
   return cmt_deeplab.build_network(
       backbone, num_classes, num_clusters, decoder_blocks,
-      width_multiplier=_TINY_HEAD_WIDTH, num_heads=_TINY_HEADS, name='tiny')
+      width_multiplier=head_width, num_heads=_TINY_HEADS, name='tiny')
 
 
 MODELS = {
@@ -90,7 +126,7 @@ MODELS = {
 
 @gin.configurable
 def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
-                decoder_blocks=None):
+                decoder_blocks=None, width_multiplier=1.0):
   """Builds a named model.
 
   Args:
@@ -99,14 +135,17 @@ def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
     num_clusters: Number of cluster centers N (mask slots).
     decoder_blocks: Optional pixel-decoder blocks at strides 16, 8, 4 for the
       CMT configs (one CMT layer per block); default: the config's own.
+    width_multiplier: Scales every width of the config (see the module
+      docstring); 1.0 is the published model.
 
   Returns:
     A `tf_keras.Model` whose call(images, training=..., return_visualization=...)
     returns the output dict of `cmt_deeplab_tf.common`.
 
   Raises:
-    ValueError: On an unknown name, non-positive sizes, or decoder_blocks
-      given for max_deeplab_s (its decoder is fixed by MaX-DeepLab-S).
+    ValueError: On an unknown name, non-positive sizes or width, or
+      decoder_blocks given for max_deeplab_s (its decoder is fixed by
+      MaX-DeepLab-S).
   """
   if name not in MODELS:
     raise ValueError(f'Unknown model name={name!r}; expected one of '
@@ -114,9 +153,14 @@ def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
   if num_classes < 1 or num_clusters < 1:
     raise ValueError(f'num_classes and num_clusters must be positive, got '
                      f'num_classes={num_classes}, num_clusters={num_clusters}.')
+  if width_multiplier <= 0:
+    raise ValueError('build_model.width_multiplier must be positive, got '
+                     f'{width_multiplier}.')
   if decoder_blocks is None:
-    return MODELS[name](num_classes, num_clusters)
+    return MODELS[name](num_classes, num_clusters,
+                        width_multiplier=width_multiplier)
   if name == 'max_deeplab_s':
     raise ValueError('decoder_blocks cannot be set for max_deeplab_s, got '
                      f'decoder_blocks={decoder_blocks}.')
-  return MODELS[name](num_classes, num_clusters, tuple(decoder_blocks))
+  return MODELS[name](num_classes, num_clusters, tuple(decoder_blocks),
+                      width_multiplier=width_multiplier)

@@ -37,12 +37,14 @@ def run_backbone(backbone, images, training=None, after_block=None,
     images: [B, H, W, 3] images.
     training: Training mode.
     after_block: Optional callable (stage_index, block_index, features) ->
-      features after every block (MaX-S's stage-5 dual-path layers).
-    res2_fusion: Optional [B, h, w, C2] features averaged into the stride-4
-      encoder features before stage 3 (RFN, supplement §1).
+      features after every block, on its unactivated output (MaX-S's stage-5
+      dual-path layers).
+    res2_fusion: Optional [B, h, w, C2] features averaged into the
+      (unactivated) stride-4 encoder features before stage 3 (RFN,
+      supplement §1).
 
   Returns:
-    The endpoint dict RES2..RES5 (RES2 after the fusion).
+    The endpoint dict of the backbone (RES2 / STAGE2 after the fusion).
   """
   if after_block is None and res2_fusion is None:
     return backbone(images, training=training)
@@ -189,7 +191,9 @@ class CMTDeepLab(tf_keras.Model):
 
 def build_network(backbone, num_classes, num_clusters, decoder_blocks,
                   transformer_locations=None, location_strides=None,
-                  dual_path=False, width_multiplier=1.0, num_heads=8,
+                  dual_path=False, width_multiplier=1.0, transformer_filters=None,
+                  memory_channels=None, feed_forward_channels=None,
+                  head_feature_channels=None, num_heads=8,
                   learn_initial_centers=True, name='cmt_deeplab'):
   """Assembles a `CMTDeepLab` from a backbone and MaX-DeepLab-S widths.
 
@@ -203,8 +207,20 @@ def build_network(backbone, num_classes, num_clusters, decoder_blocks,
     location_strides: Pixel stride at each location (derived for the
       default locations; 16 otherwise).
     dual_path: MaX-DeepLab dual-path layers instead of CMT layers.
-    width_multiplier: Scales decoder, transformer and head widths (256-wide
-      centers, 128 filters, FFN 2048, 128-wide embeddings at 1.0).
+    width_multiplier: Scales decoder, center, feed-forward and head widths
+      with DeepLab2's rounding int(round(c * w)) (256-wide centers, FFN 2048,
+      pixel head 256, 128-wide embeddings at 1.0).
+    transformer_filters: Base width of the transformer layers at stride 16
+      (bottleneck 2x, keys 1x, values 2x this); default 128 * width_multiplier.
+      DeepLab2 keeps it at 128 whatever its width multiplier
+      (`128 * transformer_expansion`), as the named configs do.
+    memory_channels: Width of the cluster centers; default 256 *
+      width_multiplier (DeepLab2's `memory_channels`).
+    feed_forward_channels: Hidden width of the center FFN; default 2048 *
+      width_multiplier (DeepLab2's dual-path `feed_forward_network_channels`).
+    head_feature_channels: Width of the class and mask center projections;
+      default 256 * width_multiplier (DeepLab2's
+      `global_feed_forward_network_channels`).
     num_heads: Attention heads of the transformer layers.
     learn_initial_centers: False for RFN's second network.
     name: The model name.
@@ -212,8 +228,8 @@ def build_network(backbone, num_classes, num_clusters, decoder_blocks,
   Returns:
     A `CMTDeepLab` model.
   """
-  def width(channels):
-    return int(round(channels * width_multiplier))
+  def width(channels, given=None):
+    return int(round(channels * width_multiplier)) if given is None else given
   if transformer_locations is None:
     transformer_locations = transformer_decoder.all_block_locations(
         transformer_decoder.DECODER, decoder_blocks)
@@ -223,12 +239,14 @@ def build_network(backbone, num_classes, num_clusters, decoder_blocks,
       num_blocks=decoder_blocks, width_multiplier=width_multiplier)
   transformer = transformer_decoder.TransformerDecoder(
       transformer_locations, location_strides, num_clusters=num_clusters,
-      center_channels=width(256), filters=width(128), num_heads=num_heads,
-      feed_forward_channels=width(2048), dual_path=dual_path,
+      center_channels=width(256, memory_channels),
+      filters=width(128, transformer_filters), num_heads=num_heads,
+      feed_forward_channels=width(2048, feed_forward_channels),
+      dual_path=dual_path,
       learn_initial_centers=learn_initial_centers)
   heads = mask_transformer_heads.MaskTransformerHeads(
       num_classes, embedding_channels=width(128), head_channels=width(256),
-      center_feature_channels=width(256))
+      center_feature_channels=width(256, head_feature_channels))
   semantic_head = semantic_head_lib.SemanticHead(num_classes,
                                                  head_channels=width(256))
   return CMTDeepLab(backbone, decoder, transformer, heads,

@@ -15,6 +15,9 @@ from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
 
 MAX_DECODER_BLOCKS = (1, 1, 1)
+# DeepLab2's dual-path layers have 128 * transformer_expansion filters (1 at
+# stride 16), independent of the width multiplier.
+TRANSFORMER_FILTERS = 128
 _STAGE5_INDEX = 3  # Position of stage 5 in AxialResNet.stages.
 _STAGE5_BLOCKS = 3
 
@@ -30,15 +33,20 @@ def max_deeplab_s_locations():
 
 
 def build_max_deeplab(backbone, num_classes, num_clusters,
-                      width_multiplier=1.0, name='max_deeplab_s'):
+                      width_multiplier=1.0, transformer_filters=None,
+                      name='max_deeplab_s', **widths):
   """Builds a MaX-DeepLab network on an `AxialResNet` with 3 stage-5 blocks.
 
   Args:
     backbone: An `AxialResNet` whose stage 5 has 3 blocks.
     num_classes: Number of classes C.
     num_clusters: Number of mask slots N (MaX-DeepLab: 128).
-    width_multiplier: Scales decoder, transformer and head widths.
+    width_multiplier: Scales decoder, center, feed-forward and head widths.
+    transformer_filters: Base width of the dual-path layers (see
+      `cmt_deeplab.build_network`).
     name: The model name.
+    **widths: Explicit `memory_channels`, `feed_forward_channels` or
+      `head_feature_channels` (see `cmt_deeplab.build_network`).
 
   Returns:
     A `CMTDeepLab` model with MaX-DeepLab-S's architecture.
@@ -52,9 +60,20 @@ def build_max_deeplab(backbone, num_classes, num_clusters,
   return cmt_deeplab.build_network(
       backbone, num_classes, num_clusters, MAX_DECODER_BLOCKS,
       transformer_locations=max_deeplab_s_locations(), dual_path=True,
-      width_multiplier=width_multiplier, name=name)
+      width_multiplier=width_multiplier,
+      transformer_filters=transformer_filters, name=name, **widths)
 
 
-def max_deeplab_s(num_classes, num_clusters):
-  """MaX-DeepLab-S: Axial-R50 pixel path with dual-path layers."""
-  return build_max_deeplab(axial_resnet.axial_r50(), num_classes, num_clusters)
+def max_deeplab_s(num_classes, num_clusters, width_multiplier=1.0):
+  """MaX-DeepLab-S: Axial-R50 pixel path with dual-path layers.
+
+  `width_multiplier` scales every width as DeepLab2's backbone and stem width
+  multipliers with the memory, feed-forward and head widths scaled alike; the
+  dual-path layers keep DeepLab2's 128 filters (`128 * transformer_expansion`).
+  At 0.125 the variables have the shapes of the DeepLab2 fixture
+  `max_deeplab_s_coco`.
+  """
+  return build_max_deeplab(
+      axial_resnet.axial_r50(width_multiplier=width_multiplier), num_classes,
+      num_clusters, width_multiplier=width_multiplier,
+      transformer_filters=TRANSFORMER_FILTERS)

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 from typing import Dict, Optional, Sequence, Tuple
 
 from absl import logging
@@ -19,6 +20,7 @@ import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf import common
+from cmt_deeplab_tf.checkpoints import deeplab2
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.data import pipeline
 from cmt_deeplab_tf.evaluation import panoptic_evaluator
@@ -31,6 +33,13 @@ from cmt_deeplab_tf.training import trainer as trainer_lib
 
 MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
 CONFIG_FILE = 'operative_config.gin'
+NATIVE = 'native'
+DEEPLAB2 = 'deeplab2'
+INIT_CHECKPOINT_FORMATS = (NATIVE, DEEPLAB2)
+# The layers whose width is the class count: re-initialised by
+# init_checkpoint_modules='all_but_class_head'.
+_CLASS_LOGIT_LAYERS = re.compile(
+    r'(class_head/classifier|semantic_head/conv_head/output)/(kernel|bias):0$')
 
 
 @gin.configurable
@@ -57,10 +66,14 @@ class ExperimentConfig:
   mixed_precision: Optional[str] = None
   seed: Optional[int] = None
   # Weights to start from when the model dir has no checkpoint yet, e.g. an
-  # ImageNet-pretrained backbone (supplement Sec. 2): a checkpoint whose root holds
-  # `model` (as this trainer writes), restored whole or only its `backbone`.
+  # ImageNet-pretrained backbone (supplement Sec. 2). Format 'native': a checkpoint
+  # whose root holds `model` (as this trainer writes); 'deeplab2': a DeepLab2 (or
+  # Model Garden) checkpoint, mapped by `checkpoints.deeplab2`. Modules: 'all',
+  # 'backbone', or 'all_but_class_head' (another class count: the class-logit
+  # layers are re-initialised).
   init_checkpoint: Optional[str] = None
   init_checkpoint_modules: str = 'all'
+  init_checkpoint_format: str = 'native'
 
 
 def check_model_dir(model_dir: str) -> None:
@@ -141,21 +154,100 @@ def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy,
         jit_compile=config.jit_compile)
 
 
-def restore_init_checkpoint(model: tf_keras.Model, path: str, modules: str) -> None:
-  """Initialises the whole model or its backbone from another run's checkpoint."""
-  if modules not in ('all', 'backbone'):
-    raise ValueError(f"ExperimentConfig.init_checkpoint_modules={modules!r}: expected 'all' "
-                     "or 'backbone'.")
-  if not tf.io.gfile.exists(path + '.index'):
-    raise ValueError(f'ExperimentConfig.init_checkpoint={path}: no such checkpoint.')
-  target = model if modules == 'all' else tf.train.Checkpoint(backbone=model.backbone)
+def restore_init_checkpoint(model: tf_keras.Model, path: str, modules: str,
+                            checkpoint_format: str = NATIVE) -> None:
+  """Initialises the model, its backbone, or all but its class-logit layers.
+
+  Args:
+    model: The built model (all variables created).
+    path: The checkpoint prefix, or a directory holding one checkpoint.
+    modules: 'all', 'backbone' or 'all_but_class_head'.
+    checkpoint_format: 'native' (another run of this trainer) or 'deeplab2'.
+
+  Raises:
+    ValueError: Naming the field, on a bad value, a missing checkpoint, a
+      checkpoint of another architecture, or another class count with 'all'.
+  """
+  if modules not in deeplab2.MODULES:
+    raise ValueError(f'ExperimentConfig.init_checkpoint_modules={modules!r}: expected '
+                     f'one of {deeplab2.MODULES}.')
+  if checkpoint_format not in INIT_CHECKPOINT_FORMATS:
+    raise ValueError(f'ExperimentConfig.init_checkpoint_format={checkpoint_format!r}: '
+                     f'expected one of {INIT_CHECKPOINT_FORMATS}.')
+  try:
+    path = deeplab2.find_checkpoint(path)
+  except ValueError as e:
+    raise ValueError(f'ExperimentConfig.init_checkpoint={path}: {e}') from e
+  if checkpoint_format == DEEPLAB2:
+    checkpoint = deeplab2.DeepLab2Checkpoint(path)
+    plan = deeplab2.plan_import(model, checkpoint, modules)
+    deeplab2.apply_plan(plan, checkpoint)
+    logging.info('Initialised %s from the DeepLab2 checkpoint %s (%s): %d variables '
+                 'mapped, %d keys skipped, %d variables kept initial.', modules, path,
+                 plan.layout, len(plan.assignments), len(plan.skipped),
+                 len(plan.kept_initial))
+    return
+  if modules == deeplab2.ALL:
+    _check_class_count(model, path, modules)
+  if modules == deeplab2.ALL_BUT_CLASS_HEAD:
+    _restore_all_but_class_logits(model, path)
+  else:
+    target = model if modules == deeplab2.ALL else tf.train.Checkpoint(
+        backbone=model.backbone)
+    _restore_native(target, path, modules)
+  logging.info('Initialised %s from %s.', modules, path)
+
+
+def _restore_native(target, path: str, modules: str) -> None:
   status = tf.train.Checkpoint(model=target).read(path).expect_partial()
   try:
     status.assert_existing_objects_matched()
   except AssertionError as e:
     raise ValueError(f'ExperimentConfig.init_checkpoint={path} does not match the model '
                      f'({modules}): {str(e)[:500]}') from e
-  logging.info('Initialised %s from %s.', modules, path)
+
+
+def _check_class_count(model: tf_keras.Model, path: str, modules: str) -> int:
+  """The checkpoint's class count + 1; an error if it differs with 'all'."""
+  theirs = {shape[-1] for name, shape in tf.train.list_variables(path)
+            if re.search(r'class_head/_classifier/bias/', name)}
+  ours = {v.shape[-1] for v in model.variables
+          if re.search(r'class_head/classifier/bias:0$', v.name)}
+  if len(theirs) != 1 or len(ours) != 1:
+    raise ValueError(f'ExperimentConfig.init_checkpoint={path}: expected one '
+                     'class-logit width in the checkpoint and in the model, found '
+                     f'{sorted(theirs)} and {sorted(ours)}.')
+  if theirs != ours and modules == deeplab2.ALL:
+    raise ValueError(
+        f'ExperimentConfig.init_checkpoint={path} predicts {theirs.pop() - 1} classes, '
+        f'the model {ours.pop() - 1}: the class counts differ; use '
+        "ExperimentConfig.init_checkpoint_modules='all_but_class_head' to "
+        're-initialise the class-logit layers.')
+  return theirs.pop()
+
+
+def _restore_all_but_class_logits(model: tf_keras.Model, path: str) -> None:
+  """Restores the configured model built with the checkpoint's class count, then
+  copies every variable but the class-logit layers (which keep their values).
+
+  The source model comes from `build_model` and the gin configuration, as the
+  run's own model does.
+  """
+  num_classes = _check_class_count(model, path, deeplab2.ALL_BUT_CLASS_HEAD) - 1
+  source = builder.build_model(num_classes=num_classes)
+  create_all_variables(source, tf.distribute.get_strategy())
+  _restore_native(source, path, deeplab2.ALL_BUT_CLASS_HEAD)
+  if len(source.variables) != len(model.variables):
+    raise ValueError(f'ExperimentConfig.init_checkpoint={path}: the model has '
+                     f'{len(model.variables)} variables, the checkpoint\'s '
+                     f'{len(source.variables)}.')
+  for theirs, ours in zip(source.variables, model.variables):
+    if _CLASS_LOGIT_LAYERS.search(ours.name):
+      continue
+    if theirs.shape != ours.shape:
+      raise ValueError(f'ExperimentConfig.init_checkpoint={path}: {theirs.name} '
+                       f'{theirs.shape} does not fit {ours.name} {ours.shape}.')
+    ours.assign(theirs)
 
 
 def check_checkpoint_matches(checkpoint: tf.train.Checkpoint, path: str) -> None:
@@ -253,7 +345,8 @@ def _run(mode, model_dir, strategy, config, return_trainer):
     raise ValueError(f'--mode=eval: no checkpoint in --model_dir={model_dir}.')
   elif config.init_checkpoint:
     restore_init_checkpoint(trainer.model, config.init_checkpoint,
-                            config.init_checkpoint_modules)
+                            config.init_checkpoint_modules,
+                            config.init_checkpoint_format)
   if chief:
     with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
       f.write(gin.operative_config_str())

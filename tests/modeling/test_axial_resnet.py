@@ -37,7 +37,12 @@ def _trainable_count(model, name_part=''):
 def test_endpoints_shapes_and_strides_on_odd_sizes(two_heads):
   model = axial_resnet.axial_r50(**TINY)
   endpoints = model(tf.zeros([2, 65, 97, 3]), training=False)
-  assert set(endpoints) == set(axial_resnet.ENDPOINTS)
+  assert set(endpoints) == set(axial_resnet.ENDPOINTS +
+                               axial_resnet.PREACTIVATIONS)
+  for activated, preactivation in zip(axial_resnet.ENDPOINTS,
+                                      axial_resnet.PREACTIVATIONS):
+    np.testing.assert_array_equal(endpoints[activated],
+                                  tf.nn.relu(endpoints[preactivation]))
   # Stride 4, 8, 16, 16: ceil(65 / s) x ceil(97 / s).
   assert endpoints[axial_resnet.RES2].shape == (2, 17, 25, 32)
   assert endpoints[axial_resnet.RES3].shape == (2, 9, 13, 64)
@@ -221,3 +226,18 @@ def test_after_block_hook_sees_every_block_and_its_output_is_used():
   np.testing.assert_array_equal(hooked[axial_resnet.RES4],
                                 plain[axial_resnet.RES4])
   np.testing.assert_array_equal(hooked[axial_resnet.RES5], 0.0)
+
+
+def test_widths_and_stem_come_from_the_model_config_not_gin():
+  # build_model.width_multiplier and the named configs set them; a binding
+  # that would be overridden is an error.
+  for binding in ('AxialResNet.width_multiplier = 0.5',
+                  "AxialResNet.stem_type = 'resnet'",
+                  'axial_r50.width_multiplier = 0.5'):
+    with pytest.raises(ValueError, match='denylisted'):
+      gin.parse_config(binding)
+  gin.parse_config("AxialResNet.activation = 'gelu'")  # The activation switch.
+  endpoints = axial_resnet.axial_r50(**TINY)(tf.random.normal([1, 33, 33, 3]))
+  np.testing.assert_allclose(
+      endpoints[axial_resnet.RES3],
+      tf.nn.gelu(endpoints[axial_resnet.STAGE3], approximate=False), atol=1e-6)

@@ -15,9 +15,12 @@ SMALL = dict(filters=8, center_channels=12, num_heads=2,
 NUM_CENTERS = 5
 
 
-def _inputs(height=7, width=9, channels=10, seed=0):
+def _inputs(height=7, width=9, channels=10, seed=0, activated=True):
+  """Pixels (ReLU-activated, or the unactivated residual stream) and centers."""
   rng = np.random.default_rng(seed)
-  pixels = np.maximum(rng.standard_normal([2, height, width, channels]), 0.0)
+  pixels = rng.standard_normal([2, height, width, channels])
+  if activated:
+    pixels = np.maximum(pixels, 0.0)
   centers = rng.standard_normal([2, NUM_CENTERS, SMALL['center_channels']])
   return tf.constant(pixels, tf.float32), tf.constant(centers, tf.float32)
 
@@ -204,12 +207,12 @@ def _max_attention(attention_layer, query, key, value, num_heads):
 def test_dual_path_switches_compute_max_deeplab_dual_path_layer():
   """NumPy re-derivation of DeepLab2's DualPathTransformerLayer (inference)."""
   layer = _layer(**ct.DUAL_PATH_SWITCHES)
-  pixels, centers = _inputs(seed=3)
+  pixels, centers = _inputs(seed=3, activated=False)
   outputs = layer(pixels, centers, training=False)
   heads = SMALL['num_heads']
   p = pixels.numpy().reshape([2, 63, -1])
   m = centers.numpy()
-  x = _project(layer, p, m)
+  x = _project(layer, np.maximum(p, 0.0), m)  # It reads the activated pixels.
   # Memory -> [pixel; memory] attention with ONE softmax (MaX-DeepLab).
   retrieved = _max_attention(
       layer._center_attention, x['center_query'],
@@ -223,7 +226,9 @@ def test_dual_path_switches_compute_max_deeplab_dual_path_layer():
   # Pixel -> memory attention from the input memory.
   retrieved = _max_attention(layer._pixel_attention, x['pixel_query'], x['center_key'],
                              x['center_value'], heads)
-  new_pixels = np.maximum(p + _linear_bn(layer._pixel_out, retrieved), 0.0)
+  # The update joins the unactivated stream (DeepLab2: pixel_space_input +
+  # pixel_space), which the next block activates.
+  new_pixels = p + _linear_bn(layer._pixel_out, retrieved)
   np.testing.assert_allclose(outputs[ct.CENTERS], new_centers, atol=1e-4)
   np.testing.assert_allclose(outputs[ct.PIXELS],
                              new_pixels.reshape(pixels.shape), atol=1e-4)
@@ -268,13 +273,13 @@ def test_cmt_layer_matches_a_numpy_derivation_with_centers_as_queries():
   statistics. Guards the [B, heads, HW, N] reformulation of the layer."""
   layer = _layer()
   _randomize_norm_statistics(layer)
-  pixels, centers = _inputs(seed=5)
+  pixels, centers = _inputs(seed=5, activated=False)
   previous = tf.random.stateless_normal([2, 7, 9, NUM_CENTERS], [7, 8])
   outputs = layer(pixels, centers, previous, training=False)
   heads, height, width = SMALL['num_heads'], 7, 9
   ys, xs = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width),
                        indexing='ij')
-  p = np.concatenate([pixels.numpy(), np.broadcast_to(
+  p = np.concatenate([np.maximum(pixels.numpy(), 0.0), np.broadcast_to(
       np.stack([ys, xs], -1), (2, height, width, 2))], -1).reshape(
           [2, height * width, -1])
   m = centers.numpy()
@@ -330,9 +335,8 @@ def test_cmt_layer_matches_a_numpy_derivation_with_centers_as_queries():
        for h in range(heads)], -1)
   retrieved = np.maximum(_norm(layer._pixel_attention._value_norm, retrieved),
                          0.0)
-  new_pixels = np.maximum(
-      pixels.numpy().reshape([2, height * width, -1]) +
-      _linear_bn(layer._pixel_out, retrieved), 0.0)
+  new_pixels = (pixels.numpy().reshape([2, height * width, -1]) +
+                _linear_bn(layer._pixel_out, retrieved))
   np.testing.assert_allclose(outputs[ct.CENTERS], new_centers, atol=1e-4,
                              rtol=1e-4)
   np.testing.assert_allclose(outputs[ct.PIXELS],

@@ -149,8 +149,10 @@ def test_run_backbone_matches_backbone_call_and_averages_fusion(model):
                                       [3, 4])
   fused = cmt_deeplab.run_backbone(backbone, images, training=False,
                                    res2_fusion=fusion)
-  np.testing.assert_allclose(fused[axial_resnet.RES2],
-                             (expected[axial_resnet.RES2] + fusion) / 2,
+  # Averaged into the unactivated stride-4 features, then activated.
+  average = (expected[axial_resnet.STAGE2] + fusion) / 2
+  np.testing.assert_allclose(fused[axial_resnet.STAGE2], average, atol=1e-5)
+  np.testing.assert_allclose(fused[axial_resnet.RES2], tf.nn.relu(average),
                              atol=1e-5)
   plain = cmt_deeplab.run_backbone(backbone, images, training=False)
   np.testing.assert_allclose(plain[axial_resnet.RES5],

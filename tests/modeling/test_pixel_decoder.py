@@ -12,10 +12,16 @@ WIDTH = 0.0625  # Stage widths 128, 32, 16.
 
 def _endpoints(height, width):
   def features(stride, channels):
-    return tf.random.uniform([2, -(-height // stride), -(-width // stride),
-                              channels])
-  return {axial_resnet.RES2: features(4, 16), axial_resnet.RES3: features(8, 32),
-          axial_resnet.RES5: features(16, 128)}
+    return tf.random.normal([2, -(-height // stride), -(-width // stride),
+                             channels])
+  endpoints = {axial_resnet.STAGE2: features(4, 16),
+               axial_resnet.STAGE3: features(8, 32),
+               axial_resnet.STAGE5: features(16, 128)}
+  for activated, preactivation in zip(axial_resnet.ENDPOINTS,
+                                      axial_resnet.PREACTIVATIONS):
+    if preactivation in endpoints:
+      endpoints[activated] = tf.nn.relu(endpoints[preactivation])
+  return endpoints
 
 
 @pytest.mark.parametrize('height,width', [(65, 65), (50, 93)])
@@ -55,19 +61,22 @@ def test_after_block_runs_after_every_block_and_feeds_forward():
 
 def test_fuse_projects_only_inputs_of_another_width():
   fuse = pixel_decoder.ResizedFuse(16)
-  coarse, skip = tf.random.uniform([1, 3, 3, 32]), tf.random.uniform(
+  coarse, skip = tf.random.normal([1, 3, 3, 32]), tf.random.normal(
       [1, 5, 5, 16])
-  fused = fuse([coarse, skip], training=False)
+  fused = fuse([(tf.nn.relu(coarse), coarse), (tf.nn.relu(skip), skip)],
+               training=False)
   assert fused.shape == (1, 5, 5, 16)
   # One 1x1 projection 32 -> 16 plus its BN (gamma, beta); the skip is not
   # projected.
   assert sum(int(np.prod(v.shape)) for v in fuse.trainable_variables) == (
       32 * 16 + 2 * 16)
-  # Align-corners upsampling keeps the corner values of the projection.
-  projected = fuse._projections[0](coarse, training=False)
-  np.testing.assert_allclose(
-      fused[0, 0, 0], np.maximum(projected[0, 0, 0] + skip[0, 0, 0], 0.0),
-      atol=1e-5)
+  # Align-corners upsampling keeps the corner values of the projection. As in
+  # DeepLab2, the projection reads the activated input, the input of the
+  # fused width enters unactivated and the sum is not activated.
+  projected = fuse._projections[0](tf.nn.relu(coarse), training=False)
+  np.testing.assert_allclose(fused[0, 0, 0],
+                             projected[0, 0, 0] + skip[0, 0, 0], atol=1e-5)
+  assert np.min(skip) < 0 and np.min(fused) < 0
 
 
 @pytest.mark.parametrize('kwargs', [dict(num_blocks=(1, 1)),

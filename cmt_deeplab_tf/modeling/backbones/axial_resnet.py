@@ -1,8 +1,9 @@
 """Axial-ResNet backbones: Axial-R50, Axial-R104 and ResNet-50-beta.
 
-An inception stem (output stride 2) and four stages of residual blocks with base
-widths 64, 128, 256, 512, as DeepLab2's `AxialResNet` (Axial-DeepLab, ECCV 2020;
-MaX-DeepLab, CVPR 2021). The first block of each stage has stride 2 (in stage 2
+An inception stem (or ResNet's 7x7 stem; output stride 2) and four stages of
+residual blocks with base widths 64, 128, 256, 512, as DeepLab2's `AxialResNet`
+(Axial-DeepLab, ECCV 2020; MaX-DeepLab, CVPR 2021), with ReLU or exact GeLU
+(`activations`; kMaX-DeepLab's Axial-ResNet-50 uses GeLU). The first block of each stage has stride 2 (in stage 2
 it replaces ResNet's max-pool) until `output_stride` is reached; later stages keep
 the resolution and dilate their 3x3 convolutions instead. Blocks whose ResNet
 stride (the stride they would have in a ResNet with output stride 32) reaches
@@ -18,15 +19,22 @@ import math
 import gin
 import tf_keras
 
+from cmt_deeplab_tf.modeling.layers import activations
 from cmt_deeplab_tf.modeling.layers import blocks
 from cmt_deeplab_tf.modeling.layers import stems
 
-# Endpoints: activated outputs of stages 2-5.
+# Endpoints: activated outputs of stages 2-5 ...
 RES2 = 'res2'
 RES3 = 'res3'
 RES4 = 'res4'
 RES5 = 'res5'
 ENDPOINTS = (RES2, RES3, RES4, RES5)
+# ... and the same before the activation (DeepLab2's `stage2`..`stage5`).
+STAGE2 = 'stage2'
+STAGE3 = 'stage3'
+STAGE4 = 'stage4'
+STAGE5 = 'stage5'
+PREACTIVATIONS = (STAGE2, STAGE3, STAGE4, STAGE5)
 FIRST_STAGE = 2
 _STAGE_BASE_FILTERS = 64  # Base width of stage 2; it doubles per stage.
 DROP_PATH_SCHEDULES = ('constant', 'linear')
@@ -63,7 +71,7 @@ def drop_path_rate_at(resnet_stride, drop_path_rate, schedule,
 def build_stage_blocks(stage, num_blocks, output_stride=16,
                        use_axial_beyond_stride=16, drop_path_rate=0.2,
                        drop_path_schedule='linear', drop_path_beyond_stride=16,
-                       width_multiplier=1.0):
+                       width_multiplier=1.0, activation=activations.RELU):
   """Builds the residual blocks of one stage.
 
   Args:
@@ -76,6 +84,7 @@ def build_stage_blocks(stage, num_blocks, output_stride=16,
     drop_path_schedule: 'constant' or 'linear', see `drop_path_rate_at`.
     drop_path_beyond_stride: Blocks at smaller ResNet strides are not dropped.
     width_multiplier: Scales the stage's base width 64 * 2 ** (stage - 2).
+    activation: 'relu' or 'gelu', see `activations`.
 
   Returns:
     A list of `num_blocks` blocks (`BottleneckBlock` or `AxialBlock`), each
@@ -94,18 +103,24 @@ def build_stage_blocks(stage, num_blocks, output_stride=16,
     name = f'stage{stage}_block{index + 1}'
     if resnet_stride >= use_axial_beyond_stride > 0:
       block = blocks.AxialBlock(filters, strides=strides, drop_path_rate=rate,
-                                name=name)
+                                activation=activation, name=name)
     else:
       block = blocks.BottleneckBlock(filters, strides=strides,
                                      atrous_rate=atrous_rate,
-                                     drop_path_rate=rate, name=name)
+                                     drop_path_rate=rate,
+                                     activation=activation, name=name)
     stage_blocks.append(block)
   return stage_blocks
 
 
-@gin.configurable
+# Set by the named model configs (`build_model.width_multiplier`, the stem of
+# `cmt_deeplab_r50`), so not gin-bindable: a binding would be overridden.
+_SET_BY_THE_MODEL_CONFIGS = ['width_multiplier', 'stem_type']
+
+
+@gin.configurable(denylist=_SET_BY_THE_MODEL_CONFIGS)
 class AxialResNet(tf_keras.Model):
-  """Inception stem and stages 2-5 of (Axial-)ResNet; returns res2..res5."""
+  """Stem and stages 2-5 of (Axial-)ResNet; returns res2..res5, stage2..5."""
 
   def __init__(self,
                num_blocks=(3, 4, 6, 3),
@@ -115,6 +130,8 @@ class AxialResNet(tf_keras.Model):
                drop_path_schedule='linear',
                drop_path_beyond_stride=16,
                width_multiplier=1.0,
+               activation=activations.RELU,
+               stem_type=stems.INCEPTION,
                name='axial_resnet'):
     """Initializes the backbone.
 
@@ -126,12 +143,20 @@ class AxialResNet(tf_keras.Model):
       drop_path_rate: Drop-path rate at ResNet stride 32 (MaX-DeepLab-S: 0.2).
       drop_path_schedule: 'constant' or 'linear' (MaX-DeepLab-S: 'linear').
       drop_path_beyond_stride: Blocks at smaller ResNet strides are not dropped.
-      width_multiplier: Scales every width (stem and stages); < 1 for tiny
-        test models.
+      width_multiplier: Scales every width (stem and stages) with DeepLab2's
+        rounding int(round(c * w)); < 1 for tiny test models. Set through
+        `build_model.width_multiplier`, not bindable here.
+      activation: 'relu' (MaX-DeepLab-S's ImageNet backbone, ResNet-50) or
+        'gelu' (exact; kMaX-DeepLab's Axial-ResNet-50, ImageNet-22K). The gin
+        switch `AxialResNet.activation`.
+      stem_type: 'inception' (ResNet-50-beta, Axial-ResNet) or 'resnet' (the
+        original 7x7 stem, DeepLab2's `resnet50`); chosen by the named config
+        (`cmt_deeplab_r50` has the ResNet stem), not bindable here.
       name: The model name.
 
     Raises:
-      ValueError: On a bad `num_blocks` or `output_stride`.
+      ValueError: On a bad `num_blocks`, `output_stride`, `activation` or
+        `stem_type`.
     """
     num_blocks = tuple(num_blocks)
     if len(num_blocks) != 4 or any(n < 1 for n in num_blocks):
@@ -142,7 +167,8 @@ class AxialResNet(tf_keras.Model):
                        f'output_stride={output_stride}.')
     super().__init__(name=name)
     self.output_stride = output_stride
-    self.stem = stems.InceptionStem(width_multiplier=width_multiplier)
+    self._activation = activations.get_activation(activation)
+    self.stem = stems.build_stem(stem_type, width_multiplier, activation)
     self.stages = [
         build_stage_blocks(
             stage, count, output_stride=output_stride,
@@ -150,7 +176,7 @@ class AxialResNet(tf_keras.Model):
             drop_path_rate=drop_path_rate,
             drop_path_schedule=drop_path_schedule,
             drop_path_beyond_stride=drop_path_beyond_stride,
-            width_multiplier=width_multiplier)
+            width_multiplier=width_multiplier, activation=activation)
         for stage, count in enumerate(num_blocks, start=FIRST_STAGE)]
 
   def call(self, images, training=None, after_block=None):
@@ -160,44 +186,50 @@ class AxialResNet(tf_keras.Model):
       images: A [batch, H, W, 3] tensor of any size.
       training: Whether batch norms use batch statistics and drop path drops.
       after_block: Optional callable (stage_index, block_index, features) ->
-        features, run after every block (stage_index 0 is the RES2 stage);
-        the models insert transformer layers and feature fusions with it.
+        features, run after every block (stage_index 0 is the RES2 stage) on
+        its unactivated output, which the next block reads activated (as
+        DeepLab2's transformer layers after its blocks); the models insert
+        transformer layers and feature fusions with it.
 
     Returns:
       A dict of activated features: RES2 [batch, ceil(H/4), ceil(W/4), 256w],
       RES3 at stride 8 (512w channels), RES4 at stride min(16, output_stride)
       (1024w) and RES5 at stride output_stride (2048w), w = width_multiplier;
-      strides are capped at output_stride.
+      strides are capped at output_stride. STAGE2..STAGE5 hold the same
+      features before the activation.
     """
     x = self.stem(images, training=training)
     endpoints = {}
-    for stage_index, (endpoint, stage_blocks) in enumerate(
-        zip(ENDPOINTS, self.stages)):
+    for stage_index, stage_blocks in enumerate(self.stages):
       for block_index, block in enumerate(stage_blocks):
-        x = block(x, training=training)
+        preactivation = block(x, training=training, activate_output=False)
         if after_block is not None:
-          x = after_block(stage_index, block_index, x)
-      endpoints[endpoint] = x
+          preactivation = after_block(stage_index, block_index, preactivation)
+        x = self._activation(preactivation)
+      endpoints[PREACTIVATIONS[stage_index]] = preactivation
+      endpoints[ENDPOINTS[stage_index]] = x
     return endpoints
 
 
-@gin.configurable
+@gin.configurable(denylist=_SET_BY_THE_MODEL_CONFIGS)
 def axial_r50(**kwargs):
   """Axial-R50: ResNet-50-beta (3-4-6-3) with axial blocks from stride 16."""
   return AxialResNet(num_blocks=(3, 4, 6, 3), name='axial_r50', **kwargs)
 
 
-@gin.configurable
+@gin.configurable(denylist=_SET_BY_THE_MODEL_CONFIGS)
 def axial_r104(**kwargs):
   """Axial-R104: Axial-R50 with four times the stage-4 blocks (3-4-24-3)."""
   return AxialResNet(num_blocks=(3, 4, 24, 3), name='axial_r104', **kwargs)
 
 
-@gin.configurable
+@gin.configurable(denylist=_SET_BY_THE_MODEL_CONFIGS)
 def resnet50(**kwargs):
-  """ResNet-50-beta (inception stem, 3-4-6-3) without axial attention.
+  """ResNet-50(-beta) (3-4-6-3) without axial attention.
 
-  No drop path by default, as DeepLab2's `ResNet50Beta`.
+  The inception stem by default (ResNet-50-beta); `stem_type='resnet'` gives
+  DeepLab2's `resnet50` (7x7 stem, no max-pool). No drop path by default, as
+  DeepLab2's `ResNet50Beta`.
   """
   kwargs.setdefault('drop_path_rate', 0.0)
   return AxialResNet(num_blocks=(3, 4, 6, 3), use_axial_beyond_stride=0,

@@ -3,16 +3,19 @@
 As MaX-DeepLab's extra decoder [1] (DeepLab2 `AxialResNet` with
 `extra_decoder_*`): a stride-16 stage of stage-5-like axial blocks on the
 backbone's `res5`, then at strides 8 and 4 a fusion of the upsampled features with
-the backbone's `res3` / `res2` (1x1 conv + BN of the inputs whose width differs,
-align-corners bilinear resize, sum, ReLU; DeepLab2 `ResizedFuse`) followed by
-bottleneck blocks. Stage widths follow ResNet (2048, 512, 256 channels).
+the backbone's stride-8 / stride-4 features (DeepLab2 `ResizedFuse`: an input
+whose width differs is activated and projected by a 1x1 conv + BN, an input of
+the fused width enters unactivated; align-corners bilinear resize, sum; the next
+block activates the sum) followed by bottleneck blocks. Stage widths follow
+ResNet (2048, 512, 256 channels).
 
 MaX-DeepLab-S uses one block per stage. CMT-DeepLab "stacks more blocks in the
 decoder" (supplement §1, Fig. 1); the count per stage is `num_blocks`.
 
 The optional `after_block(stage, block, features) -> features` callback runs after
-every block; the models use it to interleave transformer layers with the decoder
-blocks (the dual-path design of [1], the frequent pixel update of [2]).
+every block on its unactivated output, as DeepLab2's transformer layers do; the
+models use it to interleave transformer layers with the decoder blocks (the
+dual-path design of [1], the frequent pixel update of [2]).
 
 [1] MaX-DeepLab: End-to-End Panoptic Segmentation with Mask Transformers,
     Wang et al., CVPR 2021.
@@ -31,12 +34,14 @@ from cmt_deeplab_tf.modeling.layers import resize
 AXIAL = 'axial'
 BOTTLENECK = 'bottleneck'
 STRIDES = (16, 8, 4)
-# Backbone endpoint fused into each stage (the stride-16 stage reads res5).
-_STAGE_INPUTS = (axial_resnet.RES5, axial_resnet.RES3, axial_resnet.RES2)
+# Backbone endpoints (activated, unactivated) fused into the stride-8 and
+# stride-4 stages; the stride-16 stage reads the activated RES5.
+_SKIP_INPUTS = ((axial_resnet.RES3, axial_resnet.STAGE3),
+                (axial_resnet.RES2, axial_resnet.STAGE2))
 
 
 class ResizedFuse(tf_keras.layers.Layer):
-  """Projects (1x1 conv + BN, if needed), resizes and sums two features, ReLU."""
+  """Projects (1x1 conv + BN, if needed), resizes and sums features."""
 
   def __init__(self, channels, name=None):
     super().__init__(name=name)
@@ -45,20 +50,33 @@ class ResizedFuse(tf_keras.layers.Layer):
 
   def build(self, input_shape):
     self._projections = [
-        None if shape[-1] == self._channels else
+        None if shape[0][-1] == self._channels else
         conv_bn.ConvBN(self._channels, 1, use_relu=False, name=f'project{i}')
         for i, shape in enumerate(input_shape)]
     super().build(input_shape)
 
   def call(self, inputs, training=None):
-    """Fuses [coarse, skip] into [B, skip_h, skip_w, channels]."""
-    height, width = resize.spatial_size(inputs[-1])
+    """Fuses [coarse, skip] into [B, skip_h, skip_w, channels].
+
+    Args:
+      inputs: Two (activated, unactivated) pairs of [B, h_i, w_i, C_i]
+        features, the coarse one first. An input of the fused width enters
+        unactivated, any other is projected from its activated form, as in
+        DeepLab2's `ResizedFuse`.
+      training: Whether batch norms use batch statistics.
+
+    Returns:
+      The unactivated sum [B, skip_h, skip_w, channels].
+    """
+    height, width = resize.spatial_size(inputs[-1][0])
     fused = []
-    for features, projection in zip(inputs, self._projections):
+    for (activated, preactivation), projection in zip(inputs,
+                                                      self._projections):
+      features = preactivation
       if projection is not None:
-        features = projection(features, training=training)
+        features = projection(activated, training=training)
       fused.append(resize.resize_align_corners(features, height, width))
-    return tf.nn.relu(tf.add_n(fused))
+    return tf.add_n(fused)
 
 
 @gin.configurable
@@ -97,7 +115,7 @@ class PixelDecoder(tf_keras.layers.Layer):
     # Bottleneck widths of ResNet stages 5, 3, 2: blocks output 4x these.
     stage_filters = [int(round(f * width_multiplier)) for f in (512, 128, 64)]
     self.output_channels = tuple(4 * f for f in stage_filters)
-    self._fuses = [None] + [
+    self.fuses = [None] + [
         ResizedFuse(channels, name=f'stride{stride}_fuse')
         for stride, channels in zip(STRIDES[1:], self.output_channels[1:])]
     self.stages = []
@@ -114,10 +132,11 @@ class PixelDecoder(tf_keras.layers.Layer):
     """Runs the decoder.
 
     Args:
-      endpoints: The backbone's dict with RES2, RES3 and RES5 (any widths).
+      endpoints: The backbone's dict with RES5, and RES3, RES2 and their
+        unactivated STAGE3, STAGE2 (any widths).
       training: Whether batch norms use batch statistics.
       after_block: Optional callable (stage_index, block_index, features) ->
-        features, run after every block.
+        features, run after every block on its unactivated output.
 
     Returns:
       A list of the activated stage outputs at strides 16, 8, 4:
@@ -125,14 +144,17 @@ class PixelDecoder(tf_keras.layers.Layer):
       [B, ceil(H/4), ceil(W/4), 256w].
     """
     outputs = []
-    features = endpoints[_STAGE_INPUTS[0]]
-    for stage_index, (fuse, stage) in enumerate(zip(self._fuses, self.stages)):
+    features = endpoints[axial_resnet.RES5]
+    for stage_index, (fuse, stage) in enumerate(zip(self.fuses, self.stages)):
       if fuse is not None:
-        features = fuse([features, endpoints[_STAGE_INPUTS[stage_index]]],
-                        training=training)
+        skip = [endpoints[key] for key in _SKIP_INPUTS[stage_index - 1]]
+        features = tf.nn.relu(fuse([(features, preactivation), skip],
+                                   training=training))
       for block_index, block in enumerate(stage):
-        features = block(features, training=training)
+        preactivation = block(features, training=training,
+                              activate_output=False)
         if after_block is not None:
-          features = after_block(stage_index, block_index, features)
+          preactivation = after_block(stage_index, block_index, preactivation)
+        features = tf.nn.relu(preactivation)
       outputs.append(features)
     return outputs

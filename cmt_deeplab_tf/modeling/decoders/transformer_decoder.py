@@ -158,8 +158,9 @@ class TransformerDecoder(tf_keras.layers.Layer):
   def block_hook(self, path, state, training=None, return_maps=False):
     """Returns an `after_block(stage, block, pixels)` callback for `path`.
 
-    The callback runs the layer at that location, if any, on the pixels and
-    `state.centers`, updates `state` and returns the updated pixels.
+    The callback runs the layer at that location, if any, on the block's
+    unactivated output and `state.centers`, updates `state` and returns the
+    updated (still unactivated) pixels.
     """
     def after_block(stage, block, pixels):
       layer = self.transformer_layers.get(block_location(path, stage, block))

@@ -1,30 +1,38 @@
 """Residual blocks of the backbones: the ResNet bottleneck and the axial block.
 
-Both blocks take activated features and return activated features:
-relu(shortcut + drop_path(residual)). DeepLab2 leaves block outputs
-unactivated and applies the ReLU at the start of the next block; the two are the
-same function. The last batch norm of each residual branch starts with gamma = 0,
-so every block starts as the identity (Goyal et al., 2017), as in DeepLab2.
+Both blocks take activated features and return act(shortcut +
+drop_path(residual)), or with `activate_output=False` the sum itself. DeepLab2
+leaves block outputs unactivated and applies the activation at the start of the
+next block; the two are the same function. The unactivated sum matters where
+something is added to it before the next activation: the residual update of a
+transformer layer after the block and the skip input of a decoder fusion, both
+of which DeepLab2 applies to the unactivated features. The activation is ReLU or
+exact GeLU (`activations`). The last batch norm of each residual branch starts
+with gamma = 0, so every block starts as the identity (Goyal et al., 2017), as
+in DeepLab2.
 """
 import gin
 import tensorflow as tf
 import tf_keras
 
+from cmt_deeplab_tf.modeling.layers import activations
 from cmt_deeplab_tf.modeling.layers import axial_attention
 from cmt_deeplab_tf.modeling.layers import conv_bn
 from cmt_deeplab_tf.modeling.layers import drop_path
 
 
 class _ResidualBlock(tf_keras.layers.Layer):
-  """The shortcut, drop path and output ReLU shared by the blocks below."""
+  """The shortcut, drop path and output activation shared by the blocks below."""
 
-  def __init__(self, output_channels, strides, drop_path_rate, name):
+  def __init__(self, output_channels, strides, drop_path_rate, activation,
+               name):
     if strides < 1:
       raise ValueError(f'{type(self).__name__} strides must be >= 1, got '
                        f'strides={strides}.')
     super().__init__(name=name)
     self._output_channels = output_channels
     self._strides = strides
+    self._activation = activations.get_activation(activation)
     self._drop_path = drop_path.DropPath(drop_path_rate, name='drop_path')
     self._projection = None
 
@@ -38,16 +46,18 @@ class _ResidualBlock(tf_keras.layers.Layer):
   def _residual(self, inputs, training):
     raise NotImplementedError
 
-  def call(self, inputs, training=None):
+  def call(self, inputs, training=None, activate_output=True):
     """Runs the block.
 
     Args:
       inputs: A [batch, height, width, channels] activated tensor.
       training: Whether batch norms use batch statistics and drop path drops.
+      activate_output: Apply the activation to the output; False returns
+        shortcut + residual (DeepLab2's block output).
 
     Returns:
       A [batch, ceil(height / strides), ceil(width / strides),
-      output_channels] activated tensor.
+      output_channels] tensor, activated if `activate_output`.
     """
     if self._projection is not None:
       shortcut = self._projection(inputs, training=training)
@@ -55,7 +65,8 @@ class _ResidualBlock(tf_keras.layers.Layer):
       shortcut = inputs[:, ::self._strides, ::self._strides, :]
     residual = self._drop_path(self._residual(inputs, training),
                                training=training)
-    return tf.nn.relu(shortcut + residual)
+    outputs = shortcut + residual
+    return self._activation(outputs) if activate_output else outputs
 
 
 class BottleneckBlock(_ResidualBlock):
@@ -66,7 +77,7 @@ class BottleneckBlock(_ResidualBlock):
   """
 
   def __init__(self, filters, strides=1, atrous_rate=1, drop_path_rate=0.0,
-               name=None):
+               activation=activations.RELU, name=None):
     """Initializes the block.
 
     Args:
@@ -74,13 +85,14 @@ class BottleneckBlock(_ResidualBlock):
       strides: Stride of the 3x3 convolution and of the shortcut.
       atrous_rate: Dilation of the 3x3 convolution.
       drop_path_rate: Probability of dropping the residual branch in training.
+      activation: 'relu' or 'gelu', see `activations`.
       name: The layer name.
     """
-    super().__init__(4 * filters, strides, drop_path_rate, name)
+    super().__init__(4 * filters, strides, drop_path_rate, activation, name)
     self._convs = [
-        conv_bn.ConvBN(filters, 1, name='conv1'),
+        conv_bn.ConvBN(filters, 1, activation=activation, name='conv1'),
         conv_bn.ConvBN(filters, 3, strides=strides, atrous_rate=atrous_rate,
-                       name='conv2'),
+                       activation=activation, name='conv2'),
         conv_bn.ConvBN(4 * filters, 1, use_relu=False,
                        gamma_initializer='zeros', name='conv3'),
     ]
@@ -104,7 +116,7 @@ class AxialBlock(_ResidualBlock):
 
   def __init__(self, filters, strides=1, drop_path_rate=0.0,
                bottleneck_expansion=2, key_expansion=1, value_expansion=2,
-               name=None):
+               activation=activations.RELU, name=None):
     """Initializes the block.
 
     Args:
@@ -115,13 +127,14 @@ class AxialBlock(_ResidualBlock):
         (DeepLab2 `attention_bottleneck_expansion=2`).
       key_expansion: Query/key depth of the attention is filters * this.
       value_expansion: Value depth of the attention is filters * this.
+      activation: 'relu' or 'gelu', see `activations`.
       name: The layer name.
     """
-    super().__init__(4 * filters, strides, drop_path_rate, name)
+    super().__init__(4 * filters, strides, drop_path_rate, activation, name)
     key_depth = int(round(filters * key_expansion))
     value_depth = int(round(filters * value_expansion))
     self._conv1 = conv_bn.ConvBN(int(round(filters * bottleneck_expansion)), 1,
-                                 name='conv1')
+                                 activation=activation, name='conv1')
     self._height_attention = axial_attention.AxialAttention(
         axial_attention.HEIGHT, key_depth, value_depth, name='height_axis')
     self._width_attention = axial_attention.AxialAttention(
@@ -134,4 +147,4 @@ class AxialBlock(_ResidualBlock):
     x = self._conv1(inputs, training=training)
     x = self._height_attention(x, training=training)[:, ::stride]
     x = self._width_attention(x, training=training)[:, :, ::stride]
-    return self._conv3(tf.nn.relu(x), training=training)
+    return self._conv3(self._activation(x), training=training)

@@ -247,7 +247,9 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     """Runs the layer.
 
     Args:
-      pixels: [B, H, W, Cp] (activated) pixel features.
+      pixels: [B, H, W, Cp] unactivated pixel features (a block's output
+        before its ReLU, as DeepLab2's dual-path layer): the layer reads
+        relu(pixels) and adds its update to `pixels`.
       centers: [B, N, Cc] cluster centers (MaX-DeepLab's memory).
       previous_assignment: Optional float32 [B, h', w', N] assignment logits of
         the previous layer (any resolution), for the residual path.
@@ -256,12 +258,13 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
         (by-products; the computation is unchanged).
 
     Returns:
-      A dict with PIXELS [B, H, W, Cp], CENTERS [B, N, Cc], and when computed
+      A dict with PIXELS [B, H, W, Cp] (unactivated), CENTERS [B, N, Cc], and
+      when computed
       ASSIGNMENT_LOGITS [B, H, W, N], REFERENCE_PARAMETERS [B, N, 5],
       CLUSTERING_MAP and ATTENTION_MAP [B, H, W, N].
     """
     height, width = resize.spatial_size(pixels)
-    pixel_inputs = [pixels]
+    pixel_inputs = [tf.nn.relu(pixels)]
     if self._use_coordinates:  # Projected as if concatenated to the pixels.
       pixel_inputs.append(reference_mask_lib.coordinate_features(pixels))
     pixel_hidden = self._pixel_in([_flatten_pixels(x) for x in pixel_inputs],
@@ -343,4 +346,4 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
           pixel_query, center_key, center_value, training=training).output
     update = self._pixel_out(retrieved, training=training)
     update = tf.reshape(update, tf.shape(pixels))
-    return tf.nn.relu(pixels + self._drop_path(update, training=training))
+    return pixels + self._drop_path(update, training=training)

@@ -1,4 +1,4 @@
-"""Convolution + batch norm + optional ReLU, with DeepLab's centred padding.
+"""Convolution + batch norm + optional activation, with DeepLab's centred padding.
 
 Strided convolutions pad the same amount on both sides (as DeepLab2's
 `Conv2DSame`), unlike Keras 'same' padding, which pads more at the bottom-right
@@ -9,14 +9,16 @@ slicing of full-resolution targets.
 import tensorflow as tf
 import tf_keras
 
+from cmt_deeplab_tf.modeling.layers import activations
 from cmt_deeplab_tf.modeling.layers import normalization
 
 
 class ConvBN(tf_keras.layers.Layer):
-  """A bias-free 2-D convolution, a batch norm and an optional ReLU."""
+  """A bias-free 2-D convolution, a batch norm and an optional activation."""
 
   def __init__(self, filters, kernel_size, strides=1, atrous_rate=1,
-               use_relu=True, gamma_initializer='ones', name=None):
+               use_relu=True, gamma_initializer='ones',
+               activation=activations.RELU, name=None):
     """Initializes the layer.
 
     Args:
@@ -24,9 +26,10 @@ class ConvBN(tf_keras.layers.Layer):
       kernel_size: Size of the square kernel.
       strides: Spatial stride; output size is ceil(input / strides).
       atrous_rate: Dilation rate of the kernel.
-      use_relu: Whether a ReLU follows the batch norm.
+      use_relu: Whether the activation follows the batch norm.
       gamma_initializer: Initializer of the batch-norm scale; 'zeros' for the
         last norm of a residual branch (Goyal et al., 2017).
+      activation: 'relu' or 'gelu' (exact), see `activations`.
       name: The layer name.
 
     Raises:
@@ -46,6 +49,7 @@ class ConvBN(tf_keras.layers.Layer):
         kernel_initializer='he_normal', name='conv')
     self._norm = normalization.get_norm_layer(
         name='batch_norm', gamma_initializer=gamma_initializer)
+    self._activation = activations.get_activation(activation)
     self._use_relu = use_relu
 
   def call(self, inputs, training=None):
@@ -64,5 +68,5 @@ class ConvBN(tf_keras.layers.Layer):
       x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
     x = self._norm(self._conv(x), training=training)
     if self._use_relu:
-      x = tf.nn.relu(x)
+      x = self._activation(x)
     return x

@@ -1,0 +1,1 @@
+"""Checkpoint formats of other code bases and their mapping onto our models."""

@@ -1,0 +1,118 @@
+"""Every key of the published (full-size) DeepLab2 checkpoints maps onto our models.
+
+`full_size_variables.json` lists each key and shape of the four full-size
+layouts (no weights). Each key must land, element for element, in variables of
+our full-size model, except the keys listed in `EXCEPTIONS` with their reason.
+The variables are built on a 17x17 input: the relative positional encodings of
+axial attention have a fixed span, so no shape depends on the input size.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cmt_deeplab_tf.checkpoints import deeplab2
+from cmt_deeplab_tf.modeling import max_deeplab
+from cmt_deeplab_tf.modeling.backbones import axial_resnet
+from cmt_deeplab_tf.modeling.layers import stems
+from tests.checkpoints import fixtures
+
+# Key prefix -> why no variable of ours takes it.
+EXCEPTIONS = {
+    '_CHECKPOINTABLE_OBJECT_GRAPH': 'checkpoint bookkeeping',
+    'global_step': 'checkpoint bookkeeping',
+    'semantic_decoder/': "DeepLab2's training-only auxiliary ASPP decoder; our "
+                         'auxiliary semantic head reads the stride-4 decoder '
+                         'features instead',
+    'semantic_head_without_last_layer/': 'the same auxiliary branch',
+    'semantic_last_layer/': 'the same auxiliary branch',
+}
+_BUILD_INPUT = tf.zeros([1, 17, 17, 3])
+
+
+@pytest.fixture(scope='module')
+def full_size():
+  fixtures.require_fixtures()
+  with open(os.path.join(fixtures.FIXTURES, 'full_size_variables.json')) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope='module')
+def max_deeplab_s(full_size):
+  """Our full-size MaX-DeepLab-S with the memory widths the JSON records.
+
+  The JSON's MaX-DeepLab-S entry has memory 32, dual-path feed-forward 256 and
+  class / mask features 32 (the fixture's 1/8 memory settings); DeepLab2's
+  MaX-DeepLab-S (and our `max_deeplab_s`) has 256, 2048 and 256. Every other
+  width is the published one. So the model takes those three widths from the
+  JSON; `test_memory_widths_are_the_only_deviation` pins them.
+  """
+  shapes = _normalised(full_size[fixtures.MAX_DEEPLAB_S_COCO])
+  model = max_deeplab.build_max_deeplab(
+      axial_resnet.axial_r50(), num_classes=133, num_clusters=128,
+      transformer_filters=max_deeplab.TRANSFORMER_FILTERS,
+      **_memory_widths(shapes))
+  model(_BUILD_INPUT, training=False)
+  return model
+
+
+def _normalised(entry):
+  return deeplab2.CheckpointKeys(entry, 'full_size_variables.json').shapes
+
+
+def _memory_widths(shapes):
+  ffn = 'encoder/_stage5/_block1_transformer/_memory_ffn_conv1_bn_act/_conv/kernel'
+  return dict(memory_channels=shapes['encoder/memory_feature'][-1],
+              feed_forward_channels=shapes[ffn][-1],
+              head_feature_channels=shapes[
+                  'encoder/_class_feature_extra/_conv/kernel'][-1])
+
+
+def _assert_covered(model, full_size, layout_folder, modules=deeplab2.ALL):
+  keys = deeplab2.CheckpointKeys(full_size[layout_folder], layout_folder)
+  plan = deeplab2.plan_import(model, keys, modules)
+  assigned = {}
+  for assignment in plan.assignments:
+    assigned[assignment.key] = assigned.get(assignment.key, 0) + int(
+        np.prod(assignment.variable.shape))
+  for key, shape in keys.shapes.items():
+    if key in plan.skipped:
+      assert any(key.startswith(p) for p in EXCEPTIONS), (key, plan.skipped[key])
+    else:
+      assert assigned.get(key) == int(np.prod(shape)), key
+  return plan
+
+
+def test_max_deeplab_s_coco_maps_onto_max_deeplab_s(max_deeplab_s, full_size):
+  plan = _assert_covered(max_deeplab_s, full_size, fixtures.MAX_DEEPLAB_S_COCO)
+  assert not plan.kept_initial  # Built for inference: no semantic head yet.
+
+
+@pytest.mark.parametrize('folder', [fixtures.MAX_DEEPLAB_S_BACKBONE,
+                                    fixtures.AXIAL_RESNET50_GELU])
+def test_axial_resnet50_checkpoints_map_onto_the_axial_r50(
+    max_deeplab_s, full_size, folder):
+  # The Axial-R50 of max_deeplab_s is the backbone of cmt_deeplab_s(_gelu)
+  # (the activation is no variable).
+  plan = _assert_covered(max_deeplab_s.backbone, full_size, folder)
+  assert not plan.kept_initial
+
+
+def test_resnet50_maps_onto_the_cmt_deeplab_r50_backbone(full_size):
+  backbone = axial_resnet.resnet50(stem_type=stems.RESNET)
+  backbone(_BUILD_INPUT)
+  plan = _assert_covered(backbone, full_size, fixtures.RESNET50)
+  assert not plan.kept_initial
+
+
+def test_memory_widths_are_the_only_deviation(full_size):
+  shapes = _normalised(full_size[fixtures.MAX_DEEPLAB_S_COCO])
+  assert _memory_widths(shapes) == dict(
+      memory_channels=32, feed_forward_channels=256, head_feature_channels=32)
+  # Everything else is full size: stem, stage 5 and the pixel-space head.
+  assert shapes['encoder/_stem/_conv1_bn_act/_conv/kernel'] == (3, 3, 3, 64)
+  assert shapes['encoder/_stage5/_block1/_conv3_bn/_conv/kernel'] == (
+      1, 1, 1024, 2048)
+  assert shapes['pixel_space_head/final_conv/kernel'] == (1, 1, 256, 128)
