@@ -14,6 +14,7 @@ from absl import flags
 import tensorflow as tf
 
 from cmt_deeplab_tf.data import convert_coco
+from cmt_deeplab_tf.data import dataset_info
 from cmt_deeplab_tf.data import pipeline
 from cmt_deeplab_tf.data import synthetic
 
@@ -38,7 +39,7 @@ def _make_records(root: str, height: int, width: int):
 
 
 def _pipeline_rate(pattern: str, crop: int, batch_size: int = 8) -> float:
-  dataset = pipeline.panoptic_dataset(pattern, 'synthetic', is_training=True,
+  dataset = pipeline.panoptic_dataset(pattern, dataset_info.get_dataset_info('synthetic'), is_training=True,
                                       batch_size=batch_size, crop_size=(crop, crop),
                                       max_num_masks=128, seed=0)
   iterator = iter(dataset)

@@ -60,6 +60,8 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent("""
                  'class_names': [c.decode() for c in loaded.class_names.numpy()],
                  'is_thing': loaded.is_thing.numpy().tolist(),
                  'label_divisor': int(loaded.label_divisor.numpy()),
+                 'category_ids': loaded.category_ids.numpy().tolist(),
+                 'ignore_label': int(loaded.ignore_label.numpy()),
                  'inputs': {k: str(v) for k, v in
                             serve.structured_input_signature[1].items()}}, f)
 """)
@@ -163,6 +165,8 @@ def _check_fresh_process_matches_keras(model, export_dir, tmp_path):
   assert metadata['class_names'] == list(INFO.class_names)
   assert metadata['is_thing'] == list(INFO.is_thing)
   assert metadata['label_divisor'] == INFO.label_divisor
+  assert metadata['category_ids'] == list(INFO.source_ids)
+  assert metadata['ignore_label'] == INFO.ignore_label
   assert 'shape=(None, None, None, 3)' in metadata['inputs']['images']
   assert 'dtype=tf.uint8' in metadata['inputs']['images']
 
@@ -273,5 +277,5 @@ def test_predict_errors_name_the_flag(image_dir, tmp_path):
   with pytest.raises(ValueError, match='--image_dir=.*missing is not a directory'):
     predict.predict_images(str(tmp_path / 'missing'), output_dir, saved_model='a')
   with pytest.raises(ValueError, match='--dataset=coco has 133 classes'):
-    predict.resolve_dataset_info('synthetic', 'coco')
-  assert predict.resolve_dataset_info('synthetic', None) == INFO
+    predict.resolve_dataset_info(INFO, 'coco')
+  assert predict.resolve_dataset_info(INFO, None) == INFO
