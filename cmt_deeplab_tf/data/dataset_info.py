@@ -202,8 +202,11 @@ def check_class_table(info: DatasetInfo, source: str) -> None:
 
 
 def label_divisor_for(max_instances: int) -> int:
-  """The smallest power of two >= 256 above `max_instances` (the most instances of
-  one class in one image)."""
+  """The smallest power of two >= 256 above `max_instances`.
+
+  Args:
+    max_instances: the most instances of one class in one image.
+  """
   divisor = _MIN_LABEL_DIVISOR
   while divisor <= max_instances:
     divisor *= 2
@@ -218,12 +221,6 @@ def from_json(data: Dict, source: str) -> DatasetInfo:
   info = from_categories(data['name'], data['categories'], data['label_divisor'], source)
   return dataclasses.replace(info, ignore_label=int(data.get('ignore_label',
                                                              info.ignore_label)))
-
-
-def same_classes(a: DatasetInfo, b: DatasetInfo) -> bool:
-  """Whether two tables have the same classes and panoptic encoding (names aside)."""
-  return (a.is_thing, a.source_ids, a.label_divisor, a.ignore_label) == (
-      b.is_thing, b.source_ids, b.label_divisor, b.ignore_label)
 
 
 def describe(info: DatasetInfo) -> str:

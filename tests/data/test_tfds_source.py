@@ -8,6 +8,7 @@ implementation (`panoptic_converter.panoptic_label`) and the pixels PIL's.
 import json
 import os
 
+import gin
 import numpy as np
 from PIL import Image
 import pytest
@@ -110,3 +111,23 @@ def test_tfds_source_errors_name_the_setting(tmp_path):
     with pytest.raises(ValueError, match='has 133 labels but TfdsSource.class_table='
                                          "'synthetic' has 8 classes"):
       tfds_source.TfdsSource(data_dir=str(tmp_path), class_table='synthetic').dataset_info()
+
+
+def test_tfds_source_is_selected_in_gin(synthetic_dir, tmp_path):
+  from cmt_deeplab_tf.training import train_lib  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    gin.parse_config(f"""
+        ExperimentConfig.tfds_source = @TfdsSource()
+        TfdsSource.name = 'coco/2017_panoptic'
+        TfdsSource.data_dir = '{tmp_path}'
+    """)
+    config = train_lib.ExperimentConfig()
+    assert config.tfds_source == tfds_source.TfdsSource(data_dir=str(tmp_path))
+    as_dataset, _ = _as_dataset_fn(synthetic_dir)
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+      assert train_lib.resolve_dataset_info(config) == COCO
+    with pytest.raises(ValueError, match='tfds_source and the file patterns are both set'):
+      train_lib.resolve_dataset_info(train_lib.ExperimentConfig(eval_file_pattern='x'))
+  finally:
+    gin.clear_config()
