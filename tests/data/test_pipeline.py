@@ -1,4 +1,5 @@
 """Round trip synthetic -> converter -> tf.data pipeline, against the source files."""
+import dataclasses
 import glob
 import json
 import os
@@ -196,3 +197,11 @@ def test_eval_shrinks_images_larger_than_the_crop(tmp_path):
   np.testing.assert_array_equal(batch[common.VALID_SIZE][0], [86, 129])
   assert (batch[common.SEMANTIC][0, :86].numpy() == 4).all()
   assert (batch[common.SEMANTIC][0, 86:].numpy() == 255).all()
+
+
+def test_a_class_table_with_another_label_divisor_is_refused(tfrecord_dir):
+  other = dataclasses.replace(SYNTHETIC, label_divisor=512)
+  dataset = pipeline.panoptic_dataset(os.path.join(tfrecord_dir, 'val-*'), other,
+                                      is_training=False, crop_size=CROP, batch_size=1)
+  with pytest.raises(tf.errors.InvalidArgumentError, match='another label divisor'):
+    next(iter(dataset))

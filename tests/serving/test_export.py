@@ -234,6 +234,29 @@ def test_export_cli_serves_any_size_in_fresh_process_and_predicts(trained_run, i
         f'--export_dir={export_dir}'], cwd=REPO_ROOT)
   _check_fresh_process_matches_keras(model, export_dir, tmp_path)
   _check_predict_outputs(model_dir, export_dir, image_dir, tmp_path)
+  _check_predict_submission_cli(export_dir, image_dir, tmp_path)
+
+
+def _check_predict_submission_cli(export_dir, image_dir, tmp_path):
+  """predict --format=cityscapes: the visual outputs' segments, with category ids."""
+  out = tmp_path / 'submission'
+  _run([sys.executable, '-m', 'cmt_deeplab_tf.predict', f'--saved_model={export_dir}',
+        f'--image_dir={image_dir}', f'--output_dir={out}', '--format=cityscapes'],
+       cwd=REPO_ROOT)
+  data = json.loads((out / 'cityscapes_panoptic_val.json').read_text())
+  assert [c['id'] for c in data['categories']] == list(INFO.source_ids)
+  assert sorted(a['image_id'] for a in data['annotations']) == ['a', 'b']
+  for annotation in data['annotations']:
+    ids = panoptic_format.rgb_to_id(
+        _read_png(out / 'cityscapes_panoptic_val' / annotation['file_name']))
+    panoptic = panoptic_format.rgb_to_id(
+        _read_png(tmp_path / 'from_saved_model' / f"{annotation['image_id']}_panoptic_ids.png"))
+    void = common.IGNORE_LABEL * INFO.label_divisor
+    assert len(annotation['segments_info']) == len(set(np.unique(panoptic)) - {void}) > 0
+    for segment in annotation['segments_info']:
+      [panoptic_id] = np.unique(panoptic[ids == segment['id']])
+      assert INFO.source_ids[panoptic_id // INFO.label_divisor] == segment['category_id']
+      assert segment['area'] == int((panoptic == panoptic_id).sum())
 
 
 def test_load_model_errors_name_the_path(trained_run, tmp_path):
