@@ -53,6 +53,27 @@ def _read_submission(json_path):
   return data, pngs
 
 
+def _check_official_scores(gt_json, submission_json, results_json):
+  """panopticapi's scoring (as shipped in cityscapesscripts) of the submission files
+  against the ground-truth files equals the evaluation's results JSON."""
+  with open(gt_json) as f:
+    ground_truth = json.load(f)
+  with open(submission_json) as f:
+    by_id = {a['image_id']: a for a in json.load(f)['annotations']}
+  categories = {c['id']: c for c in ground_truth['categories']}
+  pairs = [(a, by_id[a['image_id']]) for a in ground_truth['annotations']]
+  official = cs_eval.average_pq(cs_eval.pq_compute_single_core(
+      0, pairs, os.path.splitext(gt_json)[0], os.path.splitext(submission_json)[0],
+      categories), categories)
+  with open(results_json) as f:
+    results = json.load(f)
+  for name, suffix in (('All', ''), ('Things', '_th'), ('Stuff', '_st')):
+    assert results['n' + suffix] == official[name]['n']
+    for metric in ('pq', 'sq', 'rq'):
+      assert results[metric + suffix] == pytest.approx(100 * official[name][metric],
+                                                       abs=1e-6), (name, metric)
+
+
 @pytest.fixture(autouse=True)
 def clean_gin():
   gin.clear_config()
@@ -111,20 +132,9 @@ def test_train_on_your_own_data(tmp_path):
 
   # The official scoring of those files gives evaluation's own numbers.
   with open(json_paths['val']) as f:
-    ground_truth = json.load(f)
-  assert any(s['iscrowd'] for a in ground_truth['annotations'] for s in a['segments_info'])
-  categories = {c['id']: c for c in ground_truth['categories']}
-  by_id = {a['image_id']: a for a in evaluated['annotations']}
-  pairs = [(a, by_id[a['image_id']]) for a in ground_truth['annotations']]
-  official = cs_eval.average_pq(cs_eval.pq_compute_single_core(
-      0, pairs, os.path.splitext(json_paths['val'])[0],
-      os.path.splitext(eval_json)[0], categories), categories)
-  with open(os.path.join(model_dir, 'eval', 'results-2.json')) as f:
-    results = json.load(f)
-  for name, suffix in (('All', ''), ('Things', '_th'), ('Stuff', '_st')):
-    for metric in ('pq', 'sq', 'rq'):
-      assert results[metric + suffix] == pytest.approx(100 * official[name][metric],
-                                                       abs=1e-6), (name, metric)
+    assert any(s['iscrowd'] for a in json.load(f)['annotations'] for s in a['segments_info'])
+  _check_official_scores(json_paths['val'], eval_json,
+                         os.path.join(model_dir, 'eval', 'results-2.json'))
 
   # The class count is the run's: a data set with other classes is refused.
   gin.clear_config()
@@ -152,8 +162,8 @@ def test_eval_mode_predicts_what_predict_does(tfrecord_dir, synthetic_dir, tmp_p
       eval_crop_size=(97, 97), max_num_masks=16)
   train_lib.run('eval', model_dir, tf.distribute.get_strategy(), config,
                 submission_format='coco')
-  evaluated, eval_pngs = _read_submission(
-      os.path.join(model_dir, 'eval', 'submission-1', 'panoptic_predictions.json'))
+  eval_json = os.path.join(model_dir, 'eval', 'submission-1', 'panoptic_predictions.json')
+  evaluated, eval_pngs = _read_submission(eval_json)
   [predicted_json] = predict.predict_images(
       os.path.join(synthetic_dir, 'val'), str(tmp_path / 'predict'), model_dir=model_dir,
       output_format='coco')
@@ -165,3 +175,6 @@ def test_eval_mode_predicts_what_predict_does(tfrecord_dir, synthetic_dir, tmp_p
   assert eval_pngs.keys() == predict_pngs.keys() and len(eval_pngs) == 4
   for name, png in eval_pngs.items():
     np.testing.assert_array_equal(png, predict_pngs[name])
+  _check_official_scores(
+      os.path.join(synthetic_dir, 'annotations', 'panoptic_val.json'), eval_json,
+      os.path.join(model_dir, 'eval', 'results-1.json'))
