@@ -28,7 +28,6 @@ that do not have this package: `dataset_name`, `class_names`, `is_thing`,
 """
 from typing import Optional, Tuple
 
-import gin
 import tensorflow as tf
 import tf_keras
 

@@ -8,7 +8,6 @@ per image as COCO annotates stuff), crowd segments of the thing classes kept.
 import json
 import os
 
-import numpy as np
 from PIL import Image
 
 from cmt_deeplab_tf.data import panoptic_format
