@@ -4,12 +4,22 @@ r"""Runs an exported SavedModel or a training checkpoint over a folder of images
       --image_dir=photos --output_dir=predictions
   python -m cmt_deeplab_tf.predict --model_dir=runs/cmt_s [--checkpoint=...] \
       --image_dir=photos --output_dir=predictions [--dataset=coco]
+  python -m cmt_deeplab_tf.predict --saved_model=exported/cmt_s \
+      --image_dir=coco/test2017 --output_dir=submission --format=coco
 
-For every `<name>.jpg|.jpeg|.png` in --image_dir (any size, greyscale and RGBA are
-converted to RGB) it writes to --output_dir:
+With --format=coco or cityscapes it writes a benchmark submission instead
+(`evaluation.submission`): one PNG per image in `<output_dir>/<name>/` and
+`<output_dir>/<name>.json` (name `panoptic_predictions` for COCO,
+`cityscapes_panoptic_val` for Cityscapes), with the data set's own category ids.
+Image ids are the file names without extension (COCO: digits, `%012d.jpg`;
+Cityscapes: `<city>_<seq>_<frame>_leftImg8bit.png`).
+
+With the default --format=visual, for every `<name>.jpg|.jpeg|.png` in
+--image_dir (any size, greyscale and RGBA are converted to RGB) it writes to
+--output_dir:
 
   <name>_panoptic.png      the panoptic map in colour: one hue per class, shades
-                           per instance, void black (`analysis.colors`);
+                           per instance, void black (`ops.colors`);
   <name>_overlay.png       those colours blended 50/50 over the image;
   <name>_panoptic_ids.png  the raw panoptic ids, semantic * label_divisor +
                            instance (void = 255 * label_divisor), as a COCO-style
@@ -20,9 +30,9 @@ converted to RGB) it writes to --output_dir:
                            area}] per segment of the map; a stuff segment merged
                            from several clusters has the highest of their scores.
 
-The class table is the one recorded in the model (the SavedModel's
-`dataset_name` variable, or the run's ExperimentConfig.dataset_name);
---dataset overrides it and must have as many classes.
+The class table is the one recorded with the model (the SavedModel's class
+table variables, or the run's class_table.json); --dataset (a built-in name or
+a class_table.json) overrides its names and ids and must have as many classes.
 """
 import io
 import json
@@ -36,12 +46,16 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from cmt_deeplab_tf.data import class_table
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.data import panoptic_format
+from cmt_deeplab_tf.evaluation import submission
 from cmt_deeplab_tf.ops import colors
 from cmt_deeplab_tf.serving import export_lib
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+VISUAL = 'visual'
+FORMATS = (VISUAL,) + submission.FORMATS
 
 Predictor = Callable[..., Dict[str, tf.Tensor]]
 
@@ -54,12 +68,17 @@ def _define_flags():
   flags.DEFINE_string('image_dir', None, 'Folder of .jpg / .jpeg / .png images.')
   flags.DEFINE_string('output_dir', None, 'Where to write the predictions.')
   flags.DEFINE_string('dataset', None,
-                      'Class table for colours and names; default: the model\'s.')
+                      'Class table (built-in name or class_table.json) for colours, names '
+                      'and ids; default: the model\'s.')
+  flags.DEFINE_enum('format', VISUAL, FORMATS,
+                    'visual: coloured maps and per-image files; coco / cityscapes: a '
+                    'benchmark submission.')
 
 
 def load_predictor(saved_model: Optional[str] = None, model_dir: Optional[str] = None,
-                   checkpoint: Optional[str] = None) -> Tuple[Predictor, str]:
-  """A function images=uint8 [1, H, W, 3] -> the serving outputs, and its data set.
+                   checkpoint: Optional[str] = None
+                   ) -> Tuple[Predictor, dataset_info_lib.DatasetInfo]:
+  """A function images=uint8 [1, H, W, 3] -> the serving outputs, and its class table.
 
   Exactly one of `saved_model` and `model_dir` must be given.
 
@@ -74,14 +93,14 @@ def load_predictor(saved_model: Optional[str] = None, model_dir: Optional[str] =
     model, post_processor, info = export_lib.load_model_from_model_dir(
         model_dir, checkpoint)
     serve = export_lib.serving_function(model, post_processor, info.label_divisor)
-    return serve, info.name
+    return serve, info
   if not tf.saved_model.contains_saved_model(saved_model):
     raise ValueError(f'--saved_model={saved_model} holds no SavedModel.')
   loaded = tf.saved_model.load(saved_model)
 
   def predictor(images):  # Closes over `loaded`, which owns the variables.
     return loaded.signatures[export_lib.SIGNATURE_NAME](images=images)
-  return predictor, loaded.dataset_name.numpy().decode()
+  return predictor, export_lib.class_table_from_saved_model(loaded)
 
 
 def list_images(image_dir: str) -> List[str]:
@@ -165,43 +184,63 @@ def write_prediction(image: np.ndarray, outputs: Dict[str, np.ndarray],
   return paths
 
 
-def resolve_dataset_info(model_dataset: str, dataset: Optional[str]
-                  ) -> dataset_info_lib.DatasetInfo:
+def resolve_dataset_info(model_info: dataset_info_lib.DatasetInfo,
+                         dataset: Optional[str]) -> dataset_info_lib.DatasetInfo:
   """The model's class table, or the --dataset override if it fits the model."""
-  info = dataset_info_lib.get_dataset_info(model_dataset)
   if not dataset:
-    return info
-  override = dataset_info_lib.get_dataset_info(dataset)
-  if override.num_classes != info.num_classes:
-    raise ValueError(f'--dataset={dataset} has {override.num_classes} classes but the '
-                     f'model was trained on {model_dataset} with {info.num_classes}.')
+    return model_info
+  override = (dataset_info_lib.get_dataset_info(dataset)
+              if dataset in dataset_info_lib.BUILT_IN
+              else class_table.read_class_table(dataset))
+  if (override.num_classes, override.label_divisor) != (model_info.num_classes,
+                                                        model_info.label_divisor):
+    raise ValueError(f'--dataset={dataset} has {override.num_classes} classes (label '
+                     f'divisor {override.label_divisor}) but the model was trained on '
+                     f'{model_info.name} with {model_info.num_classes} (label divisor '
+                     f'{model_info.label_divisor}).')
   return override
 
 
 def predict_images(image_dir: str, output_dir: str, saved_model: Optional[str] = None,
                    model_dir: Optional[str] = None, checkpoint: Optional[str] = None,
-                   dataset: Optional[str] = None) -> List[str]:
-  """Predicts every image of image_dir into output_dir; returns the written paths."""
+                   dataset: Optional[str] = None, output_format: str = VISUAL
+                   ) -> List[str]:
+  """Predicts every image of image_dir into output_dir; returns the written paths.
+
+  With output_format 'coco' or 'cityscapes' the only path returned is the
+  submission's JSON file (its PNG folder sits beside it).
+  """
+  if output_format not in FORMATS:
+    raise ValueError(f'--format={output_format!r} is not one of {FORMATS}.')
   image_paths = list_images(image_dir)
-  predictor, model_dataset = load_predictor(saved_model, model_dir, checkpoint)
-  info = resolve_dataset_info(model_dataset, dataset)
+  predictor, model_info = load_predictor(saved_model, model_dir, checkpoint)
+  info = resolve_dataset_info(model_info, dataset)
   tf.io.gfile.makedirs(output_dir)
+  writer = (None if output_format == VISUAL
+            else submission.make_writer(output_format, output_dir, info))
   written = []
   for path in image_paths:
     image = read_image(path)
     outputs = predictor(images=tf.constant(image[np.newaxis]))
     outputs = {key: value.numpy()[0] for key, value in outputs.items()}
     name = os.path.splitext(os.path.basename(path))[0]
-    written += write_prediction(image, outputs, info, output_dir, name)
-    logging.info('%s -> %s/%s_*', path, output_dir, name)
-  return written
+    if writer is None:
+      written += write_prediction(image, outputs, info, output_dir, name)
+      logging.info('%s -> %s/%s_*', path, output_dir, name)
+      continue
+    try:
+      writer.add(name, outputs[export_lib.PANOPTIC])
+    except ValueError as e:
+      raise ValueError(f'{path}: {e}') from e
+  return written if writer is None else [writer.finalize()]
 
 
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
   written = predict_images(FLAGS.image_dir, FLAGS.output_dir, FLAGS.saved_model,
-                           FLAGS.model_dir, FLAGS.checkpoint, FLAGS.dataset)
+                           FLAGS.model_dir, FLAGS.checkpoint, FLAGS.dataset,
+                           FLAGS.format)
   logging.info('Wrote %d files to %s.', len(written), FLAGS.output_dir)
 
 

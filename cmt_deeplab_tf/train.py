@@ -7,11 +7,15 @@ r"""Trains and evaluates CMT-DeepLab / MaX-DeepLab models.
 
 Strategies: one_device (CPU or one GPU), mirrored (GPUs of one machine),
 multi_worker_mirrored (several machines; set TF_CONFIG on each), tpu (--tpu=NAME).
+
+With --submission_format=coco|cityscapes, every evaluation also writes its
+predictions in that benchmark's layout to <model_dir>/eval/submission-<step>/.
 """
 from absl import app
 from absl import flags
 from absl import logging
 
+from cmt_deeplab_tf.evaluation import submission
 from cmt_deeplab_tf.training import train_lib
 from official.common import distribute_utils
 
@@ -26,6 +30,9 @@ def _define_flags():
   flags.DEFINE_enum('strategy', 'one_device', STRATEGIES, 'Distribution strategy.')
   flags.DEFINE_string('tpu', None, 'TPU name or address (with --strategy=tpu).')
   flags.DEFINE_integer('num_gpus', 0, 'GPUs to use (one_device / mirrored).')
+  flags.DEFINE_enum('submission_format', None, submission.FORMATS,
+                    'With an evaluating mode: also write the predictions as a COCO or '
+                    'Cityscapes submission (PNG folder + JSON) per evaluation.')
 
 
 def make_strategy(name: str, num_gpus: int = 0, tpu: str = None):
@@ -43,7 +50,8 @@ def main(argv):
   strategy = make_strategy(FLAGS.strategy, FLAGS.num_gpus, FLAGS.tpu)
   logging.info('Strategy %s with %d replicas.', type(strategy).__name__,
                strategy.num_replicas_in_sync)
-  train_lib.run(FLAGS.mode, FLAGS.model_dir, strategy)
+  train_lib.run(FLAGS.mode, FLAGS.model_dir, strategy,
+                submission_format=FLAGS.submission_format)
 
 
 def run():

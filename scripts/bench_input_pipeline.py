@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from cmt_deeplab_tf.analysis import timing
 from cmt_deeplab_tf.data import convert_coco
+from cmt_deeplab_tf.data import dataset_info
 from cmt_deeplab_tf.data import pipeline
 from cmt_deeplab_tf.data import synthetic
 
@@ -57,9 +58,10 @@ def _convert(root: str, height: int, width: int) -> float:
 
 
 def _pipeline_rate(pattern: str, crop: int) -> float:
-  dataset = pipeline.panoptic_dataset(pattern, 'synthetic', is_training=True,
-                                      batch_size=FLAGS.batch_size, crop_size=(crop, crop),
-                                      max_num_masks=FLAGS.max_num_masks, seed=0)
+  dataset = pipeline.panoptic_dataset(
+      pattern, dataset_info.get_dataset_info('synthetic'), is_training=True,
+      batch_size=FLAGS.batch_size, crop_size=(crop, crop),
+      max_num_masks=FLAGS.max_num_masks, seed=0)
   iterator = iter(dataset)
   seconds = timing.median_seconds(lambda: next(iterator), FLAGS.num_batches,
                                   warmup=FLAGS.warmup_batches)

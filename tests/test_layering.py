@@ -20,6 +20,7 @@ LAYERS = (
     ('modeling',),
     ('losses', 'ops', 'checkpoints'),
     ('evaluation',),
+    ('run_dir',),
     ('training',),
     ('serving', 'analysis'),
     ('train', 'export', 'predict', 'visualize', 'cost_table', 'render_tables',

@@ -50,7 +50,7 @@ def convert_split(root: str, split: str, output_dir: str, num_shards: int,
                                                        base + '.json')
   sources = panoptic_converter.sources_from_json(
       data, base, lambda image: _image_path(root, split, str(image['id'])))
-  return panoptic_converter.convert(sources, categories, 'cityscapes', output_dir, split,
+  return panoptic_converter.convert(sources, categories, info, output_dir, split,
                                     num_shards, num_workers, overwrite)
 
 

@@ -1,15 +1,24 @@
-"""Class tables of the supported data sets, in contiguous train ids.
+"""Class tables of panoptic data sets, in contiguous train ids.
 
 Train ids are 0..C-1; `IGNORE_LABEL` (255) is void. A panoptic id is
 `train_id * label_divisor + instance`. COCO train ids follow the category ids in
 increasing order (so the 80 thing classes come first, then the 53 stuff classes),
 as in COCO panoptic's `panoptic_coco_categories.json`. Cityscapes train ids are the
 19 evaluation classes of cityscapesscripts' `labels.py`.
+
+Three tables are built in (coco, cityscapes, synthetic). Any other data set in the
+COCO panoptic format gets its table from its JSON's `categories`
+(`from_categories`). `class_table` stores tables as JSON files beside the shards
+and in run directories.
 """
 import dataclasses
-from typing import Tuple
+from typing import Dict, Sequence, Tuple
 
 from cmt_deeplab_tf import common
+
+# Panoptic ids are stored as 24-bit RGB PNGs (`tfrecord_format`).
+_MAX_PANOPTIC_ID = 256**3 - 1
+_MIN_LABEL_DIVISOR = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +52,13 @@ class DatasetInfo:
   @property
   def stuff_ids(self) -> Tuple[int, ...]:
     return tuple(i for i, t in enumerate(self.is_thing) if not t)
+
+  def to_json(self) -> Dict[str, object]:
+    """The table as `CLASS_TABLE_FILE` stores it: name, label_divisor, categories."""
+    return {'name': self.name, 'label_divisor': self.label_divisor,
+            'ignore_label': self.ignore_label,
+            'categories': [{'id': i, 'name': n, 'isthing': int(t)} for i, n, t in zip(
+                self.source_ids, self.class_names, self.is_thing)]}
 
 
 # (category id, name, isthing) of COCO panoptic's 133 categories.
@@ -120,8 +136,93 @@ _REGISTRY = {
 }
 
 
+BUILT_IN = tuple(sorted(_REGISTRY))
+
+
 def get_dataset_info(name: str) -> DatasetInfo:
-  """Returns the `DatasetInfo` registered under `name` (coco, cityscapes, synthetic)."""
+  """Returns the built-in `DatasetInfo` named `name` (coco, cityscapes, synthetic).
+
+  Other data sets have no built-in table: read theirs with `read_class_table`.
+  """
   if name not in _REGISTRY:
-    raise ValueError(f'Unknown dataset name {name!r}; known: {sorted(_REGISTRY)}.')
+    raise ValueError(f'{name!r} is not a built-in data set ({list(BUILT_IN)}); the class '
+                     'table of any other data set is the class_table.json that '
+                     'convert_coco writes beside its shards.')
   return _REGISTRY[name]
+
+
+def from_categories(name: str, categories: Sequence[Dict], label_divisor: int,
+                    source: str = 'categories') -> DatasetInfo:
+  """The class table of a COCO panoptic JSON's `categories`.
+
+  Train ids follow increasing category id (any ids, any number up to 255, things
+  and stuff in any mix), as for COCO.
+
+  Args:
+    name: the data set's name.
+    categories: [{id, name, isthing}, ...].
+    label_divisor: panoptic id = train id * label_divisor + instance.
+    source: the file the categories come from, for error messages.
+
+  Raises:
+    ValueError: naming `source` and the category, on a missing field, a duplicate
+      id, more than 255 classes, or ids that do not fit the 24-bit panoptic PNG.
+  """
+  if not categories:
+    raise ValueError(f'{source}: `categories` is empty.')
+  for index, category in enumerate(categories):
+    for field in ('id', 'name', 'isthing'):
+      if field not in category:
+        raise ValueError(f'{source}: categories[{index}] ({category}) has no {field!r} '
+                         'field (every category must say whether it is a thing).')
+  ids = [int(c['id']) for c in categories]
+  duplicates = sorted({i for i in ids if ids.count(i) > 1})
+  if duplicates:
+    raise ValueError(f'{source}: duplicate category ids {duplicates} in `categories`.')
+  ordered = sorted(categories, key=lambda c: int(c['id']))
+  info = DatasetInfo(name=name, class_names=tuple(str(c['name']) for c in ordered),
+                     is_thing=tuple(bool(c['isthing']) for c in ordered),
+                     label_divisor=int(label_divisor),
+                     source_ids=tuple(int(c['id']) for c in ordered))
+  check_class_table(info, source)
+  return info
+
+
+def check_class_table(info: DatasetInfo, source: str) -> None:
+  """Checks that train ids, void and the label divisor fit the panoptic encoding."""
+  if not 0 < info.num_classes <= info.ignore_label:
+    raise ValueError(f'{source}: {info.num_classes} classes; train ids must stay below '
+                     f'the ignore label {info.ignore_label}.')
+  if not len(info.is_thing) == len(info.source_ids) == info.num_classes:
+    raise ValueError(f'{source}: class names, isthing flags and category ids differ in '
+                     'number.')
+  if info.label_divisor < 2 or info.ignore_label * info.label_divisor > _MAX_PANOPTIC_ID:
+    raise ValueError(f'{source}: label_divisor={info.label_divisor} must lie in [2, '
+                     f'{_MAX_PANOPTIC_ID // info.ignore_label}] (24-bit panoptic ids).')
+
+
+def label_divisor_for(max_instances: int) -> int:
+  """The smallest power of two >= 256 above `max_instances`.
+
+  Args:
+    max_instances: the most instances of one class in one image.
+  """
+  divisor = _MIN_LABEL_DIVISOR
+  while divisor <= max_instances:
+    divisor *= 2
+  return divisor
+
+
+def from_json(data: Dict, source: str) -> DatasetInfo:
+  """Reads a table written by `DatasetInfo.to_json`; errors name `source`."""
+  for field in ('name', 'label_divisor', 'categories'):
+    if field not in data:
+      raise ValueError(f'{source} has no {field!r} field; is it a class table?')
+  info = from_categories(data['name'], data['categories'], data['label_divisor'], source)
+  return dataclasses.replace(info, ignore_label=int(data.get('ignore_label',
+                                                             info.ignore_label)))
+
+
+def describe(info: DatasetInfo) -> str:
+  return (f'{info.name!r} ({info.num_classes} classes, {len(info.thing_ids)} things, '
+          f'label divisor {info.label_divisor})')

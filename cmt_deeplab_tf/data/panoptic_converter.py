@@ -3,8 +3,10 @@
 Shared by `convert_coco` and `convert_cityscapes`, which differ only in where the
 images live and in their class table. Shards are written in parallel processes,
 each first under a temporary name and then renamed, so a crash never leaves a
-truncated shard behind under its final name.
+truncated shard behind under its final name. The class table used is written
+beside the shards (`class_table.CLASS_TABLE_FILE`), where training finds it.
 """
+import collections
 import concurrent.futures
 import dataclasses
 import glob
@@ -13,9 +15,12 @@ import os
 from typing import Dict, List, Sequence
 
 import numpy as np
+import tensorflow as tf
 
+from cmt_deeplab_tf.data import class_table
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.data import panoptic_format
+from cmt_deeplab_tf.data import tfrecord_format
 
 PanopticFormatError = panoptic_format.PanopticFormatError
 
@@ -96,12 +101,21 @@ def _image_format(path: str) -> str:
   return 'png' if path.lower().endswith('.png') else 'jpeg'
 
 
+def max_thing_instances(data: Dict, info: dataset_info_lib.DatasetInfo) -> int:
+  """The most non-crowd instances of one thing class in one image of a panoptic JSON."""
+  is_thing = dict(zip(info.source_ids, info.is_thing))
+  most = 0
+  for annotation in data['annotations']:
+    counts = collections.Counter(
+        s['category_id'] for s in annotation['segments_info']
+        if is_thing.get(s['category_id']) and not s.get('iscrowd', 0))
+    most = max([most] + list(counts.values()))
+  return most
+
+
 def _write_shard(sources: Sequence[ExampleSource], categories: Dict[int, int],
-                 dataset_name: str, path: str) -> int:
+                 info: dataset_info_lib.DatasetInfo, path: str) -> int:
   """Writes one shard atomically; runs in a worker process."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from cmt_deeplab_tf.data import tfrecord_format  # pylint: disable=g-import-not-at-top
-  info = dataset_info_lib.get_dataset_info(dataset_name)
   temporary = path + '.tmp'
   try:
     with tf.io.TFRecordWriter(temporary) as writer:
@@ -128,9 +142,13 @@ def shard_paths(output_dir: str, split: str, num_shards: int) -> List[str]:
 
 
 def convert(sources: Sequence[ExampleSource], categories: Dict[int, int],
-            dataset_name: str, output_dir: str, split: str, num_shards: int,
-            num_workers: int, overwrite: bool = False) -> List[str]:
-  """Writes `sources` into `num_shards` TFRecord shards; returns their paths."""
+            info: dataset_info_lib.DatasetInfo, output_dir: str, split: str,
+            num_shards: int, num_workers: int, overwrite: bool = False) -> List[str]:
+  """Writes `sources` into `num_shards` TFRecord shards; returns their paths.
+
+  The class table `info` goes beside them; a folder already holding another
+  table is refused unless `overwrite`.
+  """
   if not sources:
     raise PanopticFormatError(f'No examples to convert for split {split!r}.')
   if num_shards < 1:
@@ -141,6 +159,7 @@ def convert(sources: Sequence[ExampleSource], categories: Dict[int, int],
     raise FileExistsError(
         f'{output_dir} already holds {len(existing)} {split} shards (e.g. {existing[0]}); '
         'pass --overwrite to replace them.')
+  class_table.write_beside_shards(output_dir, info, overwrite)
   for path in existing:
     os.remove(path)
   num_shards = min(num_shards, len(sources))
@@ -148,11 +167,11 @@ def convert(sources: Sequence[ExampleSource], categories: Dict[int, int],
   chunks = [sources[i::num_shards] for i in range(num_shards)]
   if num_workers <= 1:
     for chunk, path in zip(chunks, paths):
-      _write_shard(chunk, categories, dataset_name, path)
+      _write_shard(chunk, categories, info, path)
     return paths
   context = multiprocessing.get_context('spawn')
   with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
-    futures = [pool.submit(_write_shard, chunk, categories, dataset_name, path)
+    futures = [pool.submit(_write_shard, chunk, categories, info, path)
                for chunk, path in zip(chunks, paths)]
     for future in concurrent.futures.as_completed(futures):
       future.result()  # Re-raises a worker's error with its message.

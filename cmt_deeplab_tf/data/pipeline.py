@@ -1,7 +1,11 @@
-"""The gin-configured tf.data input pipeline over panoptic TFRecords.
+"""The gin-configured tf.data input pipeline over panoptic TFRecords or TFDS.
 
     shards --interleave--> decode --augment (train) / fit + pad (eval)--> targets
            --batch--> prefetch
+
+The examples come from the converters' TFRecord shards (`file_pattern`) or from
+a prepared TFDS builder (`tfds_source`); both decode to the same pixels and
+train-id labels, and share every later step.
 
 Every element has static shapes (TPU): images and maps are `crop_size`, the
 ground-truth lists have `max_num_masks` slots. Under a distribution strategy pass
@@ -18,6 +22,7 @@ from cmt_deeplab_tf import common
 from cmt_deeplab_tf.data import augment
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.data import targets as targets_lib
+from cmt_deeplab_tf.data import tfds_source as tfds_source_lib
 from cmt_deeplab_tf.data import tfrecord_format
 
 
@@ -64,9 +69,28 @@ def _eval_example(decoded: Dict[str, tf.Tensor], crop_size,
           common.VALID_SIZE: valid_size, common.ORIGINAL_SIZE: original_size}
 
 
+def _tfrecord_examples(file_pattern: str, is_training: bool, cycle_length: int,
+                       deterministic: bool, seed: Optional[int],
+                       input_context: Optional[tf.distribute.InputContext]
+                       ) -> tf.data.Dataset:
+  """Serialized examples of the shards, this input pipeline's share."""
+  files = list_shards(file_pattern)
+  if input_context and input_context.num_input_pipelines > 1:
+    if len(files) < input_context.num_input_pipelines:
+      raise ValueError(f'file_pattern {file_pattern!r} has {len(files)} shards, fewer '
+                       f'than the {input_context.num_input_pipelines} input pipelines.')
+    files = files[input_context.input_pipeline_id::input_context.num_input_pipelines]
+  dataset = tf.data.Dataset.from_tensor_slices(files)
+  if is_training:
+    dataset = dataset.shuffle(len(files), seed=seed).repeat()
+  return dataset.interleave(
+      tf.data.TFRecordDataset, cycle_length=min(cycle_length, len(files)),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not is_training)
+
+
 @gin.configurable
-def panoptic_dataset(file_pattern: str = gin.REQUIRED,
-                     dataset_name: str = gin.REQUIRED,
+def panoptic_dataset(file_pattern: Optional[str] = None,
+                     dataset_info: Optional[dataset_info_lib.DatasetInfo] = None,
                      is_training: bool = True,
                      batch_size: int = 8,
                      crop_size: Sequence[int] = (641, 641),
@@ -78,13 +102,14 @@ def panoptic_dataset(file_pattern: str = gin.REQUIRED,
                      cycle_length: int = 8,
                      deterministic: bool = False,
                      seed: Optional[int] = None,
+                     tfds_source: Optional[tfds_source_lib.TfdsSource] = None,
                      input_context: Optional[tf.distribute.InputContext] = None
                      ) -> tf.data.Dataset:
   """Builds the training or evaluation dataset.
 
   Args:
-    file_pattern: comma-separated globs of TFRecord shards.
-    dataset_name: a registered data set (coco, cityscapes, synthetic).
+    file_pattern: comma-separated globs of TFRecord shards (or `tfds_source`).
+    dataset_info: the class table of the examples.
     is_training: augment, shuffle and repeat (True), or one ordered pass (False).
     batch_size: the GLOBAL batch size; divided among replicas via `input_context`.
     crop_size: (height, width) of every element; each `32 * k + 1`.
@@ -95,6 +120,7 @@ def panoptic_dataset(file_pattern: str = gin.REQUIRED,
     deterministic: keep the element order fixed despite parallel reads and maps.
     seed: seed of shuffling and augmentation; with `deterministic` the dataset
       repeats exactly.
+    tfds_source: read this TFDS builder's split instead of `file_pattern`.
     input_context: from `strategy.distribute_datasets_from_function`.
 
   Returns:
@@ -108,28 +134,34 @@ def panoptic_dataset(file_pattern: str = gin.REQUIRED,
     raise ValueError(f'Need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}.')
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
-  info = dataset_info_lib.get_dataset_info(dataset_name)
+  if dataset_info is None:
+    raise ValueError('panoptic_dataset needs the class table (dataset_info).')
+  info = dataset_info
   void_value = info.ignore_label * info.label_divisor
-  files = list_shards(file_pattern)
-  if input_context and input_context.num_input_pipelines > 1:
-    if len(files) < input_context.num_input_pipelines:
-      raise ValueError(f'file_pattern {file_pattern!r} has {len(files)} shards, fewer '
-                       f'than the {input_context.num_input_pipelines} input pipelines.')
-    files = files[input_context.input_pipeline_id::input_context.num_input_pipelines]
   local_batch = (input_context.get_per_replica_batch_size(batch_size)
                  if input_context else batch_size)
-
-  dataset = tf.data.Dataset.from_tensor_slices(files)
-  if is_training:
-    dataset = dataset.shuffle(len(files), seed=seed).repeat()
-  dataset = dataset.interleave(
-      tf.data.TFRecordDataset, cycle_length=min(cycle_length, len(files)),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not is_training)
+  if (file_pattern is None) == (tfds_source is None):
+    raise ValueError('Pass exactly one of file_pattern and tfds_source, got '
+                     f'file_pattern={file_pattern!r}, tfds_source={tfds_source}.')
+  if tfds_source:
+    dataset = tfds_source.examples(is_training, seed, input_context)
+    decode = lambda example: tfds_source_lib.decode(example, info)
+    if is_training:
+      dataset = dataset.repeat()
+  else:
+    dataset = _tfrecord_examples(file_pattern, is_training, cycle_length, deterministic,
+                                 seed, input_context)
+    decode = tfrecord_format.decode_example
   if is_training:
     dataset = dataset.shuffle(shuffle_buffer_size, seed=seed)
 
-  def prepare(serialized, example_seed):
-    decoded = tfrecord_format.decode_example(serialized)
+  def prepare(example, example_seed):
+    decoded = decode(example)
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        decoded['label_divisor'], info.label_divisor,
+        message=f'Examples have another label divisor than the class table of '
+                f'{info.name!r} ({info.label_divisor}).')]):
+      decoded['panoptic'] = tf.identity(decoded['panoptic'])
     if is_training:
       example = _train_example(decoded, example_seed, crop_size, min_scale, max_scale,
                                scale_step, void_value)

@@ -70,6 +70,27 @@ _FEATURES = {
 }
 
 
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+  """Decodes a JPEG or PNG (string []) into uint8 [H, W, 3], exactly as PIL does.
+
+  JPEGs use the accurate integer IDCT, libjpeg's default and PIL's: TensorFlow's
+  default fast IDCT changes pixel values by a few levels (on the demo's 24
+  validation images, 818,378 values, enough to move PQ by 0.5 between
+  `train --mode=eval` and `predict`, which reads images with PIL). Training,
+  evaluation and prediction thus see the same pixels for the same file.
+  """
+  return tf.cond(
+      tf.io.is_jpeg(encoded),
+      lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method='INTEGER_ACCURATE'),
+      lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
+
+
+def decode_panoptic_png(encoded: tf.Tensor) -> tf.Tensor:
+  """RGB panoptic PNG (string []) -> int32 [H, W] ids, `R + 256 G + 256^2 B`."""
+  rgb = tf.cast(tf.io.decode_png(encoded, channels=3), tf.int32)
+  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
 def decode_example(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
   """Parses a serialized example.
 
@@ -78,9 +99,8 @@ def decode_example(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
     'image_id' string [], 'label_divisor' int32 [].
   """
   parsed = tf.io.parse_single_example(serialized, _FEATURES)
-  image = tf.io.decode_image(parsed[IMAGE_ENCODED], channels=3, expand_animations=False)
-  rgb = tf.cast(tf.io.decode_png(parsed[PANOPTIC_ENCODED], channels=3), tf.int32)
-  panoptic = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+  image = decode_image(parsed[IMAGE_ENCODED])
+  panoptic = decode_panoptic_png(parsed[PANOPTIC_ENCODED])
   height = tf.cast(parsed[IMAGE_HEIGHT], tf.int32)
   width = tf.cast(parsed[IMAGE_WIDTH], tf.int32)
   image = tf.ensure_shape(image, [None, None, 3])

@@ -19,6 +19,10 @@ Segment ids: COCO `category_id * label_divisor + instance`; Cityscapes
 ground truth. Every stuff class is one segment per image; predictions are
 never crowd.
 
+Any class table works (`DatasetInfo.source_ids` are the ids written), so a data
+set converted from its own JSON gets its own category ids back. From the command
+line: `predict --format=coco|cityscapes`, `train --mode=eval --submission_format=...`.
+
 Usage (streaming; memory holds only the small JSON records):
   writer = CocoPanopticWriter('/tmp/out', dataset_info.get_dataset_info('coco'))
   for image_id, panoptic_pred in predictions:   # int [H, W] in train ids
@@ -172,3 +176,15 @@ class CityscapesPanopticWriter(_PanopticWriter):
     for suffix in ('.png', '_leftImg8bit'):
       text = text[:-len(suffix)] if text.endswith(suffix) else text
     return text, f'{text}_panoptic.png'
+
+
+FORMATS = ('coco', 'cityscapes')
+
+
+def make_writer(submission_format: str, output_dir: str,
+                info: dataset_info_lib.DatasetInfo) -> _PanopticWriter:
+  """The writer of `submission_format` ('coco' or 'cityscapes') into output_dir."""
+  writers = {'coco': CocoPanopticWriter, 'cityscapes': CityscapesPanopticWriter}
+  if submission_format not in writers:
+    raise ValueError(f'Submission format {submission_format!r} is not one of {FORMATS}.')
+  return writers[submission_format](output_dir, info)

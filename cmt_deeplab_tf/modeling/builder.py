@@ -124,6 +124,23 @@ MODELS = {
 }
 
 
+def num_classes_for(num_classes: int) -> int:
+  """The class count of a class table, checked against any gin binding of it.
+
+  `build_model`'s num_classes follows from the data set's class table; a
+  `build_model.num_classes` binding that says otherwise cannot be honoured.
+  """
+  try:
+    bound = gin.query_parameter('build_model.num_classes')
+  except ValueError:  # Not bound.
+    return num_classes
+  if bound != num_classes:
+    raise ValueError(f'build_model.num_classes={bound} is bound in gin, but the data '
+                     f'set\'s class table has {num_classes} classes; drop the binding '
+                     '(the class table decides).')
+  return num_classes
+
+
 @gin.configurable
 def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
                 decoder_blocks=None, width_multiplier=1.0):

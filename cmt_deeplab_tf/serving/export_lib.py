@@ -23,21 +23,20 @@ padding pixels never count towards area limits or the segment lists.
 
 The SavedModel also carries the class table as variables, for serving systems
 that do not have this package: `dataset_name`, `class_names`, `is_thing`,
-`label_divisor`.
+`category_ids` (the data set's own id of each train id), `label_divisor` and
+`ignore_label`; `class_table_from_saved_model` reads them back.
 """
-import os
 from typing import Optional, Tuple
 
-import gin
 import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf import common
+from cmt_deeplab_tf import run_dir
 from cmt_deeplab_tf.data import augment
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.ops import post_processing
-from cmt_deeplab_tf.training import train_lib
 
 SIGNATURE_NAME = 'serving_default'
 INPUT_IMAGES = 'images'
@@ -117,8 +116,23 @@ class ExportedState(tf.Module):
     self.class_names = tf.Variable(list(info.class_names), trainable=False,
                                    name='class_names')
     self.is_thing = tf.Variable(list(info.is_thing), trainable=False, name='is_thing')
+    self.category_ids = tf.Variable(list(info.source_ids), trainable=False,
+                                    name='category_ids')
     self.label_divisor = tf.Variable(info.label_divisor, trainable=False,
                                      name='label_divisor')
+    self.ignore_label = tf.Variable(info.ignore_label, trainable=False,
+                                    name='ignore_label')
+
+
+def class_table_from_saved_model(loaded) -> dataset_info_lib.DatasetInfo:
+  """The class table an exported model carries (see `ExportedState`)."""
+  return dataset_info_lib.DatasetInfo(
+      name=loaded.dataset_name.numpy().decode(),
+      class_names=tuple(n.decode() for n in loaded.class_names.numpy()),
+      is_thing=tuple(bool(t) for t in loaded.is_thing.numpy()),
+      label_divisor=int(loaded.label_divisor.numpy()),
+      source_ids=tuple(int(i) for i in loaded.category_ids.numpy()),
+      ignore_label=int(loaded.ignore_label.numpy()))
 
 
 def _checkpoint_path(model_dir: str, checkpoint: Optional[str]) -> str:
@@ -135,20 +149,6 @@ def _checkpoint_path(model_dir: str, checkpoint: Optional[str]) -> str:
   return latest
 
 
-def _parse_operative_config(model_dir: str) -> None:
-  """Replaces the process's gin config with the run's operative config."""
-  config_path = os.path.join(model_dir, train_lib.CONFIG_FILE)
-  if not tf.io.gfile.exists(config_path):
-    raise ValueError(f'--model_dir={model_dir} has no {train_lib.CONFIG_FILE} '
-                     '(is it the model dir of a training run?).')
-  gin.clear_config()
-  try:
-    with gin.unlock_config():
-      gin.parse_config_file(config_path)
-  except (ValueError, KeyError, SyntaxError) as e:
-    raise ValueError(f'Cannot parse {config_path}: {e}') from e
-
-
 def _restore(model: tf_keras.Model, path: str) -> None:
   """Restores the model's weights (and nothing else) from a training checkpoint."""
   try:
@@ -157,7 +157,7 @@ def _restore(model: tf_keras.Model, path: str) -> None:
     status.assert_existing_objects_matched()
   except (AssertionError, ValueError, tf.errors.OpError) as e:
     raise ValueError(f'Checkpoint {path} does not match the model of its '
-                     f'{train_lib.CONFIG_FILE}: {str(e)[:500]}') from e
+                     f'{run_dir.CONFIG_FILE} and class table: {str(e)[:500]}') from e
 
 
 def load_model_from_model_dir(
@@ -167,8 +167,8 @@ def load_model_from_model_dir(
   """Rebuilds a training run's model from its model dir and restores its weights.
 
   Parses `<model_dir>/operative_config.gin` (this replaces the process's global
-  gin config), builds the model for `ExperimentConfig.dataset_name`'s classes in
-  float32 (whatever the run's mixed-precision policy) and restores the model
+  gin config), builds the model for the classes of `<model_dir>/class_table.json`
+  in float32 (whatever the run's mixed-precision policy) and restores the model
   part of the checkpoint.
 
   Args:
@@ -187,9 +187,9 @@ def load_model_from_model_dir(
   if not tf.io.gfile.isdir(model_dir):
     raise ValueError(f'--model_dir={model_dir} does not exist.')
   path = _checkpoint_path(model_dir, checkpoint)
-  _parse_operative_config(model_dir)
-  info = dataset_info_lib.get_dataset_info(train_lib.ExperimentConfig().dataset_name)
-  model = builder.build_model(num_classes=info.num_classes)
+  run_dir.parse_operative_config(model_dir)
+  info = run_dir.read_class_table(model_dir)
+  model = builder.build_model(num_classes=builder.num_classes_for(info.num_classes))
   model(tf.zeros([1, _BUILD_SIZE, _BUILD_SIZE, 3]), training=False)
   _restore(model, path)
   post_processor = post_processing.PostProcessor(info.is_thing, info.label_divisor)

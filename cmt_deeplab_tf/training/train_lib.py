@@ -2,8 +2,10 @@
 
 Modes: `train`, `eval` (the latest checkpoint), `train_and_eval` (evaluate every
 `eval_interval` steps) and `continuous_eval` (evaluate each new checkpoint until
-training is done). Checkpoints, summaries, the operative gin config and one
-`eval/results-<step>.json` per evaluated checkpoint go into the model dir.
+training is done). Checkpoints, summaries, the operative gin config, the class
+table (`run_dir`) and one `eval/results-<step>.json` per evaluated checkpoint go
+into the model dir; with a submission format, each evaluation also writes its
+predictions as `eval/submission-<step>/` in that benchmark's layout.
 """
 import contextlib
 import dataclasses
@@ -20,10 +22,14 @@ import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf import common
+from cmt_deeplab_tf import run_dir
 from cmt_deeplab_tf.checkpoints import deeplab2
+from cmt_deeplab_tf.data import class_table
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.data import pipeline
+from cmt_deeplab_tf.data import tfds_source as tfds_source_lib
 from cmt_deeplab_tf.evaluation import panoptic_evaluator
+from cmt_deeplab_tf.evaluation import submission
 from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.ops import colors
@@ -32,7 +38,7 @@ from cmt_deeplab_tf.training import optimization
 from cmt_deeplab_tf.training import trainer as trainer_lib
 
 MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
-CONFIG_FILE = 'operative_config.gin'
+CONFIG_FILE = run_dir.CONFIG_FILE
 NATIVE = 'native'
 DEEPLAB2 = 'deeplab2'
 INIT_CHECKPOINT_FORMATS = (NATIVE, DEEPLAB2)
@@ -45,10 +51,17 @@ _CLASS_LOGIT_LAYERS = re.compile(
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-  """The data, schedule and bookkeeping of a run (the model is `build_model`'s)."""
-  dataset_name: str = 'coco'
+  """The data, schedule and bookkeeping of a run (the model is `build_model`'s).
+
+  The class table (and so `build_model`'s num_classes) is the `class_table.json`
+  beside the shards, or `dataset_name`'s built-in table for shards without one;
+  `dataset_name`, if set, must name it. With `tfds_source` the examples come
+  from a prepared TFDS builder instead of the file patterns.
+  """
+  dataset_name: Optional[str] = None
   train_file_pattern: Optional[str] = None
   eval_file_pattern: Optional[str] = None
+  tfds_source: Optional[tfds_source_lib.TfdsSource] = None
   train_batch_size: int = 64
   eval_batch_size: int = 1
   train_crop_size: Tuple[int, int] = (1025, 1025)
@@ -97,16 +110,50 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
       'chief' not in resolver.cluster_spec().as_dict())
 
 
-def _dataset_fn(config: ExperimentConfig, is_training: bool):
+def resolve_dataset_info(config: ExperimentConfig) -> dataset_info_lib.DatasetInfo:
+  """The run's class table: the TFDS source's, the shards', or the built-in one.
+
+  Raises:
+    ValueError: if none is found, the shards' folders disagree, or
+      `dataset_name` names another data set than the shards'.
+  """
+  if config.tfds_source is not None:
+    if config.train_file_pattern or config.eval_file_pattern:
+      raise ValueError('ExperimentConfig.tfds_source and the file patterns are both set; '
+                       'choose one input.')
+    return config.tfds_source.dataset_info()
+  patterns = [p for p in (config.train_file_pattern, config.eval_file_pattern) if p]
+  tables = {t for t in (class_table.for_shards(p) for p in patterns) if t is not None}
+  if len(tables) > 1:
+    raise ValueError(f'The train and eval shards come with different class tables: '
+                     f'{sorted(dataset_info_lib.describe(t) for t in tables)}.')
+  if tables:
+    info = tables.pop()
+    if config.dataset_name not in (None, info.name):
+      raise ValueError(f'ExperimentConfig.dataset_name={config.dataset_name!r}, but the '
+                       f'shards\' {class_table.CLASS_TABLE_FILE} is that of '
+                       f'{dataset_info_lib.describe(info)}.')
+    return info
+  if config.dataset_name is None:
+    raise ValueError(f'No {class_table.CLASS_TABLE_FILE} beside the shards of {patterns} '
+                     'and no ExperimentConfig.dataset_name: convert the data with '
+                     'convert_coco / convert_cityscapes, or name a built-in data set.')
+  return dataset_info_lib.get_dataset_info(config.dataset_name)
+
+
+def _dataset_fn(config: ExperimentConfig, info: dataset_info_lib.DatasetInfo,
+                is_training: bool):
   pattern = config.train_file_pattern if is_training else config.eval_file_pattern
   flag = 'train_file_pattern' if is_training else 'eval_file_pattern'
-  if not pattern:
-    raise ValueError(f'ExperimentConfig.{flag} is not set.')
-  pipeline.list_shards(pattern)  # Fails early, naming the pattern.
+  if config.tfds_source is None:
+    if not pattern:
+      raise ValueError(f'ExperimentConfig.{flag} is not set.')
+    pipeline.list_shards(pattern)  # Fails early, naming the pattern.
 
   def dataset_fn(input_context=None):
     return pipeline.panoptic_dataset(
-        file_pattern=pattern, dataset_name=config.dataset_name, is_training=is_training,
+        file_pattern=pattern, dataset_info=info, tfds_source=config.tfds_source,
+        is_training=is_training,
         batch_size=config.train_batch_size if is_training else config.eval_batch_size,
         crop_size=config.train_crop_size if is_training else config.eval_crop_size,
         max_num_masks=config.max_num_masks, seed=config.seed, input_context=input_context)
@@ -134,13 +181,22 @@ def create_all_variables(model: tf_keras.Model, strategy: tf.distribute.Strategy
       variable.assign(tf.zeros_like(variable))
 
 
-def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy,
-                  mode: str) -> trainer_lib.PanopticTrainer:
-  """Builds model, loss, optimizers, post-processing and data inside the strategy."""
-  info = dataset_info_lib.get_dataset_info(config.dataset_name)
+def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy, mode: str,
+                  info: Optional[dataset_info_lib.DatasetInfo] = None,
+                  prediction_callback=None) -> trainer_lib.PanopticTrainer:
+  """Builds model, loss, optimizers, post-processing and data inside the strategy.
+
+  Args:
+    config: the experiment.
+    strategy: the distribution strategy.
+    mode: one of `MODES`.
+    info: the class table; default `resolve_dataset_info(config)`.
+    prediction_callback: passed to the trainer (see `PanopticTrainer`).
+  """
+  info = info or resolve_dataset_info(config)
   trains, evaluates = mode in ('train', 'train_and_eval'), mode != 'train'
   with strategy.scope():
-    model = builder.build_model(num_classes=info.num_classes)
+    model = builder.build_model(num_classes=builder.num_classes_for(info.num_classes))
     create_all_variables(model, strategy)
     return trainer_lib.PanopticTrainer(
         strategy=strategy, model=model,
@@ -149,9 +205,9 @@ def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy,
         optimizer_config=optimization.OptimizerConfig(train_steps=config.train_steps),
         post_processor=post_processing.PostProcessor(info.is_thing, info.label_divisor),
         evaluator=panoptic_evaluator.PanopticEvaluator(info),
-        train_dataset_fn=_dataset_fn(config, True) if trains else None,
-        eval_dataset_fn=_dataset_fn(config, False) if evaluates else None,
-        jit_compile=config.jit_compile)
+        train_dataset_fn=_dataset_fn(config, info, True) if trains else None,
+        eval_dataset_fn=_dataset_fn(config, info, False) if evaluates else None,
+        jit_compile=config.jit_compile, prediction_callback=prediction_callback)
 
 
 def restore_init_checkpoint(model: tf_keras.Model, path: str, modules: str,
@@ -290,6 +346,46 @@ class EvalRecorder:
           tf.summary.image(key, images, max_outputs=self._num_images)
 
 
+class SubmissionRecorder:
+  """Writes each evaluation's predictions as `eval/submission-<step>/`.
+
+  `add` is the trainer's prediction callback (per replica batch); calling the
+  recorder, as an Orbit eval action after the evaluation, writes the JSON.
+  Predictions are cropped to the image and, for images the eval crop shrank
+  (`augment.fit_to_size`), resized back to the original size by nearest
+  neighbour.
+  """
+
+  def __init__(self, model_dir: str, info: dataset_info_lib.DatasetInfo,
+               submission_format: str):
+    self._dir = os.path.join(model_dir, 'eval')
+    self._info = info
+    self._format = submission_format
+    self._writer = None
+    self.global_step = None
+
+  def add(self, batch: Dict[str, np.ndarray]) -> None:
+    if self._writer is None:
+      output_dir = os.path.join(self._dir, f'submission-{int(self.global_step.numpy())}')
+      self._writer = submission.make_writer(self._format, output_dir, self._info)
+    for i, image_id in enumerate(batch[common.IMAGE_ID]):
+      height, width = batch[common.VALID_SIZE][i]
+      prediction = batch[common.PANOPTIC_PRED][i, :height, :width]
+      original = tuple(batch[common.ORIGINAL_SIZE][i])
+      if prediction.shape != original:
+        prediction = tf.image.resize(prediction[..., None], original,
+                                     method='nearest')[..., 0].numpy()
+      self._writer.add(image_id, prediction)
+
+  def __call__(self, output: Dict[str, float]) -> None:
+    del output
+    if self._writer is not None:
+      path = self._writer.finalize()
+      logging.info('Wrote the %s submission of step %d to %s.', self._format,
+                   int(self.global_step.numpy()), path)
+    self._writer = None
+
+
 def _jsonable(value):
   if isinstance(value, dict):
     return {str(k): _jsonable(v) for k, v in value.items()}
@@ -301,8 +397,18 @@ def _jsonable(value):
 
 
 def run(mode: str, model_dir: str, strategy: tf.distribute.Strategy,
-        config: Optional[ExperimentConfig] = None, return_trainer: bool = False):
+        config: Optional[ExperimentConfig] = None, return_trainer: bool = False,
+        submission_format: Optional[str] = None):
   """Runs `mode`.
+
+  Args:
+    mode: one of `MODES`.
+    model_dir: the run's directory.
+    strategy: the distribution strategy.
+    config: the experiment; default: gin's `ExperimentConfig()`.
+    return_trainer: return the trainer instead of the last output.
+    submission_format: with an evaluating mode, also write every evaluation's
+      predictions in this benchmark layout (`submission.FORMATS`).
 
   Returns:
     The last training or evaluation output, or the trainer itself when
@@ -310,10 +416,14 @@ def run(mode: str, model_dir: str, strategy: tf.distribute.Strategy,
   """
   if mode not in MODES:
     raise ValueError(f'--mode={mode!r} is not one of {MODES}.')
+  if submission_format and (mode == 'train' or
+                            submission_format not in submission.FORMATS):
+    raise ValueError(f'--submission_format={submission_format!r} needs an evaluating '
+                     f'--mode and one of {submission.FORMATS} (got --mode={mode}).')
   config = config or ExperimentConfig()
   check_model_dir(model_dir)
   with _dtype_policy(config.mixed_precision):
-    return _run(mode, model_dir, strategy, config, return_trainer)
+    return _run(mode, model_dir, strategy, config, return_trainer, submission_format)
 
 
 @contextlib.contextmanager
@@ -328,11 +438,18 @@ def _dtype_policy(name: Optional[str]):
     tf_keras.mixed_precision.set_global_policy(previous)
 
 
-def _run(mode, model_dir, strategy, config, return_trainer):
+def _run(mode, model_dir, strategy, config, return_trainer, submission_format):
   """`run` after its checks, under the configured dtype policy."""
-  info = dataset_info_lib.get_dataset_info(config.dataset_name)
-  trainer = build_trainer(config, strategy, mode)
+  info = resolve_dataset_info(config)
   chief = _is_chief(strategy)
+  if chief:  # Refuses a model dir trained for other classes, before any restore.
+    run_dir.record_class_table(model_dir, info)
+  submissions = (SubmissionRecorder(model_dir, info, submission_format)
+                 if submission_format and chief else None)
+  trainer = build_trainer(config, strategy, mode, info,
+                          submissions.add if submissions else None)
+  if submissions:
+    submissions.global_step = trainer.global_step
   checkpoint = tf.train.Checkpoint(**trainer.checkpoint_items())
   checkpoint_dir = model_dir if chief else os.path.join(
       model_dir, f'.worker_{strategy.cluster_resolver.task_id}')
@@ -348,8 +465,7 @@ def _run(mode, model_dir, strategy, config, return_trainer):
                             config.init_checkpoint_modules,
                             config.init_checkpoint_format)
   if chief:
-    with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE), 'w') as f:
-      f.write(gin.operative_config_str())
+    run_dir.write_operative_config(model_dir)
   controller = orbit.Controller(
       strategy=strategy, trainer=trainer if mode in ('train', 'train_and_eval') else None,
       evaluator=trainer if mode != 'train' else None, global_step=trainer.global_step,
@@ -357,7 +473,8 @@ def _run(mode, model_dir, strategy, config, return_trainer):
       summary_interval=config.summary_interval if chief else None,
       summary_dir=os.path.join(model_dir, 'train') if chief else None,
       eval_summary_dir=os.path.join(model_dir, 'eval') if chief else None,
-      eval_actions=[EvalRecorder(trainer, model_dir, info)] if chief else None)
+      eval_actions=([EvalRecorder(trainer, model_dir, info)] +
+                    ([submissions] if submissions else [])) if chief else None)
   if mode == 'train':
     controller.train(config.train_steps)
     output = trainer.loss_averages()

@@ -25,6 +25,8 @@ GRADIENT_NORM = 'gradient_norm'
 
 _EVAL_KEYS = (common.PANOPTIC, common.SEMANTIC, common.VALID_SIZE)
 _PRED_KEYS = (common.PANOPTIC_PRED, common.SEMANTIC_PRED)
+# Strings cannot leave a TPU replica: image ids travel only for a submission.
+_SUBMISSION_KEYS = (common.ORIGINAL_SIZE, common.IMAGE_ID)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -43,7 +45,9 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
                evaluator: panoptic_evaluator.PanopticEvaluator,
                train_dataset_fn: Optional[Callable] = None,
                eval_dataset_fn: Optional[Callable] = None,
-               jit_compile: bool = False):
+               jit_compile: bool = False,
+               prediction_callback: Optional[Callable[[Dict[str, np.ndarray]],
+                                                      None]] = None):
     """Creates the trainer; must be called inside `strategy.scope()`.
 
     Args:
@@ -55,12 +59,17 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
       evaluator: accumulates PQ / mIoU on the host.
       train_dataset_fn, eval_dataset_fn: `input_context -> tf.data.Dataset`.
       jit_compile: compile the per-replica train step with XLA.
+      prediction_callback: called on the host with every evaluated replica batch:
+        NumPy arrays of the ground truth's PANOPTIC, SEMANTIC, VALID_SIZE,
+        ORIGINAL_SIZE and IMAGE_ID and the predictions (e.g. to write a
+        submission).
     """
     self.strategy = strategy
     self.model = model
     self.loss_fn = loss_fn
     self.post_processor = post_processor
     self.evaluator = evaluator
+    self.prediction_callback = prediction_callback
     self.optimizer = optimization.build_optimizer(optimizer_config)
     self.backbone_optimizer = optimization.build_optimizer(
         optimizer_config, optimizer_config.backbone_learning_rate_multiplier)
@@ -173,7 +182,8 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
       # Thresholds count only the image's own pixels, as in serving (not the padding).
       predictions = self.post_processor(outputs, features[common.IMAGE].shape[1:3],
                                         features[common.VALID_SIZE])
-      result = {key: features[key] for key in _EVAL_KEYS}
+      keys = _EVAL_KEYS + (_SUBMISSION_KEYS if self.prediction_callback else ())
+      result = {key: features[key] for key in keys}
       result.update({key: predictions[key] for key in _PRED_KEYS})
       return result
     return self.strategy.run(replica_step, args=(next(iterator),))
@@ -184,6 +194,8 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     for replica in range(len(local[common.PANOPTIC])):
       batch = {key: np.asarray(values[replica]) for key, values in local.items()}
       self.evaluator.update(batch, batch)
+      if self.prediction_callback:
+        self.prediction_callback(batch)
       if state is None:  # Keep one batch for the image summaries.
         state = batch
     return state

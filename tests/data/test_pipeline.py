@@ -1,4 +1,5 @@
 """Round trip synthetic -> converter -> tf.data pipeline, against the source files."""
+import dataclasses
 import glob
 import json
 import os
@@ -17,17 +18,18 @@ from cmt_deeplab_tf.data import tfrecord_format
 
 CROP = (129, 129)
 MAX_MASKS = 16
+SYNTHETIC = dataset_info.get_dataset_info('synthetic')
 
 
 def _eval_dataset(tfrecord_dir, **kwargs):
   return pipeline.panoptic_dataset(
-      os.path.join(tfrecord_dir, 'val-*'), 'synthetic', is_training=False, batch_size=1,
+      os.path.join(tfrecord_dir, 'val-*'), SYNTHETIC, is_training=False, batch_size=1,
       crop_size=CROP, max_num_masks=MAX_MASKS, **kwargs)
 
 
 def _train_dataset(pattern, seed, **kwargs):
   return pipeline.panoptic_dataset(
-      pattern, 'synthetic', is_training=True, batch_size=2, crop_size=CROP,
+      pattern, SYNTHETIC, is_training=True, batch_size=2, crop_size=CROP,
       max_num_masks=MAX_MASKS, seed=seed, deterministic=True, **kwargs)
 
 
@@ -132,7 +134,7 @@ def test_augmented_image_and_label_stay_aligned(tmp_path):
 def test_shapes_are_static(tfrecord_dir):
   for is_training in (True, False):
     dataset = pipeline.panoptic_dataset(
-        os.path.join(tfrecord_dir, 'train-*'), 'synthetic', is_training=is_training,
+        os.path.join(tfrecord_dir, 'train-*'), SYNTHETIC, is_training=is_training,
         batch_size=2, crop_size=CROP, max_num_masks=MAX_MASKS)
     for key, spec in dataset.element_spec.items():
       if is_training or key != common.IMAGE_ID:
@@ -159,7 +161,7 @@ def test_input_context_shards_files_and_splits_the_batch(tfrecord_dir):
   context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
                                        num_replicas_in_sync=2)
   dataset = pipeline.panoptic_dataset(
-      os.path.join(tfrecord_dir, 'val-*'), 'synthetic', is_training=False, batch_size=4,
+      os.path.join(tfrecord_dir, 'val-*'), SYNTHETIC, is_training=False, batch_size=4,
       crop_size=CROP, max_num_masks=MAX_MASKS, input_context=context)
   ids = [i.decode() for b in dataset for i in b[common.IMAGE_ID].numpy()]
   shard = sorted(glob.glob(os.path.join(tfrecord_dir, 'val-*')))[1]
@@ -171,13 +173,13 @@ def test_input_context_shards_files_and_splits_the_batch(tfrecord_dir):
 
 def test_file_pattern_matching_nothing_is_named(tmp_path):
   with pytest.raises(ValueError, match='nothing-here.*matches no file'):
-    pipeline.panoptic_dataset(str(tmp_path / 'nothing-here*'), 'synthetic')
+    pipeline.panoptic_dataset(str(tmp_path / 'nothing-here*'), SYNTHETIC)
 
 
 @pytest.mark.parametrize('crop', [(128, 129), (641, 640), (100, 100)])
 def test_crop_size_violating_the_stride_is_named(tfrecord_dir, crop):
   with pytest.raises(ValueError, match=r'crop_size.*32 \* k \+ 1'):
-    pipeline.panoptic_dataset(os.path.join(tfrecord_dir, 'train-*'), 'synthetic',
+    pipeline.panoptic_dataset(os.path.join(tfrecord_dir, 'train-*'), SYNTHETIC,
                               crop_size=crop)
 
 
@@ -189,9 +191,17 @@ def test_eval_shrinks_images_larger_than_the_crop(tmp_path):
     writer.write(tfrecord_format.make_example(
         panoptic_format.encode_png(image), 'png', 'x.png', 'x', label, 256
     ).SerializeToString())
-  batch = next(iter(pipeline.panoptic_dataset(path, 'synthetic', is_training=False,
+  batch = next(iter(pipeline.panoptic_dataset(path, SYNTHETIC, is_training=False,
                                               crop_size=(129, 129), batch_size=1)))
   np.testing.assert_array_equal(batch[common.ORIGINAL_SIZE][0], [200, 300])
   np.testing.assert_array_equal(batch[common.VALID_SIZE][0], [86, 129])
   assert (batch[common.SEMANTIC][0, :86].numpy() == 4).all()
   assert (batch[common.SEMANTIC][0, 86:].numpy() == 255).all()
+
+
+def test_a_class_table_with_another_label_divisor_is_refused(tfrecord_dir):
+  other = dataclasses.replace(SYNTHETIC, label_divisor=512)
+  dataset = pipeline.panoptic_dataset(os.path.join(tfrecord_dir, 'val-*'), other,
+                                      is_training=False, crop_size=CROP, batch_size=1)
+  with pytest.raises(tf.errors.InvalidArgumentError, match='another label divisor'):
+    next(iter(dataset))

@@ -149,3 +149,62 @@ def test_bad_input_raises(tmp_path):
   with pytest.raises(ValueError, match='label_divisor'):
     submission.CityscapesPanopticWriter(
         str(tmp_path), dataclasses.replace(CITYSCAPES, label_divisor=4096))
+
+
+# A data set that is not built in: non-contiguous ids, more stuff than things.
+CUSTOM = dataset_info_lib.from_categories(
+    'custom', [{'id': i, 'name': f'c{i}', 'isthing': int(i in (3, 1001))}
+               for i in (1001, 17, 3, 90, 240, 5)], 256)
+
+
+def _write_coco_gt(folder, image_id, gt, info):
+  """Ground truth as COCO panoptic stores it: crowd = a thing's instance 0."""
+  segment_ids = np.zeros(gt.shape, np.int64)
+  segments = []
+  for index, panoptic_id in enumerate(np.unique(gt)):
+    train_id, instance = divmod(int(panoptic_id), info.label_divisor)
+    if train_id == info.ignore_label:
+      continue
+    mask = gt == panoptic_id
+    segment_ids[mask] = index + 1
+    segments.append({'id': index + 1, 'category_id': info.source_ids[train_id],
+                     'area': int(mask.sum()),
+                     'iscrowd': int(info.is_thing[train_id] and instance == 0)})
+  file_name = f'{image_id:012d}.png'
+  Image.fromarray(panoptic_format.id_to_rgb(segment_ids)).save(
+      os.path.join(folder, file_name))
+  return {'image_id': image_id, 'file_name': file_name, 'segments_info': segments}
+
+
+@pytest.mark.parametrize('submission_format', submission.FORMATS)
+def test_custom_submission_scores_the_same_as_ours_officially(tmp_path, submission_format):
+  """Both layouts, read back and scored by the official code (panopticapi's
+  `pq_compute`, as shipped in cityscapesscripts), give our PQ / SQ / RQ."""
+  rng = np.random.default_rng(2)
+  gt_folder = tmp_path / 'gt'
+  gt_folder.mkdir()
+  writer = submission.make_writer(submission_format, str(tmp_path / 'out'), CUSTOM)
+  ours = panoptic_quality.PanopticQuality(CUSTOM)
+  gt_annotations = {}
+  for image_id in range(1, 9):
+    gt, pred = random_panoptic.random_pair(rng, CUSTOM, shape=(32, 48))
+    gt_annotations[image_id] = _write_coco_gt(gt_folder, image_id, gt, CUSTOM)
+    writer.add(f'{image_id:012d}', pred)
+    ours.update(gt, pred)
+  json_path = writer.finalize()
+  with open(json_path) as f:
+    exported = json.load(f)
+  assert [c['id'] for c in exported['categories']] == [3, 5, 17, 90, 240, 1001]
+  categories = {c['id']: c for c in exported['categories']}
+  pairs = [(gt_annotations[int(a['image_id'])], a) for a in exported['annotations']]
+  assert len(pairs) == 8
+  assert any(s['iscrowd'] for gt, _ in pairs for s in gt['segments_info'])
+  stats = cs_eval.pq_compute_single_core(0, pairs, str(gt_folder),
+                                         os.path.splitext(json_path)[0], categories)
+  official = cs_eval.average_pq(stats, categories)
+  results = ours.result()
+  assert sum(stats[c].tp for c in categories) > 0
+  for name, suffix in (('All', ''), ('Things', '_th'), ('Stuff', '_st')):
+    for metric in ('pq', 'sq', 'rq'):
+      assert results[metric + suffix] == pytest.approx(100 * official[name][metric],
+                                                       abs=1e-9), (name, metric)

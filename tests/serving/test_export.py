@@ -60,6 +60,8 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent("""
                  'class_names': [c.decode() for c in loaded.class_names.numpy()],
                  'is_thing': loaded.is_thing.numpy().tolist(),
                  'label_divisor': int(loaded.label_divisor.numpy()),
+                 'category_ids': loaded.category_ids.numpy().tolist(),
+                 'ignore_label': int(loaded.ignore_label.numpy()),
                  'inputs': {k: str(v) for k, v in
                             serve.structured_input_signature[1].items()}}, f)
 """)
@@ -163,6 +165,8 @@ def _check_fresh_process_matches_keras(model, export_dir, tmp_path):
   assert metadata['class_names'] == list(INFO.class_names)
   assert metadata['is_thing'] == list(INFO.is_thing)
   assert metadata['label_divisor'] == INFO.label_divisor
+  assert metadata['category_ids'] == list(INFO.source_ids)
+  assert metadata['ignore_label'] == INFO.ignore_label
   assert 'shape=(None, None, None, 3)' in metadata['inputs']['images']
   assert 'dtype=tf.uint8' in metadata['inputs']['images']
 
@@ -230,6 +234,29 @@ def test_export_cli_serves_any_size_in_fresh_process_and_predicts(trained_run, i
         f'--export_dir={export_dir}'], cwd=REPO_ROOT)
   _check_fresh_process_matches_keras(model, export_dir, tmp_path)
   _check_predict_outputs(model_dir, export_dir, image_dir, tmp_path)
+  _check_predict_submission_cli(export_dir, image_dir, tmp_path)
+
+
+def _check_predict_submission_cli(export_dir, image_dir, tmp_path):
+  """predict --format=cityscapes: the visual outputs' segments, with category ids."""
+  out = tmp_path / 'submission'
+  _run([sys.executable, '-m', 'cmt_deeplab_tf.predict', f'--saved_model={export_dir}',
+        f'--image_dir={image_dir}', f'--output_dir={out}', '--format=cityscapes'],
+       cwd=REPO_ROOT)
+  data = json.loads((out / 'cityscapes_panoptic_val.json').read_text())
+  assert [c['id'] for c in data['categories']] == list(INFO.source_ids)
+  assert sorted(a['image_id'] for a in data['annotations']) == ['a', 'b']
+  for annotation in data['annotations']:
+    ids = panoptic_format.rgb_to_id(
+        _read_png(out / 'cityscapes_panoptic_val' / annotation['file_name']))
+    panoptic = panoptic_format.rgb_to_id(
+        _read_png(tmp_path / 'from_saved_model' / f"{annotation['image_id']}_panoptic_ids.png"))
+    void = common.IGNORE_LABEL * INFO.label_divisor
+    assert len(annotation['segments_info']) == len(set(np.unique(panoptic)) - {void}) > 0
+    for segment in annotation['segments_info']:
+      [panoptic_id] = np.unique(panoptic[ids == segment['id']])
+      assert INFO.source_ids[panoptic_id // INFO.label_divisor] == segment['category_id']
+      assert segment['area'] == int((panoptic == panoptic_id).sum())
 
 
 def test_load_model_errors_name_the_path(trained_run, tmp_path):
@@ -273,5 +300,5 @@ def test_predict_errors_name_the_flag(image_dir, tmp_path):
   with pytest.raises(ValueError, match='--image_dir=.*missing is not a directory'):
     predict.predict_images(str(tmp_path / 'missing'), output_dir, saved_model='a')
   with pytest.raises(ValueError, match='--dataset=coco has 133 classes'):
-    predict.resolve_dataset_info('synthetic', 'coco')
-  assert predict.resolve_dataset_info('synthetic', None) == INFO
+    predict.resolve_dataset_info(INFO, 'coco')
+  assert predict.resolve_dataset_info(INFO, None) == INFO
