@@ -5,27 +5,24 @@ r"""Imports a DeepLab2 checkpoint into a run directory of this package.
       --model_dir=runs/max_s_deeplab2 --gin_file=gin_configs/coco/max_deeplab_s.gin
 
 Builds the model the gin configuration describes (`build_model`, with the
-classes of `ExperimentConfig.dataset_name`), maps the checkpoint onto it
+classes of the run's class table: `ExperimentConfig`'s shards or `dataset_name`), maps the checkpoint onto it
 (`cmt_deeplab_tf.checkpoints.deeplab2`: DeepLab2's object-based layout, or Model
 Garden's with `backbone/_encoder/`) and writes `--model_dir` as a run directory:
 a checkpoint at step 0 (the model and the global step) and the operative gin
-config. `train` resumes (fine-tunes) from it; `train --mode=eval`, `export`,
+config and the class table. `train` resumes (fine-tunes) from it; `train --mode=eval`, `export`,
 `predict` and `visualize` read it as any run. It prints every mapped variable,
 every skipped checkpoint key with its reason (bookkeeping, optimizer slots,
 training-only heads) and our variables that keep their initial values; a shape
 mismatch, an unknown layout or a checkpoint variable that maps nowhere stops it
 with an error naming the variable.
 """
-import os
-
 from absl import app
 from absl import flags
 from absl import logging
-import gin
 import tensorflow as tf
 
+from cmt_deeplab_tf import run_dir
 from cmt_deeplab_tf.checkpoints import deeplab2
-from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.training import train_lib
 
@@ -60,8 +57,7 @@ def import_checkpoint(checkpoint_path: str, model_dir: str,
     raise ValueError(f'--model_dir={model_dir} already holds a checkpoint; '
                      'import into a new directory.')
   checkpoint = deeplab2.DeepLab2Checkpoint(checkpoint_path)
-  info = dataset_info_lib.get_dataset_info(
-      train_lib.ExperimentConfig().dataset_name)
+  info = train_lib.resolve_dataset_info(train_lib.ExperimentConfig())
   strategy = tf.distribute.get_strategy()
   model = builder.build_model(num_classes=info.num_classes)
   train_lib.create_all_variables(model, strategy)  # Training-only heads too.
@@ -71,9 +67,8 @@ def import_checkpoint(checkpoint_path: str, model_dir: str,
   tf.train.CheckpointManager(
       tf.train.Checkpoint(model=model, global_step=global_step), model_dir,
       max_to_keep=1).save(checkpoint_number=0)
-  with tf.io.gfile.GFile(os.path.join(model_dir, train_lib.CONFIG_FILE),
-                         'w') as f:
-    f.write(gin.operative_config_str())
+  run_dir.write_operative_config(model_dir)
+  run_dir.record_class_table(model_dir, info)
   return plan
 
 
