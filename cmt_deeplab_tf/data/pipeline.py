@@ -64,9 +64,13 @@ def _eval_example(decoded: Dict[str, tf.Tensor], crop_size,
           common.VALID_SIZE: valid_size, common.ORIGINAL_SIZE: original_size}
 
 
-@gin.configurable
-def panoptic_dataset(file_pattern: str = gin.REQUIRED,
-                     dataset_name: str = gin.REQUIRED,
+# Set by the caller from `ExperimentConfig` (train_lib): binding them here is a
+# parse-time error.
+@gin.configurable(denylist=['file_pattern', 'dataset_name', 'is_training',
+                            'batch_size', 'crop_size', 'max_num_masks', 'seed',
+                            'input_context'])
+def panoptic_dataset(file_pattern: str,
+                     dataset_name: str,
                      is_training: bool = True,
                      batch_size: int = 8,
                      crop_size: Sequence[int] = (641, 641),

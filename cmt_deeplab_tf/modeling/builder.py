@@ -22,6 +22,7 @@ max_deeplab_s / cmt_deeplab_s / cmt_deeplab_l (paper: 61.9M / 94.9M / 135.2M);
 import gin
 
 from cmt_deeplab_tf.modeling import cmt_deeplab
+from cmt_deeplab_tf.modeling import gin_checks
 from cmt_deeplab_tf.modeling import max_deeplab
 from cmt_deeplab_tf.modeling import rfn
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
@@ -70,6 +71,9 @@ def cmt_deeplab_l_rfn(num_classes, num_clusters,
 
 def tiny(num_classes, num_clusters, decoder_blocks=(1, 1, 1)):
   """A small CMT-DeepLab for CPU tests and the demo, all CMT mechanisms on."""
+  gin_checks.reject_bindings('AxialResNet',
+                             ('width_multiplier', 'drop_path_rate'),
+                             "build_model(name='tiny')")
   backbone = axial_resnet.AxialResNet(
       num_blocks=(1, 1, 1, 1), width_multiplier=_TINY_BACKBONE_WIDTH,
       drop_path_rate=0.0, name='tiny_axial_resnet')

@@ -18,6 +18,7 @@ import math
 import gin
 import tf_keras
 
+from cmt_deeplab_tf.modeling import gin_checks
 from cmt_deeplab_tf.modeling.layers import blocks
 from cmt_deeplab_tf.modeling.layers import stems
 
@@ -103,7 +104,7 @@ def build_stage_blocks(stage, num_blocks, output_stride=16,
   return stage_blocks
 
 
-@gin.configurable
+@gin.configurable(denylist=['num_blocks', 'name'])  # Set by the factories.
 class AxialResNet(tf_keras.Model):
   """Inception stem and stages 2-5 of (Axial-)ResNet; returns res2..res5."""
 
@@ -181,24 +182,24 @@ class AxialResNet(tf_keras.Model):
     return endpoints
 
 
-@gin.configurable
 def axial_r50(**kwargs):
   """Axial-R50: ResNet-50-beta (3-4-6-3) with axial blocks from stride 16."""
   return AxialResNet(num_blocks=(3, 4, 6, 3), name='axial_r50', **kwargs)
 
 
-@gin.configurable
 def axial_r104(**kwargs):
   """Axial-R104: Axial-R50 with four times the stage-4 blocks (3-4-24-3)."""
   return AxialResNet(num_blocks=(3, 4, 24, 3), name='axial_r104', **kwargs)
 
 
-@gin.configurable
 def resnet50(**kwargs):
   """ResNet-50-beta (inception stem, 3-4-6-3) without axial attention.
 
-  No drop path by default, as DeepLab2's `ResNet50Beta`.
+  No drop path, as DeepLab2's `ResNet50Beta`.
   """
+  gin_checks.reject_bindings('AxialResNet',
+                             ('use_axial_beyond_stride', 'drop_path_rate'),
+                             'resnet50()')
   kwargs.setdefault('drop_path_rate', 0.0)
   return AxialResNet(num_blocks=(3, 4, 6, 3), use_axial_beyond_stride=0,
                      name='resnet50', **kwargs)

@@ -229,6 +229,18 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
       raise ValueError(f'filters ({filters}) must be divisible by num_heads '
                        f'({num_heads}).')
     super().__init__(name=name)
+    self._config = dict(
+        filters=filters, center_channels=center_channels, num_heads=num_heads,
+        feed_forward_channels=feed_forward_channels,
+        use_clustering_update=use_clustering_update,
+        use_cross_attention_update=use_cross_attention_update,
+        use_center_self_attention=use_center_self_attention,
+        use_assignment_residual=use_assignment_residual,
+        update_pixels=update_pixels,
+        pixel_update_from_assignment=pixel_update_from_assignment,
+        reference_mask=reference_mask,
+        use_coordinate_features=use_coordinate_features,
+        drop_path_rate=drop_path_rate, implementation=implementation)
     self._filters = filters
     self._center_channels = center_channels
     self._num_heads = num_heads
@@ -249,6 +261,10 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
                              else attention.MultiHeadAttention)
     self._assignment_class = (fast_path.PixelsQueryCenters if self._fused else
                               Assignment)
+
+  def get_config(self):
+    """The constructor arguments (Keras serialisation; what gin bound)."""
+    return {**super().get_config(), **self._config}
 
   @property
   def computes_assignment(self):

@@ -12,7 +12,7 @@ import tf_keras
 from cmt_deeplab_tf.modeling.layers import conv_bn
 
 
-@gin.configurable
+@gin.configurable(denylist=['width_multiplier'])
 class InceptionStem(tf_keras.layers.Layer):
   """Three 3x3 conv-BN-ReLU layers; output stride 2."""
 
