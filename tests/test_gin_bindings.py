@@ -217,6 +217,10 @@ def test_a_cmt_switch_bound_for_max_deeplab_is_an_error_naming_it():
                      match='ClusteringTransformerLayer.update_pixels'):
     transformer_decoder.TransformerDecoder(['decoder_stage0_block0'],
                                            dual_path=True)
+  # A binding to the value the dual-path layer sets anyway is honoured.
+  gin.bind_parameter('ClusteringTransformerLayer.update_pixels', True)
+  transformer_decoder.TransformerDecoder(['decoder_stage0_block0'],
+                                         dual_path=True)
 
 
 @pytest.mark.parametrize('binding', ['AxialResNet.width_multiplier',

@@ -71,12 +71,12 @@ def cmt_deeplab_l_rfn(num_classes, num_clusters,
 
 def tiny(num_classes, num_clusters, decoder_blocks=(1, 1, 1)):
   """A small CMT-DeepLab for CPU tests and the demo, all CMT mechanisms on."""
-  gin_checks.reject_bindings('AxialResNet',
-                             ('width_multiplier', 'drop_path_rate'),
+  backbone_widths = dict(width_multiplier=_TINY_BACKBONE_WIDTH,
+                         drop_path_rate=0.0)
+  gin_checks.reject_bindings('AxialResNet', backbone_widths,
                              "build_model(name='tiny')")
   backbone = axial_resnet.AxialResNet(
-      num_blocks=(1, 1, 1, 1), width_multiplier=_TINY_BACKBONE_WIDTH,
-      drop_path_rate=0.0, name='tiny_axial_resnet')
+      num_blocks=(1, 1, 1, 1), name='tiny_axial_resnet', **backbone_widths)
   return cmt_deeplab.build_network(
       backbone, num_classes, num_clusters, decoder_blocks,
       width_multiplier=_TINY_HEAD_WIDTH, num_heads=_TINY_HEADS, name='tiny')

@@ -11,20 +11,21 @@ transformer layer, the widths of the tiny model) first calls
 import gin
 
 
-def reject_bindings(configurable, parameters, caller):
-  """Raises if gin binds any of `parameters` of `configurable`.
+def reject_bindings(configurable, values, caller):
+  """Raises if gin binds a parameter of `configurable` to another value.
 
   Args:
     configurable: The gin name of the configurable, e.g. 'AxialResNet'.
-    parameters: Names of the parameters `caller` passes explicitly.
+    values: {parameter: value} that `caller` passes explicitly.
     caller: Who sets them, for the message (e.g. "build_model(name='tiny')").
 
   Raises:
-    ValueError: Naming the first bound parameter, its value and the caller.
+    ValueError: Naming the first such binding, its value and the caller's.
   """
   bindings = gin.get_bindings(configurable)
-  for parameter in sorted(set(parameters) & set(bindings)):
-    raise ValueError(
-        f'The gin binding {configurable}.{parameter} = '
-        f'{bindings[parameter]!r} cannot be honoured: {caller} sets '
-        f'{parameter} itself. Remove the binding.')
+  for parameter in sorted(set(values) & set(bindings)):
+    if bindings[parameter] != values[parameter]:
+      raise ValueError(
+          f'The gin binding {configurable}.{parameter} = '
+          f'{bindings[parameter]!r} cannot be honoured: {caller} sets '
+          f'{parameter} = {values[parameter]!r} itself. Remove the binding.')

@@ -197,9 +197,9 @@ def resnet50(**kwargs):
 
   No drop path, as DeepLab2's `ResNet50Beta`.
   """
+  kwargs = {'drop_path_rate': 0.0, **kwargs}
   gin_checks.reject_bindings('AxialResNet',
-                             ('use_axial_beyond_stride', 'drop_path_rate'),
+                             {'use_axial_beyond_stride': 0, **kwargs},
                              'resnet50()')
-  kwargs.setdefault('drop_path_rate', 0.0)
   return AxialResNet(num_blocks=(3, 4, 6, 3), use_axial_beyond_stride=0,
                      name='resnet50', **kwargs)

@@ -61,7 +61,7 @@ class ResizedFuse(tf_keras.layers.Layer):
     return tf.nn.relu(tf.add_n(fused))
 
 
-@gin.configurable(denylist=['num_blocks', 'width_multiplier', 'name'])
+@gin.configurable(denylist=['num_blocks', 'width_multiplier'])
 class PixelDecoder(tf_keras.layers.Layer):
   """Stacked decoder stages at strides 16, 8 and 4."""
 

@@ -58,7 +58,7 @@ class TransformerState:
 _SET_BY_BUILD_NETWORK = ('locations', 'location_strides', 'num_clusters',
                          'center_channels', 'filters', 'num_heads',
                          'feed_forward_channels', 'dual_path',
-                         'learn_initial_centers', 'name')
+                         'learn_initial_centers')
 
 
 @gin.configurable(denylist=_SET_BY_BUILD_NETWORK)
