@@ -79,6 +79,11 @@ def _post_processor(parameter, value):
   return f'PostProcessor.{parameter}', value, check
 
 
+def _training_dataset(config):
+  """The training dataset as train_lib builds it."""
+  return train_lib._dataset_fn(config, True)()  # pylint: disable=protected-access
+
+
 def _random_scale_arguments(monkeypatch, tfrecord_dir):
   """The scale arguments the training pipeline (as train_lib builds it) uses."""
   seen = {}
@@ -92,7 +97,7 @@ def _random_scale_arguments(monkeypatch, tfrecord_dir):
       dataset_name='synthetic',
       train_file_pattern=os.path.join(tfrecord_dir, 'train-*'),
       train_batch_size=1, train_crop_size=(33, 33), max_num_masks=4)
-  next(iter(train_lib._dataset_fn(config, True)()))  # pylint: disable=protected-access
+  next(iter(_training_dataset(config)))
   return seen
 
 
@@ -180,7 +185,7 @@ def test_shuffle_buffer_size_binding_reaches_the_training_pipeline(
       train_file_pattern=os.path.join(tfrecord_dir, 'train-*'))
   with pytest.raises((ValueError, tf.errors.InvalidArgumentError),
                      match='buffer_size'):
-    next(iter(train_lib._dataset_fn(config, True)()))  # pylint: disable=protected-access
+    next(iter(_training_dataset(config)))
 
 
 @pytest.mark.parametrize('binding', [
@@ -236,8 +241,9 @@ def test_build_network_honours_location_strides():
   filters = [layer.get_config()['filters']
              for layer in network.transformer.transformer_layers.values()]
   derived = cmt_test_utils.tiny_network()
-  derived_filters = [layer.get_config()['filters']
-                     for layer in derived.transformer.transformer_layers.values()]
+  derived_filters = [
+      layer.get_config()['filters']
+      for layer in derived.transformer.transformer_layers.values()]
   assert filters == [filters[0]] * 3
   assert derived_filters == [filters[0], filters[0] // 2, filters[0] // 4]
   with pytest.raises(ValueError, match='location_strides'):

@@ -184,4 +184,5 @@ def test_run_backbone_runs_the_hook_and_averages_the_fusion(model):
     np.testing.assert_allclose(hooked[endpoint], expected[endpoint],
                                atol=1e-5)
     np.testing.assert_allclose(plain[endpoint], unhooked[endpoint], atol=1e-5)
-  assert np.abs(hooked[axial_resnet.RES5] - plain[axial_resnet.RES5]).max() > 1e-3
+  assert np.abs(hooked[axial_resnet.RES5] -
+                plain[axial_resnet.RES5]).max() > 1e-3

@@ -30,8 +30,8 @@ def _randomize(layer, seed):
     if name.endswith('moving_variance:0'):
       value = rng.uniform(0.3, 2.0, variable.shape)
     elif name.endswith('gamma:0'):
-      value = rng.uniform(0.5, 1.5, variable.shape) * rng.choice([-1, 1],
-                                                                  variable.shape)
+      value = (rng.uniform(0.5, 1.5, variable.shape) *
+               rng.choice([-1, 1], variable.shape))
     elif name.endswith(('moving_mean:0', 'beta:0')):
       value = 0.3 * rng.standard_normal(variable.shape)
     else:

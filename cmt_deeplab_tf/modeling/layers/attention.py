@@ -143,7 +143,7 @@ class MultiHeadAttention(tf_keras.layers.Layer):
     return tf.nn.softmax(logits, axis=_SOFTMAX_AXES[self.softmax_over])
 
   def retrieve(self, weights, value, training=None, transpose_weights=False):
-    """output = act(BN(concat_h weights_h value_h)): aggregation, BN, activation.
+    """Aggregation, BN and activation: act(BN(concat_h weights_h value_h)).
 
     Args:
       weights: float32 [B, heads, Lq, Lk] attention weights, normalised as

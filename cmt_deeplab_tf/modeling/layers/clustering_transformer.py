@@ -7,7 +7,8 @@ implementation computes, in this order (each step is marked `# (Sk)` on its
 line in `ClusteringTransformerLayer.call` and the methods named here):
 
   (S1) coordinate features      P~ = [P, y, x], (y, x) in [-1, 1]
-                                `_pixel_inputs`; `reference_mask.coordinate_features`
+                                `_pixel_inputs`,
+                                `reference_mask.coordinate_features`
        projections              K_p, V_p = LinearBN(ReLU(LinearBN(P~)));
                                 Q_c, K_c, V_c likewise from C   (`call`)
   (S2) reference-mask prior     log r_n(p) = log sigmoid(g_n(p)), g_n the
@@ -15,6 +16,7 @@ line in `ClusteringTransformerLayer.call` and the methods named here):
                                 `reference_mask.log_reference_prior`
   (S3) residual assignment      L = BN_h(Q_c K_p^T) + L_prev + log r,
                                 L_prev the previous layer's head-mean logits
+                                resized to this layer's grid
                                 `_assignment_bias`, `Assignment.__init__`
   (S4) assignment softmax       A = softmax over the N clusters of L,
                                 [heads, N, HW]   `Assignment.__init__`
@@ -22,7 +24,8 @@ line in `ClusteringTransformerLayer.call` and the methods named here):
                                 `Assignment.centers_from_pixels`
   (S6) cross-attention update   U_att = ReLU(BN(softmax over [pixels; centers]
                                 of BN_h(Q_c [K_p; K_c]^T) [V_p; V_c]))  (`call`)
-       center update            C' = ReLU(C + LinearBN(U_clu) + LinearBN(U_att)),
+       center update            C' = ReLU(C + LinearBN(U_clu)
+                                          + LinearBN(U_att)),
                                 C'' = ReLU(C' + FFN(C'))   (`call`)
   (S7) pixel update             P' = ReLU(P + LinearBN(ReLU(BN(A^T V_c))))
                                 `Assignment.pixels_from_centers`,

@@ -139,7 +139,7 @@ class FusedMultiHeadAttention(attention.MultiHeadAttention):
     return logits, offset[:, tf.newaxis, tf.newaxis]
 
   def attend(self, query, key, logit_bias=None, training=None):
-    """As `MultiHeadAttention.attend`; the offset goes to the mean logits only."""
+    """As `MultiHeadAttention.attend`; the offset goes to the mean logits."""
     logits, offset = self._shifted_logits(query, key, logit_bias, training)
     mean_logits = attention.mean_over_heads(logits)
     if offset is not None:
