@@ -88,7 +88,11 @@ def _tfrecord_examples(file_pattern: str, is_training: bool, cycle_length: int,
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not is_training)
 
 
-@gin.configurable
+# Set by the caller from `ExperimentConfig` (train_lib): binding them here is a
+# parse-time error.
+@gin.configurable(denylist=['file_pattern', 'dataset_info', 'is_training',
+                            'batch_size', 'crop_size', 'max_num_masks', 'seed',
+                            'tfds_source', 'input_context'])
 def panoptic_dataset(file_pattern: Optional[str] = None,
                      dataset_info: Optional[dataset_info_lib.DatasetInfo] = None,
                      is_training: bool = True,

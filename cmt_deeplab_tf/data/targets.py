@@ -79,8 +79,3 @@ def _keep_largest(is_labeled: tf.Tensor, pixel_to_id: tf.Tensor,
     return tf.scatter_nd(top[:, None], tf.ones_like(top, tf.bool), tf.shape(is_labeled))
   num_labeled = tf.reduce_sum(tf.cast(is_labeled, tf.int32))
   return tf.cond(num_labeled > max_num_masks, largest, lambda: is_labeled)
-
-
-def masks_from_index(mask_index: tf.Tensor, max_num_masks: int) -> tf.Tensor:
-  """Materialises ground-truth masks: [..., H, W] indices -> [..., H, W, M] in {0, 1}."""
-  return tf.one_hot(mask_index, max_num_masks, dtype=tf.float32)

@@ -43,7 +43,7 @@ AUX_PREFIX = 'aux/'
 FIRST_NETWORK_PREFIX = 'first_network/'
 
 
-@gin.configurable
+@gin.configurable(denylist=['num_classes', 'global_batch_size'])  # The run's.
 class PanopticLoss:
   """Computes the weighted loss terms of one (per-replica) batch.
 

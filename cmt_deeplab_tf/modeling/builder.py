@@ -29,6 +29,7 @@ DeepLab2's 1/8-width MaX-DeepLab-S.
 import gin
 
 from cmt_deeplab_tf.modeling import cmt_deeplab
+from cmt_deeplab_tf.modeling import gin_checks
 from cmt_deeplab_tf.modeling import max_deeplab
 from cmt_deeplab_tf.modeling import rfn
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
@@ -104,10 +105,12 @@ def tiny(num_classes, num_clusters, decoder_blocks=(1, 1, 1),
   Its own widths (backbone 1/8, heads and transformer 1/4) times
   `width_multiplier`.
   """
+  backbone_widths = dict(width_multiplier=_TINY_BACKBONE_WIDTH * width_multiplier,
+                         drop_path_rate=0.0)
+  gin_checks.reject_bindings('AxialResNet', backbone_widths,
+                             "build_model(name='tiny')")
   backbone = axial_resnet.AxialResNet(
-      num_blocks=(1, 1, 1, 1),
-      width_multiplier=_TINY_BACKBONE_WIDTH * width_multiplier,
-      drop_path_rate=0.0, name='tiny_axial_resnet')
+      num_blocks=(1, 1, 1, 1), name='tiny_axial_resnet', **backbone_widths)
   head_width = _TINY_HEAD_WIDTH * width_multiplier
   return cmt_deeplab.build_network(
       backbone, num_classes, num_clusters, decoder_blocks,

@@ -14,7 +14,6 @@ training-only `semantic_head` split the parameters as the paper counts them.
 [2] MaX-DeepLab: End-to-End Panoptic Segmentation with Mask Transformers,
     Wang et al., CVPR 2021.
 """
-import gin
 import tensorflow as tf
 import tf_keras
 
@@ -68,7 +67,6 @@ def _reference_mask_logits(layer_outputs, height, width):
   return reference_mask.gaussian_mask_logits(parameters, height, width)
 
 
-@gin.configurable
 class CMTDeepLab(tf_keras.Model):
   """Backbone + pixel decoder + transformer layers + heads."""
 
@@ -204,8 +202,9 @@ def build_network(backbone, num_classes, num_clusters, decoder_blocks,
     decoder_blocks: Pixel-decoder blocks at strides 16, 8, 4.
     transformer_locations: Blocks followed by a transformer layer; by default
       every pixel-decoder block (CMT-DeepLab).
-    location_strides: Pixel stride at each location (derived for the
-      default locations; 16 otherwise).
+    location_strides: Pixel stride at each location (it scales the layer's
+      widths and heads, see `TransformerDecoder`); by default derived for the
+      default locations, 16 for given ones.
     dual_path: MaX-DeepLab dual-path layers instead of CMT layers.
     width_multiplier: Scales decoder, center, feed-forward and head widths
       with DeepLab2's rounding int(round(c * w)) (256-wide centers, FFN 2048,
@@ -233,8 +232,9 @@ def build_network(backbone, num_classes, num_clusters, decoder_blocks,
   if transformer_locations is None:
     transformer_locations = transformer_decoder.all_block_locations(
         transformer_decoder.DECODER, decoder_blocks)
-    location_strides = transformer_decoder.decoder_block_strides(
-        decoder_blocks)
+    if location_strides is None:
+      location_strides = transformer_decoder.decoder_block_strides(
+          decoder_blocks)
   decoder = pixel_decoder_lib.PixelDecoder(
       num_blocks=decoder_blocks, width_multiplier=width_multiplier)
   transformer = transformer_decoder.TransformerDecoder(

@@ -103,7 +103,7 @@ def _gather_per_pixel(per_slot: tf.Tensor, slot_map: tf.Tensor) -> tf.Tensor:
   return tf.gather(per_slot, slot_map, batch_dims=1)
 
 
-@gin.configurable
+@gin.configurable(denylist=['is_thing', 'label_divisor'])  # The data set's.
 class PostProcessor:
   """Post-processes CLASS_LOGITS and MASK_LOGITS into panoptic predictions."""
 

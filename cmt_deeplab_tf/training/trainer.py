@@ -21,7 +21,6 @@ from cmt_deeplab_tf.ops import post_processing
 from cmt_deeplab_tf.training import optimization
 
 LEARNING_RATE = 'learning_rate'
-GRADIENT_NORM = 'gradient_norm'
 
 _EVAL_KEYS = (common.PANOPTIC, common.SEMANTIC, common.VALID_SIZE)
 _PRED_KEYS = (common.PANOPTIC_PRED, common.SEMANTIC_PRED)

@@ -63,12 +63,24 @@ def test_perfect_prediction_has_lower_loss_than_random():
   perfect_mask[0, 1, :, 1] = 10.0
   matching = matching_lib.Matching(gt_to_pred=tf.constant([[0, 1, -1]]),
                                    pred_to_gt=tf.constant([[0, 1, -1]]))
-  class_term, mask_term = pq_style.pq_style_loss(
-      tf.constant(perfect_class), tf.constant(perfect_mask), tiny_case.targets(),
-      matching)
-  assert class_term.numpy()[0] < 1e-3
+
+  def loss(class_logits, mask_logits):
+    terms = pq_style.pq_style_loss(tf.constant(class_logits),
+                                   tf.constant(mask_logits),
+                                   tiny_case.targets(), matching)
+    return [term.numpy()[0] for term in terms]
+
+  perfect_class_term, perfect_mask_term = loss(perfect_class, perfect_mask)
+  assert perfect_class_term < 1e-3
   # Only the Dice smoothing and the void pixel keep the mask term above zero.
-  assert mask_term.numpy()[0] < 1e-3
+  assert perfect_mask_term < 1e-3
+  rng = np.random.default_rng(1)
+  for _ in range(5):
+    random_class_term, random_mask_term = loss(
+        rng.normal(size=perfect_class.shape).astype(np.float32),
+        rng.normal(size=perfect_mask.shape).astype(np.float32))
+    assert random_class_term > perfect_class_term + 0.1
+    assert random_mask_term > perfect_mask_term + 0.01
 
 
 def test_rejects_bad_positive_weight():

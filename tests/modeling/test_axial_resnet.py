@@ -78,10 +78,10 @@ def test_linear_drop_path_schedule():
     axial_resnet.drop_path_rate_at(32, 0.2, 'cosine', 16)
 
 
-def test_gin_configures_factories_and_blocks():
+def test_gin_configures_the_backbone_and_its_blocks():
   with gin.unlock_config():
     gin.parse_config("""
-        axial_r50.output_stride = 32
+        AxialResNet.output_stride = 32
         AxialResNet.drop_path_schedule = 'constant'
         AxialResNet.drop_path_rate = 0.5
     """)

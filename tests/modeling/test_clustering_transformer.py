@@ -204,9 +204,11 @@ def _max_attention(attention_layer, query, key, value, num_heads):
   return np.maximum(_norm(attention_layer._value_norm, output), 0.0)
 
 
-def test_dual_path_switches_compute_max_deeplab_dual_path_layer():
+@pytest.mark.parametrize('implementation', [ct.PLAIN, ct.FUSED])
+def test_dual_path_switches_compute_max_deeplab_dual_path_layer(
+    implementation):
   """NumPy re-derivation of DeepLab2's DualPathTransformerLayer (inference)."""
-  layer = _layer(**ct.DUAL_PATH_SWITCHES)
+  layer = _layer(**ct.DUAL_PATH_SWITCHES, implementation=implementation)
   pixels, centers = _inputs(seed=3, activated=False)
   outputs = layer(pixels, centers, training=False)
   heads = SMALL['num_heads']
@@ -266,12 +268,14 @@ def _softmax(x, axis):
   return e / e.sum(axis=axis, keepdims=True)
 
 
-def test_cmt_layer_matches_a_numpy_derivation_with_centers_as_queries():
+@pytest.mark.parametrize('implementation', [ct.PLAIN, ct.FUSED])
+def test_cmt_layer_matches_a_numpy_derivation_with_centers_as_queries(
+    implementation):
   """Inference of the default CMT layer, re-derived in NumPy the way the paper
   states it (centers query the pixels; the assignment is a softmax over the
   center axis; non-separable Gaussian prior), with non-trivial batch-norm
-  statistics. Guards the [B, heads, HW, N] reformulation of the layer."""
-  layer = _layer()
+  statistics, for both implementations."""
+  layer = _layer(implementation=implementation)
   _randomize_norm_statistics(layer)
   pixels, centers = _inputs(seed=5, activated=False)
   previous = tf.random.stateless_normal([2, 7, 9, NUM_CENTERS], [7, 8])

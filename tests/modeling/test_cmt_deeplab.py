@@ -141,19 +141,53 @@ def test_mixed_bfloat16_outputs_float32():
     assert np.all(np.isfinite(outputs[key].numpy()))
 
 
-def test_run_backbone_matches_backbone_call_and_averages_fusion(model):
+def _backbone_block_by_block(backbone, images, after_block):
+  """The endpoints of a ReLU `AxialResNet`, stem and blocks called one by one:
+  the hook acts on each block's unactivated output, the next block reads it
+  activated."""
+  x = backbone.stem(images, training=False)
+  endpoints = {}
+  for stage_index, blocks in enumerate(backbone.stages):
+    for block_index, block in enumerate(blocks):
+      preactivation = after_block(
+          stage_index, block_index,
+          block(x, training=False, activate_output=False))
+      x = tf.nn.relu(preactivation)
+    endpoints[axial_resnet.PREACTIVATIONS[stage_index]] = preactivation
+    endpoints[axial_resnet.ENDPOINTS[stage_index]] = x
+  return endpoints
+
+
+def test_run_backbone_runs_the_hook_and_averages_the_fusion(model):
+  """Against the blocks called one by one: the hook runs after every block,
+  the RFN fusion averages into the last stride-4 block's output, and the
+  later stages read the fused features."""
   images = _images(33, 33)
   backbone = model.backbone
-  expected = backbone(images, training=False)
-  fusion = tf.random.stateless_normal(expected[axial_resnet.RES2].shape,
-                                      [3, 4])
-  fused = cmt_deeplab.run_backbone(backbone, images, training=False,
-                                   res2_fusion=fusion)
-  # Averaged into the unactivated stride-4 features, then activated.
-  average = (expected[axial_resnet.STAGE2] + fusion) / 2
-  np.testing.assert_allclose(fused[axial_resnet.STAGE2], average, atol=1e-5)
-  np.testing.assert_allclose(fused[axial_resnet.RES2], tf.nn.relu(average),
-                             atol=1e-5)
+  last_res2_block = len(backbone.stages[0]) - 1
+  fusion = tf.random.stateless_normal([2, 9, 9, 32], [3, 4])
+  calls = []
+
+  def hook(stage, block, features):
+    calls.append((stage, block))
+    return features * 0.5 + 1.0
+
+  def expected_hook(stage, block, features):
+    features = features * 0.5 + 1.0
+    if (stage, block) == (0, last_res2_block):
+      features = 0.5 * (features + fusion)
+    return features
+
+  expected = _backbone_block_by_block(backbone, images, expected_hook)
+  hooked = cmt_deeplab.run_backbone(backbone, images, training=False,
+                                    after_block=hook, res2_fusion=fusion)
+  assert calls == [(s, b) for s, blocks in enumerate(backbone.stages)
+                   for b in range(len(blocks))]
   plain = cmt_deeplab.run_backbone(backbone, images, training=False)
-  np.testing.assert_allclose(plain[axial_resnet.RES5],
-                             expected[axial_resnet.RES5], atol=1e-5)
+  unhooked = _backbone_block_by_block(backbone, images, lambda s, b, x: x)
+  for endpoint in axial_resnet.ENDPOINTS + axial_resnet.PREACTIVATIONS:
+    np.testing.assert_allclose(hooked[endpoint], expected[endpoint],
+                               atol=1e-5)
+    np.testing.assert_allclose(plain[endpoint], unhooked[endpoint], atol=1e-5)
+  assert np.abs(hooked[axial_resnet.RES5] -
+                plain[axial_resnet.RES5]).max() > 1e-3

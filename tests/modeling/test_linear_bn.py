@@ -1,10 +1,13 @@
-"""Tests of the projection + batch norm, folded at inference."""
+"""Tests of the projection + batch norm (the fused form: test_fast_path.py)."""
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
 
+from cmt_deeplab_tf.modeling.layers import fast_path
 from cmt_deeplab_tf.modeling.layers import linear_bn
+
+_CLASSES = [linear_bn.LinearBN, fast_path.FusedLinearBN]
 
 
 def _randomise_statistics(layer, seed):
@@ -27,35 +30,18 @@ def _numpy_linear_bn(x, layer, use_relu):
   return np.maximum(y, 0.0) if use_relu else y
 
 
+@pytest.mark.parametrize('layer_class', _CLASSES)
 @pytest.mark.parametrize('use_relu', [False, True])
-def test_inference_folds_the_norm_into_the_projection(use_relu):
+def test_inference_equals_the_unfolded_formula(layer_class, use_relu):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, 7, 5)).astype(np.float32)
-  layer = linear_bn.LinearBN(4, use_relu=use_relu)
+  layer = layer_class(4, use_relu=use_relu)
   layer(x, training=True)  # Builds the layer along the Keras (training) path.
   _randomise_statistics(layer, 1)
   expected = _numpy_linear_bn(x, layer, use_relu)
   np.testing.assert_allclose(layer(x, training=False), expected, rtol=1e-5,
                              atol=1e-5)
   np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
-
-
-def test_a_list_of_inputs_is_projected_as_their_concatenation():
-  rng = np.random.default_rng(2)
-  x = rng.normal(size=(3, 6, 5)).astype(np.float32)
-  extra = rng.normal(size=(3, 6, 2)).astype(np.float32)
-  layer = linear_bn.LinearBN(4, use_relu=True)
-  layer([x, extra], training=False)  # Built first at inference.
-  assert layer._dense.kernel.shape == (7, 4)
-  _randomise_statistics(layer, 3)
-  concatenated = np.concatenate([x, extra], axis=-1)
-  np.testing.assert_allclose(layer([x, extra], training=False),
-                             _numpy_linear_bn(concatenated, layer, True),
-                             rtol=1e-5, atol=1e-5)
-  # Training: the Keras norm with batch statistics on the concatenation.
-  np.testing.assert_allclose(layer([x, extra], training=True),
-                             layer(concatenated, training=True), rtol=1e-5,
-                             atol=1e-5)
 
 
 def test_training_uses_batch_statistics():
@@ -66,10 +52,11 @@ def test_training_uses_batch_statistics():
   np.testing.assert_allclose(y.std(axis=0), 1.0, atol=1e-2)
 
 
-def test_folded_inference_under_mixed_bfloat16():
+@pytest.mark.parametrize('layer_class', _CLASSES)
+def test_inference_under_mixed_bfloat16(layer_class):
   tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
   try:
-    layer = linear_bn.LinearBN(4, use_relu=True)
+    layer = layer_class(4, use_relu=True)
     x = np.random.default_rng(5).normal(size=(2, 3, 6)).astype(np.float32)
     layer(x, training=True)
     _randomise_statistics(layer, 6)

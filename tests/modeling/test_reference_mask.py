@@ -1,7 +1,9 @@
 """Tests of the Gaussian reference masks and coordinate features."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
+from cmt_deeplab_tf.modeling.layers import fast_path
 from cmt_deeplab_tf.modeling.layers import reference_mask
 
 
@@ -82,9 +84,12 @@ def _float64_logits(parameters, height, width):
   return level[:, None, None, :] - 0.5 * np.sum(offset**2, -1)
 
 
-def test_log_prior_is_log_sigmoid_of_the_logits_everywhere():
-  """The separable prior equals log(sigmoid(r)) (float64 NumPy, stable form)
-  from r >> 0 (level 60, 80) to r << 0 (sigma e^-6: r down to about -2e5),
+@pytest.mark.parametrize('log_prior', [
+    reference_mask.log_reference_prior,
+    fast_path.separable_log_reference_prior])
+def test_log_prior_is_log_sigmoid_of_the_logits_everywhere(log_prior):
+  """The plain and the separable prior equal log(sigmoid(r)) (float64 NumPy,
+  stable form) from r >> 0 (level 60, 80) to r << 0 (sigma e^-6: r down to about -2e5),
   where exp(-r) overflows float32 and e^r underflows."""
   parameters = np.array([[[0.3, -0.2, 0.0, 0.5, 2.0],     # moderate
                           [0.0, 0.0, 3.0, 3.0, 60.0],     # r >> 0
@@ -93,8 +98,7 @@ def test_log_prior_is_log_sigmoid_of_the_logits_everywhere():
                           [0.0, 0.0, 0.0, 0.0, 200.0]]],  # level clipped
                         np.float32)
   for height, width in ((9, 13), (1, 5)):
-    prior = reference_mask.log_reference_prior(
-        tf.constant(parameters), height, width).numpy()
+    prior = log_prior(tf.constant(parameters), height, width).numpy()
     r = _float64_logits(parameters, height, width)
     expected = np.minimum(r, 0.0) - np.log1p(np.exp(-np.abs(r)))
     assert prior.shape == (1, height, width, 5)

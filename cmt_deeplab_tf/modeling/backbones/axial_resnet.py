@@ -19,6 +19,7 @@ import math
 import gin
 import tf_keras
 
+from cmt_deeplab_tf.modeling import gin_checks
 from cmt_deeplab_tf.modeling.layers import activations
 from cmt_deeplab_tf.modeling.layers import blocks
 from cmt_deeplab_tf.modeling.layers import stems
@@ -114,11 +115,9 @@ def build_stage_blocks(stage, num_blocks, output_stride=16,
 
 
 # Set by the named model configs (`build_model.width_multiplier`, the stem of
-# `cmt_deeplab_r50`), so not gin-bindable: a binding would be overridden.
-_SET_BY_THE_MODEL_CONFIGS = ['width_multiplier', 'stem_type']
-
-
-@gin.configurable(denylist=_SET_BY_THE_MODEL_CONFIGS)
+# `cmt_deeplab_r50`) and by the factories, so not gin-bindable: a binding
+# would be overridden.
+@gin.configurable(denylist=['num_blocks', 'name', 'width_multiplier', 'stem_type'])
 class AxialResNet(tf_keras.Model):
   """Stem and stages 2-5 of (Axial-)ResNet; returns res2..res5, stage2..5."""
 
@@ -211,26 +210,26 @@ class AxialResNet(tf_keras.Model):
     return endpoints
 
 
-@gin.configurable(denylist=_SET_BY_THE_MODEL_CONFIGS)
 def axial_r50(**kwargs):
   """Axial-R50: ResNet-50-beta (3-4-6-3) with axial blocks from stride 16."""
   return AxialResNet(num_blocks=(3, 4, 6, 3), name='axial_r50', **kwargs)
 
 
-@gin.configurable(denylist=_SET_BY_THE_MODEL_CONFIGS)
 def axial_r104(**kwargs):
   """Axial-R104: Axial-R50 with four times the stage-4 blocks (3-4-24-3)."""
   return AxialResNet(num_blocks=(3, 4, 24, 3), name='axial_r104', **kwargs)
 
 
-@gin.configurable(denylist=_SET_BY_THE_MODEL_CONFIGS)
 def resnet50(**kwargs):
   """ResNet-50(-beta) (3-4-6-3) without axial attention.
 
   The inception stem by default (ResNet-50-beta); `stem_type='resnet'` gives
-  DeepLab2's `resnet50` (7x7 stem, no max-pool). No drop path by default, as
-  DeepLab2's `ResNet50Beta`.
+  DeepLab2's `resnet50` (7x7 stem, no max-pool). No drop path, as DeepLab2's
+  `ResNet50Beta`.
   """
-  kwargs.setdefault('drop_path_rate', 0.0)
+  kwargs = {'drop_path_rate': 0.0, **kwargs}
+  gin_checks.reject_bindings('AxialResNet',
+                             {'use_axial_beyond_stride': 0, **kwargs},
+                             'resnet50()')
   return AxialResNet(num_blocks=(3, 4, 6, 3), use_axial_beyond_stride=0,
                      name='resnet50', **kwargs)

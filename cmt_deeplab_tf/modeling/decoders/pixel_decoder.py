@@ -79,7 +79,7 @@ class ResizedFuse(tf_keras.layers.Layer):
     return tf.add_n(fused)
 
 
-@gin.configurable
+@gin.configurable(denylist=['num_blocks', 'width_multiplier'])
 class PixelDecoder(tf_keras.layers.Layer):
   """Stacked decoder stages at strides 16, 8 and 4."""
 

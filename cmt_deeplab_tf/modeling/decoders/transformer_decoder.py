@@ -17,6 +17,7 @@ import gin
 import tensorflow as tf
 import tf_keras
 
+from cmt_deeplab_tf.modeling import gin_checks
 from cmt_deeplab_tf.modeling.decoders import pixel_decoder
 from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
 
@@ -52,7 +53,15 @@ class TransformerState:
     self.layer_outputs = []
 
 
-@gin.configurable
+# Set by `cmt_deeplab.build_network` (one place per knob): binding them is a
+# parse-time error.
+_SET_BY_BUILD_NETWORK = ('locations', 'location_strides', 'num_clusters',
+                         'center_channels', 'filters', 'num_heads',
+                         'feed_forward_channels', 'dual_path',
+                         'learn_initial_centers')
+
+
+@gin.configurable(denylist=_SET_BY_BUILD_NETWORK)
 class TransformerDecoder(tf_keras.layers.Layer):
   """Cluster-center embedding + CMT (or MaX dual-path) layers by location."""
 
@@ -93,8 +102,9 @@ class TransformerDecoder(tf_keras.layers.Layer):
         unchanged; the [B, heads, HW, N] attention maps at strides 8 and 4 get
         2x and 4x smaller. False: `num_heads` at every stride.
       feed_forward_channels: Hidden width of the center FFN.
-      dual_path: Build MaX-DeepLab dual-path layers (the CMT switches off)
-        instead of CMT layers configured by gin / their defaults.
+      dual_path: Build MaX-DeepLab dual-path layers (the CMT switches off;
+        a gin binding of one of them is then an error) instead of CMT layers
+        configured by gin / their defaults.
       learn_initial_centers: Own the initial center embedding. False for RFN's
         second network, which continues from the first network's centers.
       drop_path_rate: Drop-path rate of the layers' residual branches.
@@ -118,7 +128,12 @@ class TransformerDecoder(tf_keras.layers.Layer):
     self.num_clusters = num_clusters
     self.center_channels = center_channels
     self.locations = locations
-    switches = ct.DUAL_PATH_SWITCHES if dual_path else {}
+    switches = {}
+    if dual_path:
+      gin_checks.reject_bindings('ClusteringTransformerLayer',
+                                 ct.DUAL_PATH_SWITCHES,
+                                 'TransformerDecoder(dual_path=True)')
+      switches = ct.DUAL_PATH_SWITCHES
     def layer_heads(stride):
       if not scale_heads_with_stride:
         return num_heads

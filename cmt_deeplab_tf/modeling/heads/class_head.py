@@ -13,7 +13,7 @@ import tf_keras
 from cmt_deeplab_tf.modeling.layers import linear_bn
 
 
-@gin.configurable
+@gin.configurable(denylist=['num_classes', 'feature_channels'])
 class ClassHead(tf_keras.layers.Layer):
   """Centers [B, N, Cc] -> float32 class logits [B, N, num_classes + 1]."""
 

@@ -14,7 +14,7 @@ from cmt_deeplab_tf.modeling.layers import linear_bn
 from cmt_deeplab_tf.modeling.layers import normalization
 
 
-@gin.configurable
+@gin.configurable(denylist=['embedding_channels', 'feature_channels'])
 class MaskHead(tf_keras.layers.Layer):
   """(pixel embeddings [B, h, w, D], centers [B, N, Cc]) -> [B, h, w, N]."""
 

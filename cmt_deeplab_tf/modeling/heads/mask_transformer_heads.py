@@ -15,7 +15,8 @@ from cmt_deeplab_tf.modeling.heads import mask_head
 from cmt_deeplab_tf.modeling.heads import pixel_embedding_head
 
 
-@gin.configurable
+@gin.configurable(denylist=['num_classes', 'embedding_channels',
+                            'head_channels', 'center_feature_channels'])
 class MaskTransformerHeads(tf_keras.layers.Layer):
   """Class, mask and pixel-embedding heads."""
 

@@ -13,7 +13,7 @@ from cmt_deeplab_tf.modeling.heads import conv_head
 from cmt_deeplab_tf.modeling.layers import normalization
 
 
-@gin.configurable
+@gin.configurable(denylist=['embedding_channels', 'head_channels'])
 class PixelEmbeddingHead(tf_keras.layers.Layer):
   """Features [B, h, w, C] -> float32 unit-norm embeddings [B, h, w, D]."""
 

@@ -13,7 +13,7 @@ import tf_keras
 from cmt_deeplab_tf.modeling.heads import conv_head
 
 
-@gin.configurable
+@gin.configurable(denylist=['num_classes', 'head_channels'])
 class SemanticHead(tf_keras.layers.Layer):
   """Features [B, h, w, C] -> float32 semantic logits [B, h, w, num_classes]."""
 

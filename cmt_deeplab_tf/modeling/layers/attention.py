@@ -9,16 +9,14 @@ use it; they differ only in the axis of the softmax:
   over the queries (cluster centers) -- CMT-DeepLab's pixel-cluster assignment,
   "the same normalisation as the final mask prediction" [2].
 
-Clustering is the same computation with the roles swapped: pixels as queries,
-centers as keys, softmax over keys. The CMT layer uses that form, because then
-the normalised axis is the last one of the [B, heads, pixels, centers] logits
-(no transposes of the largest tensor of the model) and both retrievals, pixels
--> centers and centers -> pixels, are plain batch matmuls.
-
 Following DeepLab2's `AttentionOperation`, the similarity logits get a batch norm
 per head and the retrieved values a batch norm and an activation. Logits, their
 optional additive bias and the softmax are computed in float32 even under the
 `mixed_bfloat16` policy.
+
+This module is the plain form, written as the equations read.
+`fast_path.FusedMultiHeadAttention` computes the same outputs with the same
+variables faster at inference (folded norms, reordered products).
 
 [1] MaX-DeepLab: End-to-End Panoptic Segmentation with Mask Transformers,
     Wang et al., CVPR 2021.
@@ -37,9 +35,9 @@ SOFTMAX_OVER_KEYS = 'keys'
 SOFTMAX_OVER_QUERIES = 'queries'
 _SOFTMAX_AXES = {SOFTMAX_OVER_KEYS: -1, SOFTMAX_OVER_QUERIES: -2}
 
-# output: [B, Lq, Dv]; logits, probabilities: float32 [B, heads, Lq, Lk].
-AttentionResult = collections.namedtuple(
-    'AttentionResult', ['output', 'logits', 'probabilities'])
+# output: [B, Lq, Dv]; probabilities: float32 [B, heads, Lq, Lk].
+AttentionResult = collections.namedtuple('AttentionResult',
+                                         ['output', 'probabilities'])
 
 
 def split_heads(inputs, num_heads):
@@ -58,17 +56,11 @@ def _heads_first(inputs, num_heads):
   return tf.transpose(split_heads(inputs, num_heads), [0, 2, 1, 3])
 
 
-def _merge_heads(inputs):
+def merge_heads(inputs):
   """[B, heads, L, d] -> [B, L, heads * d]."""
   shape = tf.shape(inputs)
   merged = tf.transpose(inputs, [0, 2, 1, 3])
   return tf.reshape(merged, [shape[0], shape[2], inputs.shape[1] * inputs.shape[3]])
-
-
-def _is_shorter(first, second):
-  """Whether [B, heads, L, d] `first` has statically fewer positions L."""
-  length, other = first.shape[-2], second.shape[-2]
-  return length is not None and (other is None or length < other)
 
 
 def mean_over_heads(probabilities):
@@ -76,7 +68,7 @@ def mean_over_heads(probabilities):
   return tf.reduce_mean(probabilities, axis=1)
 
 
-@gin.configurable
+@gin.configurable(denylist=['num_heads', 'softmax_over'])
 class MultiHeadAttention(tf_keras.layers.Layer):
   """Multi-head attention with a softmax over keys or over queries.
 
@@ -119,43 +111,16 @@ class MultiHeadAttention(tf_keras.layers.Layer):
     self._value_norm = normalization.get_norm_layer(name='value_batch_norm')
     self._activation = tf_keras.activations.get(activation)
 
-  def _shifted_logits(self, query, key, logit_bias, training):
-    """Logits up to the per-head offset of the inference batch norm.
-
-    At inference the logit batch norm is a per-head affine map; its scale is
-    applied before the product to the shorter of queries and keys (the
-    cluster centers), and its offset, a constant per head, is returned
-    separately [heads, 1, 1]: it cancels in both softmaxes, so only callers
-    that need the logits themselves add it. The [B, heads, Lq, Lk] tensor is
-    then written once and, with a bias, updated once. In training the Keras
-    batch norm runs on the logits (batch statistics, moving averages) and the
-    offset is None.
-
-    Returns:
-      (float32 [B, heads, Lq, Lk] logits - offset, offset or None).
-    """
-    query = self._to_heads(query, tf.float32)
-    key = self._to_heads(key, tf.float32)
-    offset = None
-    if self._logit_norm is not None and normalization.is_inference(training):
-      scale, offset = normalization.inference_affine(
-          self._logit_norm, [1, self.num_heads, 1, 1])
-      if _is_shorter(key, query):
-        key *= scale[:, tf.newaxis, tf.newaxis]
-      else:
-        query *= scale[:, tf.newaxis, tf.newaxis]
-      offset = offset[:, tf.newaxis, tf.newaxis]
-    logits = tf.linalg.matmul(query, key, transpose_b=True)
-    if self._logit_norm is not None and offset is None:
+  def compute_logits(self, query, key, logit_bias=None, training=None):
+    """logits_h = BN_h(q_h k_h^T) + logit_bias, float32 [B, heads, Lq, Lk]."""
+    logits = tf.linalg.matmul(self._to_heads(query, tf.float32),
+                              self._to_heads(key, tf.float32),
+                              transpose_b=True)
+    if self._logit_norm is not None:
       logits = self._logit_norm(logits, training=training)
     if logit_bias is not None:
       logits += tf.cast(logit_bias, tf.float32)
-    return logits, offset
-
-  def compute_logits(self, query, key, logit_bias=None, training=None):
-    """Returns float32 logits [B, heads, Lq, Lk] (normalised, bias added)."""
-    logits, offset = self._shifted_logits(query, key, logit_bias, training)
-    return logits if offset is None else logits + offset
+    return logits
 
   def attend(self, query, key, logit_bias=None, training=None):
     """Attention weights and head-averaged logits, without retrieval.
@@ -168,21 +133,17 @@ class MultiHeadAttention(tf_keras.layers.Layer):
 
     Returns:
       probabilities: float32 [B, heads, Lq, Lk], the softmax of the logits.
-      mean_logits: float32 [B, Lq, Lk], `mean_over_heads` of the logits (the
-        batch-norm offset added to this smaller tensor only).
+      mean_logits: float32 [B, Lq, Lk], `mean_over_heads` of the logits.
     """
-    logits, offset = self._shifted_logits(query, key, logit_bias, training)
-    mean_logits = mean_over_heads(logits)
-    if offset is not None:
-      mean_logits += tf.reduce_mean(offset)
-    return self.normalize(logits), mean_logits
+    logits = self.compute_logits(query, key, logit_bias, training)
+    return self.normalize(logits), mean_over_heads(logits)
 
   def normalize(self, logits):
     """Softmax of [B, heads, Lq, Lk] logits over this layer's axis."""
     return tf.nn.softmax(logits, axis=_SOFTMAX_AXES[self.softmax_over])
 
   def retrieve(self, weights, value, training=None, transpose_weights=False):
-    """Aggregates values with attention weights, then BN and activation.
+    """Aggregation, BN and activation: act(BN(concat_h weights_h value_h)).
 
     Args:
       weights: float32 [B, heads, Lq, Lk] attention weights, normalised as
@@ -191,42 +152,18 @@ class MultiHeadAttention(tf_keras.layers.Layer):
         a list of such tensors concatenated along their second axis.
       training: Whether batch norms use batch statistics.
       transpose_weights: Retrieve for the keys instead: output[k] =
-        sum_q weights[q, k] value[q]. CMT-DeepLab updates centers from pixels
-        with the assignment computed for the pixels.
+        sum_q weights[q, k] value[q] (CMT-DeepLab's pixel update reads the
+        centers with the assignment computed for the centers).
 
     Returns:
       The retrieved values, [B, Lq, Dv] ([B, Lk, Dv] if transposed).
     """
     value_heads = self._to_heads(value)
     weights = tf.cast(weights, value_heads.dtype)
-    depth = value_heads.shape[1] * value_heads.shape[3]
-    if transpose_weights:
-      # value^T weights, [B, heads, d, Lk]: reads the (large) weights in their
-      # stored order; oneDNN runs this 1.7x faster than weights^T value for
-      # the [8, 60000, 128] stride-4 assignment.
-      retrieved = tf.linalg.matmul(value_heads, weights, adjoint_a=True)
-      shape = tf.shape(retrieved)
-      retrieved = tf.reshape(tf.transpose(retrieved, [0, 3, 1, 2]),
-                             [shape[0], shape[3], depth])
-      return self._activation(self._value_norm(retrieved, training=training))
-    # Each row of the weights sums to one, so the inference batch norm (an
-    # affine map per channel) of the retrieved values equals the weighted sum
-    # of normalised values: it then runs on the Lk (e.g. 128 center) values
-    # instead of the Lq (e.g. pixel) outputs.
-    norm_values_first = (normalization.is_inference(training) and
-                         self.softmax_over == SOFTMAX_OVER_KEYS and
-                         _is_shorter(value_heads, weights))
-    if norm_values_first:
-      heads, depth_per_head = value_heads.shape[1], value_heads.shape[3]
-      scale, offset = (
-          tf.cast(tf.reshape(x, [heads, 1, depth_per_head]), value_heads.dtype)
-          for x in normalization.inference_affine(self._value_norm,
-                                                  [1, 1, depth]))
-      value_heads = value_heads * scale + offset
-    retrieved = _merge_heads(tf.linalg.matmul(weights, value_heads))
-    if not norm_values_first:
-      retrieved = self._value_norm(retrieved, training=training)
-    return self._activation(retrieved)
+    retrieved = tf.linalg.matmul(weights, value_heads,
+                                 transpose_a=transpose_weights)
+    return self._activation(self._value_norm(merge_heads(retrieved),
+                                             training=training))
 
   def _to_heads(self, inputs, dtype=None):
     """[B, L, D] (or a list concatenated along L) -> [B, heads, L, D / heads].
@@ -254,12 +191,10 @@ class MultiHeadAttention(tf_keras.layers.Layer):
       training: Whether batch norms use batch statistics.
 
     Returns:
-      An `AttentionResult` with output [B, Lq, Dv] and float32 logits and
-      probabilities [B, heads, Lq, Lk].
+      An `AttentionResult` with output [B, Lq, Dv] and float32 probabilities
+      [B, heads, Lq, Lk].
     """
-    logits, offset = self._shifted_logits(query, key, logit_bias, training)
-    probabilities = self.normalize(logits)
-    output = self.retrieve(probabilities, value, training=training)
-    if offset is not None:  # Pruned from a graph that does not use it.
-      logits += offset
-    return AttentionResult(output, logits, probabilities)
+    probabilities = self.normalize(
+        self.compute_logits(query, key, logit_bias, training))
+    return AttentionResult(self.retrieve(probabilities, value, training),
+                           probabilities)

@@ -58,7 +58,7 @@ def _merge_heads(x):
   return tf.reshape(x, tf.concat([tf.shape(x)[:-2], [merged]], 0))
 
 
-@gin.configurable
+@gin.configurable(denylist=['axis', 'key_depth', 'value_depth', 'name'])
 class AxialAttention(tf_keras.layers.Layer):
   """Multi-head position-sensitive self-attention along one spatial axis."""
 

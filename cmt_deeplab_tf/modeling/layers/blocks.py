@@ -104,7 +104,7 @@ class BottleneckBlock(_ResidualBlock):
     return x
 
 
-@gin.configurable
+@gin.configurable(denylist=['filters', 'strides', 'drop_path_rate', 'name'])
 class AxialBlock(_ResidualBlock):
   """Axial-attention bottleneck: 1x1 conv, height then width attention, 1x1 conv.
 

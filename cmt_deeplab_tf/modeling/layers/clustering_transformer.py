@@ -1,15 +1,50 @@
 """The Clustering Mask Transformer (CMT) layer, and MaX-DeepLab's dual-path layer.
 
-A CMT layer [1] treats the object queries as cluster centers and alternates
-  (a) pixel-cluster assignment: softmax over the *cluster* axis of the
-      center-pixel affinities, plus a residual path that adds the previous
-      layer's assignment logits, plus the log of each center's dynamic
-      reference mask (location-sensitive clustering; pixels carry coordinates);
-  (b) center update: pixel values aggregated with the assignment (clustering),
-      combined with the original cross-attention (softmax over pixels), then
-      center self-attention and a feed-forward network (MaX memory path);
-  (c) pixel update: pixel features retrieve center values with the same
-      assignment ("frequent pixel update", supplement §2).
+A CMT layer [1] treats the object queries as cluster centers and alternates a
+pixel-cluster assignment, a cluster-center update and a pixel-feature update.
+For one image with pixel features P [HW, Cp] (a residual block's output before
+its ReLU, as in DeepLab2's dual-path layer) and centers C [N, Cc], the plain
+implementation computes, in this order (each step is marked `# (Sk)` on its
+line in `ClusteringTransformerLayer.call` and the methods named here):
+
+  (S1) coordinate features      P~ = [ReLU(P), y, x], (y, x) in [-1, 1]
+                                `_pixel_inputs`,
+                                `reference_mask.coordinate_features`
+       projections              K_p, V_p = LinearBN(ReLU(LinearBN(P~)));
+                                Q_c, K_c, V_c likewise from C   (`call`)
+  (S2) reference-mask prior     log r_n(p) = log sigmoid(g_n(p)), g_n the
+                                Gaussian of center n  `_assignment_bias`;
+                                `reference_mask.log_reference_prior`
+  (S3) residual assignment      L = BN_h(Q_c K_p^T) + L_prev + log r,
+                                L_prev the previous layer's head-mean logits
+                                resized to this layer's grid
+                                `_assignment_bias`, `Assignment.__init__`
+  (S4) assignment softmax       A = softmax over the N clusters of L,
+                                [heads, N, HW]   `Assignment.__init__`
+  (S5) clustering update        U_clu = ReLU(BN(A V_p))
+                                `Assignment.centers_from_pixels`
+  (S6) cross-attention update   U_att = ReLU(BN(softmax over [pixels; centers]
+                                of BN_h(Q_c [K_p; K_c]^T) [V_p; V_c]))  (`call`)
+       center update            C' = ReLU(C + LinearBN(U_clu)
+                                          + LinearBN(U_att)),
+                                C'' = ReLU(C' + FFN(C'))   (`call`)
+  (S7) pixel update             P' = P + LinearBN(ReLU(BN(A^T V_c))), left
+                                unactivated for the next block's ReLU
+                                `Assignment.pixels_from_centers`,
+                                `_update_pixel_features`
+
+BN_h is a batch norm per head, BN of the retrieved values one per channel
+(DeepLab2's `AttentionOperation`; `attention.MultiHeadAttention`); LinearBN is
+a 1x1 projection with a batch norm (`linear_bn.LinearBN`). The clustering
+update and the cross-attention are the paper's "combined" center update; the
+assignment's softmax over clusters is "the same normalisation as the final
+mask prediction"; the pixel update is its "frequent pixel update"
+(supplement Sec. 2).
+
+`implementation=FUSED` (the default) computes the same with the same variables
+faster (`fast_path`: the assignment held as pixels querying centers, folded
+inference batch norms, the separable prior); `implementation=PLAIN` runs the
+equations above as written.
 
 Every mechanism is a switch. With `use_clustering_update`,
 `use_assignment_residual`, `pixel_update_from_assignment`,
@@ -32,6 +67,7 @@ import tf_keras
 
 from cmt_deeplab_tf.modeling.layers import attention
 from cmt_deeplab_tf.modeling.layers import drop_path
+from cmt_deeplab_tf.modeling.layers import fast_path
 from cmt_deeplab_tf.modeling.layers import linear_bn
 from cmt_deeplab_tf.modeling.layers import reference_mask as reference_mask_lib
 from cmt_deeplab_tf.modeling.layers import resize
@@ -56,6 +92,8 @@ DUAL_PATH_SWITCHES = dict(
     use_coordinate_features=False)
 
 _REFERENCE_MASKS = (None, reference_mask_lib.GAUSSIAN)
+PLAIN = fast_path.PLAIN
+FUSED = fast_path.FUSED
 
 
 def _flatten_pixels(pixels):
@@ -64,7 +102,70 @@ def _flatten_pixels(pixels):
   return tf.reshape(pixels, [shape[0], shape[1] * shape[2], pixels.shape[-1]])
 
 
-@gin.configurable('ClusteringTransformerLayer')
+def _centers_by_pixels_to_map(centers_by_pixels, height, width):
+  """[B, N, HW] -> [B, H, W, N]."""
+  shape = tf.shape(centers_by_pixels)
+  return tf.transpose(
+      tf.reshape(centers_by_pixels, [shape[0], shape[1], height, width]),
+      [0, 2, 3, 1])
+
+
+class Assignment:
+  """The pixel-cluster assignment A [B, heads, N, HW], as the paper writes it.
+
+  The centers query the pixels and the softmax runs over the queries, the N
+  clusters (S3, S4). `fast_path.PixelsQueryCenters` is its transpose, with the
+  same interface. The clustering attention is built with `SOFTMAX_OVER`.
+  """
+
+  SOFTMAX_OVER = attention.SOFTMAX_OVER_QUERIES
+
+  def __init__(self, clustering, center_query, pixel_key, bias, training):
+    """Computes the assignment.
+
+    Args:
+      clustering: The layer's clustering `MultiHeadAttention`.
+      center_query: [B, N, Dk] center queries Q_c.
+      pixel_key: [B, HW, Dk] pixel keys K_p.
+      bias: None or float32 [B, H, W, N] additive assignment logits (the
+        residual L_prev and the log reference prior).
+      training: Training mode.
+    """
+    if bias is not None:
+      shape = tf.shape(bias)
+      bias = tf.transpose(tf.reshape(bias, [shape[0], 1, -1, shape[3]]),
+                          [0, 1, 3, 2])
+    # (S3) L = BN_h(Q_c K_p^T) + bias; (S4) A = softmax over the N clusters.
+    self._weights, self._mean_logits = clustering.attend(
+        center_query, pixel_key, bias, training=training)
+
+  def logits_map(self, height, width):
+    """Head-mean assignment logits, float32 [B, H, W, N]."""
+    return _centers_by_pixels_to_map(self._mean_logits, height, width)
+
+  def probability_map(self, height, width):
+    """Head-mean assignment, float32 [B, H, W, N] (sums to one over N)."""
+    return _centers_by_pixels_to_map(attention.mean_over_heads(self._weights),
+                                     height, width)
+
+  def centers_from_pixels(self, attention_layer, pixel_value, training):
+    """(S5) ReLU(BN(A V_p)), [B, N, Dv]: centers gather their pixels."""
+    return attention_layer.retrieve(self._weights, pixel_value,
+                                    training=training)
+
+  def pixels_from_centers(self, attention_layer, center_value, training):
+    """(S7) ReLU(BN(A^T V_c)), [B, HW, Dv]: pixels read their centers."""
+    return attention_layer.retrieve(self._weights, center_value,
+                                    training=training, transpose_weights=True)
+
+
+# Set by `TransformerDecoder` from its own arguments (one place per knob):
+# binding them here is an error at parse time.
+_SET_BY_THE_DECODER = ('filters', 'center_channels', 'num_heads',
+                       'feed_forward_channels', 'drop_path_rate')
+
+
+@gin.configurable('ClusteringTransformerLayer', denylist=_SET_BY_THE_DECODER)
 class ClusteringTransformerLayer(tf_keras.layers.Layer):
   """One CMT layer (or, with `DUAL_PATH_SWITCHES`, one MaX dual-path layer)."""
 
@@ -82,6 +183,7 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
                reference_mask=reference_mask_lib.GAUSSIAN,
                use_coordinate_features=True,
                drop_path_rate=0.0,
+               implementation=FUSED,
                name=None):
     """Initializes the layer.
 
@@ -109,11 +211,13 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
       use_coordinate_features: Concatenate (y, x) coordinates to the pixel
         features before their projection (coordinate convolution).
       drop_path_rate: Drop-path rate of every residual branch.
+      implementation: `PLAIN` (the equations as written) or `FUSED` (the same
+        computation with the same variables, faster; see `fast_path`).
       name: The layer name.
 
     Raises:
       ValueError: On a switch combination that leaves centers without an
-        update, or on an unknown `reference_mask`.
+        update, or on an unknown `reference_mask` or `implementation`.
     """
     if not (use_clustering_update or use_cross_attention_update or
             use_center_self_attention):
@@ -123,10 +227,25 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     if reference_mask not in _REFERENCE_MASKS:
       raise ValueError(f'reference_mask must be one of {_REFERENCE_MASKS}, '
                        f'got {reference_mask!r}.')
+    if implementation not in fast_path.IMPLEMENTATIONS:
+      raise ValueError(f'implementation must be one of '
+                       f'{fast_path.IMPLEMENTATIONS}, got {implementation!r}.')
     if filters % num_heads:
       raise ValueError(f'filters ({filters}) must be divisible by num_heads '
                        f'({num_heads}).')
     super().__init__(name=name)
+    self._config = dict(
+        filters=filters, center_channels=center_channels, num_heads=num_heads,
+        feed_forward_channels=feed_forward_channels,
+        use_clustering_update=use_clustering_update,
+        use_cross_attention_update=use_cross_attention_update,
+        use_center_self_attention=use_center_self_attention,
+        use_assignment_residual=use_assignment_residual,
+        update_pixels=update_pixels,
+        pixel_update_from_assignment=pixel_update_from_assignment,
+        reference_mask=reference_mask,
+        use_coordinate_features=use_coordinate_features,
+        drop_path_rate=drop_path_rate, implementation=implementation)
     self._filters = filters
     self._center_channels = center_channels
     self._num_heads = num_heads
@@ -140,6 +259,17 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     self._reference_mask = reference_mask
     self._use_coordinates = use_coordinate_features
     self._drop_path_rate = drop_path_rate
+    self._fused = implementation == FUSED
+    self._linear_bn_class = (fast_path.FusedLinearBN if self._fused else
+                             linear_bn.LinearBN)
+    self._attention_class = (fast_path.FusedMultiHeadAttention if self._fused
+                             else attention.MultiHeadAttention)
+    self._assignment_class = (fast_path.PixelsQueryCenters if self._fused else
+                              Assignment)
+
+  def get_config(self):
+    """The constructor arguments (Keras serialisation; what gin bound)."""
+    return {**super().get_config(), **self._config}
 
   @property
   def computes_assignment(self):
@@ -152,8 +282,9 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     std = (2 * self._filters) ** -0.5
     initializer = (tf_keras.initializers.TruncatedNormal(stddev=std)
                    if not use_relu else 'he_normal')
-    return linear_bn.LinearBN(units, use_relu=use_relu, gamma_initializer=gamma,
-                              kernel_initializer=initializer, name=name)
+    return self._linear_bn_class(units, use_relu=use_relu,
+                                 gamma_initializer=gamma,
+                                 kernel_initializer=initializer, name=name)
 
   def build(self, input_shape):
     pixel_channels = input_shape[-1]
@@ -181,16 +312,15 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
                          if pixel_attention_by_query else None)
     self._clustering = None
     if self.computes_assignment:
-      # Pixels query the centers, softmax over centers: the assignment
-      # [B, heads, HW, N] is normalised over its last axis (see `attention`).
-      self._clustering = attention.MultiHeadAttention(
-          self._num_heads, attention.SOFTMAX_OVER_KEYS, name='clustering')
+      self._clustering = self._attention_class(
+          self._num_heads, self._assignment_class.SOFTMAX_OVER,
+          name='clustering')
     self._clustering_out = (
         self._projection(center_channels, 'clustering_conv3_bn', gamma='zeros')
         if self._use_clustering_update else None)
     self._center_attention = None
     if self._use_cross_attention or self._use_self_attention:
-      self._center_attention = attention.MultiHeadAttention(
+      self._center_attention = self._attention_class(
           self._num_heads, attention.SOFTMAX_OVER_KEYS, name='center_attention')
       self._center_attention_out = self._projection(
           center_channels, 'center_conv3_bn', gamma='zeros')
@@ -202,7 +332,7 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
           self._projection(center_channels, 'ffn_conv2_bn', gamma='zeros')]
     self._pixel_attention = None
     if self._update_pixels:
-      self._pixel_attention = attention.MultiHeadAttention(
+      self._pixel_attention = self._attention_class(
           self._num_heads, attention.SOFTMAX_OVER_KEYS, name='pixel_attention')
       self._pixel_out = self._projection(pixel_channels, 'pixel_conv3_bn',
                                          gamma='zeros')
@@ -213,8 +343,22 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     self._drop_path = drop_path.DropPath(self._drop_path_rate)
     super().build(input_shape)
 
+  def _pixel_inputs(self, pixels):
+    """(S1) [B, HW, Cp (+ 2)]: relu(pixels) with their coordinates."""
+    flat = [_flatten_pixels(tf.nn.relu(pixels))]
+    if self._use_coordinates:
+      flat.append(_flatten_pixels(
+          reference_mask_lib.coordinate_features(pixels)))
+    if self._fused:  # Projected as if concatenated (see `fast_path`).
+      return flat
+    return tf.concat(flat, axis=-1)
+
   def _assignment_bias(self, centers, previous_assignment, height, width):
-    """Residual assignment logits + log reference prior, [B, 1, HW, N]."""
+    """Residual logits L_prev + log reference prior (S2, S3), [B, H, W, N].
+
+    Returns:
+      (bias or None, a dict with REFERENCE_PARAMETERS if computed).
+    """
     outputs = {}
     bias = None
     if self._use_residual and previous_assignment is not None:
@@ -222,29 +366,15 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     if self._reference is not None:
       parameters = self._reference(centers)
       outputs[REFERENCE_PARAMETERS] = parameters
-      prior = reference_mask_lib.log_reference_prior(parameters, height,
-                                                     width)
+      log_prior = (fast_path.separable_log_reference_prior if self._fused else
+                   reference_mask_lib.log_reference_prior)
+      prior = log_prior(parameters, height, width)  # (S2)
       bias = prior if bias is None else bias + prior
-    if bias is not None:
-      shape = tf.shape(bias)
-      bias = tf.reshape(bias, [shape[0], 1, -1, shape[3]])
     return bias, outputs
-
-  def _to_map(self, centers_by_pixels, height, width):
-    """[B, N, HW] -> [B, H, W, N]."""
-    shape = tf.shape(centers_by_pixels)
-    return tf.transpose(
-        tf.reshape(centers_by_pixels, [shape[0], shape[1], height, width]),
-        [0, 2, 3, 1])
-
-  def _pixels_to_map(self, pixels_by_centers, height, width):
-    """[B, HW, N] -> [B, H, W, N]."""
-    shape = tf.shape(pixels_by_centers)
-    return tf.reshape(pixels_by_centers, [shape[0], height, width, shape[2]])
 
   def call(self, pixels, centers, previous_assignment=None, training=None,
            return_maps=False):
-    """Runs the layer.
+    """Runs the layer (the steps of the module docstring).
 
     Args:
       pixels: [B, H, W, Cp] unactivated pixel features (a block's output
@@ -264,10 +394,7 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
       CLUSTERING_MAP and ATTENTION_MAP [B, H, W, N].
     """
     height, width = resize.spatial_size(pixels)
-    pixel_inputs = [tf.nn.relu(pixels)]
-    if self._use_coordinates:  # Projected as if concatenated to the pixels.
-      pixel_inputs.append(reference_mask_lib.coordinate_features(pixels))
-    pixel_hidden = self._pixel_in([_flatten_pixels(x) for x in pixel_inputs],
+    pixel_hidden = self._pixel_in(self._pixel_inputs(pixels),  # (S1)
                                   training=training)
     center_hidden = self._center_in(centers, training=training)
 
@@ -286,17 +413,14 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
       bias, reference_outputs = self._assignment_bias(
           centers, previous_assignment, height, width)
       outputs.update(reference_outputs)
-      # [B, heads, HW, N]: pixels query the centers.
-      assignment, mean_logits = self._clustering.attend(
-          pixel_key, center_query, bias, training=training)
-      outputs[ASSIGNMENT_LOGITS] = self._pixels_to_map(mean_logits, height,
-                                                       width)
+      assignment = self._assignment_class(  # (S3), (S4)
+          self._clustering, center_query, pixel_key, bias, training)
+      outputs[ASSIGNMENT_LOGITS] = assignment.logits_map(height, width)
       if return_maps:
-        outputs[CLUSTERING_MAP] = self._pixels_to_map(
-            attention.mean_over_heads(assignment), height, width)
+        outputs[CLUSTERING_MAP] = assignment.probability_map(height, width)
       if self._use_clustering_update:
-        clustered = self._clustering.retrieve(
-            assignment, pixel_value, training=training, transpose_weights=True)
+        clustered = assignment.centers_from_pixels(  # (S5)
+            self._clustering, pixel_value, training)
         center_updates.append(self._clustering_out(clustered,
                                                    training=training))
 
@@ -308,13 +432,13 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
       if self._use_self_attention:
         keys.append(center_key)
         values.append(center_value)
-      result = self._center_attention(center_query, keys, values,
+      result = self._center_attention(center_query, keys, values,  # (S6)
                                       training=training)
       center_updates.append(self._center_attention_out(result.output,
                                                        training=training))
       if return_maps and self._use_cross_attention:
         num_pixels = height * width
-        outputs[ATTENTION_MAP] = self._to_map(
+        outputs[ATTENTION_MAP] = _centers_by_pixels_to_map(
             attention.mean_over_heads(result.probabilities[..., :num_pixels]),
             height, width)
 
@@ -336,10 +460,10 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
 
   def _update_pixel_features(self, pixels, pixel_hidden, assignment,
                              center_key, center_value, training):
-    """Pixels retrieve center values, by the assignment or by attention."""
+    """(S7) Pixels read the center values, by the assignment or by attention."""
     if self._pixel_update_from_assignment:
-      retrieved = self._pixel_attention.retrieve(
-          assignment, center_value, training=training)
+      retrieved = assignment.pixels_from_centers(self._pixel_attention,
+                                                 center_value, training)
     else:
       pixel_query = self._pixel_query(pixel_hidden, training=training)
       retrieved = self._pixel_attention(

@@ -15,7 +15,7 @@ def _has_several_replicas():
           tf.distribute.get_strategy().num_replicas_in_sync > 1)
 
 
-@gin.configurable
+@gin.configurable(denylist=['name', 'axis', 'dtype', 'gamma_initializer'])
 def get_norm_layer(name=None, momentum=0.99, epsilon=1e-3, synchronized=None,
                    **kwargs):
   """Returns a batch norm, synchronized across the replicas of a strategy.

@@ -11,9 +11,13 @@ not public; ours is an axis-aligned 2-D Gaussian per center:
 with (cy, cx) = tanh(.) in the normalised [-1, 1] image frame, (sy, sx) = exp(.)
 (log-sigma clipped to [-6, 3] for numerical safety) and a level a_n (clipped to
 [-80, 80]), all predicted linearly from the center feature. sigmoid(r_n) is
-the soft reference mask (peak sigmoid(a_n) at the predicted center). Being
+the soft reference mask (peak sigmoid(a_n) at the predicted center), and
+log sigmoid(r_n) the log prior it adds to the clustering logits. Being
 analytic, the mask can be evaluated on the grid of any layer (stride 16, 8, 4)
 from the same 5 numbers, and costs 5 * C parameters per layer.
+
+This module is the plain form; `fast_path.separable_log_reference_prior`
+evaluates the same prior faster at inference.
 
 [1] CMT-DeepLab: Clustering Mask Transformers for Panoptic Segmentation,
     Yu et al., CVPR 2022.
@@ -31,7 +35,7 @@ _INITIAL_LOG_SIGMA = 0.0
 # Sigma is kept within [e^-6, e^3] of the image half-size (about 0.002 to 20).
 _LOG_SIGMA_RANGE = (-6.0, 3.0)
 # The level (peak logit) is kept within +-80: sigmoid(80) is already 1 in
-# float32, and exp(level) stays finite in `log_reference_prior`.
+# float32, and exp(level) stays finite (see `fast_path`).
 _LEVEL_RANGE = (-80.0, 80.0)
 
 
@@ -58,7 +62,7 @@ def coordinate_features(pixels):
   """The (y, x) coordinate channels [B, H, W, 2] of pixel features [B, H, W, C].
 
   Coordinate convolution [2] projects the pixel features concatenated with
-  these; `LinearBN` takes both as a list and never materialises the concatenation.
+  these.
   """
   shape = tf.shape(pixels)
   coordinates = normalized_coordinates(shape[1], shape[2], pixels.dtype)
@@ -82,44 +86,25 @@ class GaussianReferenceMask(tf_keras.layers.Layer):
     return tf.cast(self._projection(centers), tf.float32)
 
 
-def _separable_logits(parameters, height, width):
-  """The two axis terms of the reference-mask logits.
-
-  The squared distance is separable, (dy / sy)^2 + (dx / sx)^2, so the logits
-  are r = rows[:, :, None] - columns[:, None], each term evaluated on its own
-  axis.
+def decode_parameters(parameters):
+  """The Gaussian of each center from its 5 predicted numbers.
 
   Args:
     parameters: float32 [B, N, 5] from `GaussianReferenceMask`.
-    height: Grid height (Python int or scalar tensor).
-    width: Grid width.
 
   Returns:
-    rows: float32 [B, height, N], level - 0.5 * ((y - cy) / sy)^2.
-    columns: float32 [B, width, N], 0.5 * ((x - cx) / sx)^2 >= 0.
+    center: float32 [B, N, 2], (cy, cx) = tanh(.) in [-1, 1].
+    sigma: float32 [B, N, 2], (sy, sx) = exp(log-sigma clipped to [-6, 3]).
+    level: float32 [B, N], the peak logit a, clipped to [-80, 80].
   """
-  center = tf.tanh(parameters[..., 0:2])           # [B, N, 2]
-  inverse_sigma = tf.exp(-tf.clip_by_value(parameters[..., 2:4],
-                                           *_LOG_SIGMA_RANGE))  # [B, N, 2]
-  level = tf.clip_by_value(parameters[..., 4], *_LEVEL_RANGE)  # [B, N]
-
-  def half_square_distance(size, index):
-    """0.5 * ((t - c) / s)^2 along one axis, [B, size, N]."""
-    offset = (axis_coordinates(size)[tf.newaxis, :, tf.newaxis] -
-              center[:, tf.newaxis, :, index])
-    return 0.5 * tf.square(offset * inverse_sigma[:, tf.newaxis, :, index])
-
-  rows = level[:, tf.newaxis, :] - half_square_distance(height, 0)
-  return rows, half_square_distance(width, 1)
-
-
-def _outer_difference(rows, columns):
-  """[B, H, N], [B, W, N] -> [B, H, W, N] rows - columns."""
-  return rows[:, :, tf.newaxis, :] - columns[:, tf.newaxis, :, :]
+  center = tf.tanh(parameters[..., 0:2])
+  sigma = tf.exp(tf.clip_by_value(parameters[..., 2:4], *_LOG_SIGMA_RANGE))
+  level = tf.clip_by_value(parameters[..., 4], *_LEVEL_RANGE)
+  return center, sigma, level
 
 
 def gaussian_mask_logits(parameters, height, width):
-  """Evaluates Gaussian reference-mask logits on a height x width grid.
+  """r_n(y, x) = a_n - ((y - cy_n)^2 / sy_n^2 + (x - cx_n)^2 / sx_n^2) / 2.
 
   Args:
     parameters: float32 [B, N, 5] from `GaussianReferenceMask`.
@@ -129,18 +114,19 @@ def gaussian_mask_logits(parameters, height, width):
   Returns:
     float32 [B, height, width, N] logits; sigmoid gives the soft mask.
   """
-  return _outer_difference(*_separable_logits(parameters, height, width))
+  center, sigma, level = decode_parameters(parameters)
+  y = axis_coordinates(height)[tf.newaxis, :, tf.newaxis, tf.newaxis]
+  x = axis_coordinates(width)[tf.newaxis, tf.newaxis, :, tf.newaxis]
+
+  def per_center(values):  # [B, N] -> [B, 1, 1, N]
+    return values[:, tf.newaxis, tf.newaxis, :]
+  dy = (y - per_center(center[..., 0])) / per_center(sigma[..., 0])
+  dx = (x - per_center(center[..., 1])) / per_center(sigma[..., 1])
+  return per_center(level) - 0.5 * (tf.square(dy) + tf.square(dx))
 
 
 def log_reference_prior(parameters, height, width):
-  """log(sigmoid(r)), the additive clustering prior of the reference masks.
-
-  log sigmoid(r) = r - log(1 + e^r), and e^r = e^rows * e^-columns is
-  separable too: one [B, H, W, N] product of two small tables and one log1p
-  stand in for TensorFlow's softplus, which costs about four exps per
-  element. Exact for every r: rows <= level <= 80 and columns >= 0 keep e^r
-  finite, and where e^r underflows, log1p(0) = 0 leaves r, which is
-  log sigmoid(r) to float precision.
+  """log sigmoid(r), the additive clustering prior of the reference masks.
 
   Args:
     parameters: float32 [B, N, 5] from `GaussianReferenceMask`.
@@ -148,9 +134,6 @@ def log_reference_prior(parameters, height, width):
     width: Grid width.
 
   Returns:
-    float32 [B, height, width, N], <= 0 (up to rounding).
+    float32 [B, height, width, N], <= 0.
   """
-  rows, columns = _separable_logits(parameters, height, width)
-  exp_logits = (tf.exp(rows)[:, :, tf.newaxis, :] *
-                tf.exp(-columns)[:, tf.newaxis, :, :])
-  return _outer_difference(rows, columns) - tf.math.log1p(exp_logits)
+  return tf.math.log_sigmoid(gaussian_mask_logits(parameters, height, width))

@@ -31,7 +31,7 @@ def _check_width(class_name, width_multiplier):
                      f'width_multiplier={width_multiplier}.')
 
 
-@gin.configurable
+@gin.configurable(denylist=['width_multiplier'])
 class InceptionStem(tf_keras.layers.Layer):
   """Three 3x3 conv-BN-activation layers; output stride 2."""
 
