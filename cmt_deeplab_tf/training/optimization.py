@@ -21,7 +21,8 @@ NO_WEIGHT_DECAY = ['batch_normalization', 'sync_batch_normalization', 'bias', 'b
                    'gamma', 'LayerNorm', 'layer_norm']
 
 
-@gin.configurable
+# train_lib sets the schedule's length from ExperimentConfig.train_steps.
+@gin.configurable(denylist=['train_steps'])
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """What the paper's training recipe sets.

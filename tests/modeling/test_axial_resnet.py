@@ -232,8 +232,7 @@ def test_widths_and_stem_come_from_the_model_config_not_gin():
   # build_model.width_multiplier and the named configs set them; a binding
   # that would be overridden is an error.
   for binding in ('AxialResNet.width_multiplier = 0.5',
-                  "AxialResNet.stem_type = 'resnet'",
-                  'axial_r50.width_multiplier = 0.5'):
+                  "AxialResNet.stem_type = 'resnet'"):
     with pytest.raises(ValueError, match='denylisted'):
       gin.parse_config(binding)
   gin.parse_config("AxialResNet.activation = 'gelu'")  # The activation switch.
