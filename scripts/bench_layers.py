@@ -38,6 +38,8 @@ _NUM_CLASSES = flags.DEFINE_integer('num_classes', 133, 'COCO: 133.')
 _LAYER_CLASS = 'ClusteringTransformerLayer'
 _PACKAGE = 'cmt_deeplab_tf'
 _BASELINE_PACKAGE = 'cmt_deeplab_baseline'
+# `@gin.configurable` with or without arguments, which may span lines.
+_GIN_DECORATOR = r'^@gin\.configurable(?:\((?:[^()]|\([^()]*\))*\))?[ \t]*\n'
 
 
 def import_baseline_builder(revision, directory):
@@ -53,7 +55,7 @@ def import_baseline_builder(revision, directory):
   (pathlib.Path(directory) / _PACKAGE).rename(package)
   for path in package.rglob('*.py'):
     text = re.sub(r'\b%s\b' % _PACKAGE, _BASELINE_PACKAGE, path.read_text())
-    path.write_text(re.sub(r'^@gin\.configurable.*\n', '', text, flags=re.M))
+    path.write_text(re.sub(_GIN_DECORATOR, '', text, flags=re.M))
   sys.path.insert(0, directory)
   return importlib.import_module(f'{_BASELINE_PACKAGE}.modeling.builder')
 
