@@ -5,6 +5,10 @@ relu(shortcut + drop_path(residual)). DeepLab2 leaves block outputs
 unactivated and applies the ReLU at the start of the next block; the two are the
 same function. The last batch norm of each residual branch starts with gamma = 0,
 so every block starts as the identity (Goyal et al., 2017), as in DeepLab2.
+
+Each block type has a gin switch `recompute`: in training, the backward pass
+recomputes the block instead of keeping its activations (`recompute.recompute`;
+DeepLab2's `axial_use_recompute_grad` / `conv_use_recompute_grad`).
 """
 import gin
 import tensorflow as tf
@@ -13,12 +17,13 @@ import tf_keras
 from cmt_deeplab_tf.modeling.layers import axial_attention
 from cmt_deeplab_tf.modeling.layers import conv_bn
 from cmt_deeplab_tf.modeling.layers import drop_path
+from cmt_deeplab_tf.modeling.layers import recompute as recompute_lib
 
 
 class _ResidualBlock(tf_keras.layers.Layer):
   """The shortcut, drop path and output ReLU shared by the blocks below."""
 
-  def __init__(self, output_channels, strides, drop_path_rate, name):
+  def __init__(self, output_channels, strides, drop_path_rate, recompute, name):
     if strides < 1:
       raise ValueError(f'{type(self).__name__} strides must be >= 1, got '
                        f'strides={strides}.')
@@ -27,6 +32,7 @@ class _ResidualBlock(tf_keras.layers.Layer):
     self._strides = strides
     self._drop_path = drop_path.DropPath(drop_path_rate, name='drop_path')
     self._projection = None
+    self.recompute = recompute
 
   def build(self, input_shape):
     if input_shape[-1] != self._output_channels:
@@ -49,6 +55,11 @@ class _ResidualBlock(tf_keras.layers.Layer):
       A [batch, ceil(height / strides), ceil(width / strides),
       output_channels] activated tensor.
     """
+    return recompute_lib.recompute(
+        lambda x: self._forward(x, training), [inputs],
+        enabled=self.recompute and training is True, layer=self)
+
+  def _forward(self, inputs, training):
     if self._projection is not None:
       shortcut = self._projection(inputs, training=training)
     else:
@@ -58,6 +69,7 @@ class _ResidualBlock(tf_keras.layers.Layer):
     return tf.nn.relu(shortcut + residual)
 
 
+@gin.configurable
 class BottleneckBlock(_ResidualBlock):
   """ResNet bottleneck: 1x1, 3x3 (strided or atrous), 1x1 convolutions.
 
@@ -66,7 +78,7 @@ class BottleneckBlock(_ResidualBlock):
   """
 
   def __init__(self, filters, strides=1, atrous_rate=1, drop_path_rate=0.0,
-               name=None):
+               recompute=False, name=None):
     """Initializes the block.
 
     Args:
@@ -74,9 +86,11 @@ class BottleneckBlock(_ResidualBlock):
       strides: Stride of the 3x3 convolution and of the shortcut.
       atrous_rate: Dilation of the 3x3 convolution.
       drop_path_rate: Probability of dropping the residual branch in training.
+      recompute: Recompute the block in the backward pass of training instead
+        of keeping its activations (DeepLab2 `conv_use_recompute_grad`).
       name: The layer name.
     """
-    super().__init__(4 * filters, strides, drop_path_rate, name)
+    super().__init__(4 * filters, strides, drop_path_rate, recompute, name)
     self._convs = [
         conv_bn.ConvBN(filters, 1, name='conv1'),
         conv_bn.ConvBN(filters, 3, strides=strides, atrous_rate=atrous_rate,
@@ -104,7 +118,7 @@ class AxialBlock(_ResidualBlock):
 
   def __init__(self, filters, strides=1, drop_path_rate=0.0,
                bottleneck_expansion=2, key_expansion=1, value_expansion=2,
-               name=None):
+               recompute=False, name=None):
     """Initializes the block.
 
     Args:
@@ -115,9 +129,12 @@ class AxialBlock(_ResidualBlock):
         (DeepLab2 `attention_bottleneck_expansion=2`).
       key_expansion: Query/key depth of the attention is filters * this.
       value_expansion: Value depth of the attention is filters * this.
+      recompute: Recompute the block in the backward pass of training instead
+        of keeping its activations (DeepLab2 `axial_use_recompute_grad`, on in
+        its configs and in our full-size ones).
       name: The layer name.
     """
-    super().__init__(4 * filters, strides, drop_path_rate, name)
+    super().__init__(4 * filters, strides, drop_path_rate, recompute, name)
     key_depth = int(round(filters * key_expansion))
     value_depth = int(round(filters * value_expansion))
     self._conv1 = conv_bn.ConvBN(int(round(filters * bottleneck_expansion)), 1,
