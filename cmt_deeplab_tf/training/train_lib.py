@@ -54,7 +54,13 @@ class ExperimentConfig:
   eval_steps: int = -1
   continuous_eval_timeout: int = 3600
   jit_compile: bool = False
+  # None, 'mixed_bfloat16' (TPUs, recent GPUs) or 'mixed_float16' (GPUs without
+  # bfloat16; dynamic loss scaling from `initial_loss_scale`, Keras' 2**15 if None).
   mixed_precision: Optional[str] = None
+  initial_loss_scale: Optional[float] = None
+  # Micro-batches per optimizer update: the data pipeline yields batches of
+  # train_batch_size / gradient_accumulation_steps; steps count updates.
+  gradient_accumulation_steps: int = 1
   seed: Optional[int] = None
   # Weights to start from when the model dir has no checkpoint yet, e.g. an
   # ImageNet-pretrained backbone (supplement Sec. 2): a checkpoint whose root holds
@@ -84,6 +90,15 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
       'chief' not in resolver.cluster_spec().as_dict())
 
 
+def micro_batch_size(config: ExperimentConfig) -> int:
+  """The batch of one forward pass in training: train_batch_size / accumulation."""
+  steps = config.gradient_accumulation_steps
+  if steps < 1 or config.train_batch_size % steps:
+    raise ValueError(f'ExperimentConfig.gradient_accumulation_steps={steps} must be >= 1 '
+                     f'and divide train_batch_size={config.train_batch_size}.')
+  return config.train_batch_size // steps
+
+
 def _dataset_fn(config: ExperimentConfig, is_training: bool):
   pattern = config.train_file_pattern if is_training else config.eval_file_pattern
   flag = 'train_file_pattern' if is_training else 'eval_file_pattern'
@@ -94,7 +109,7 @@ def _dataset_fn(config: ExperimentConfig, is_training: bool):
   def dataset_fn(input_context=None):
     return pipeline.panoptic_dataset(
         file_pattern=pattern, dataset_name=config.dataset_name, is_training=is_training,
-        batch_size=config.train_batch_size if is_training else config.eval_batch_size,
+        batch_size=micro_batch_size(config) if is_training else config.eval_batch_size,
         crop_size=config.train_crop_size if is_training else config.eval_crop_size,
         max_num_masks=config.max_num_masks, seed=config.seed, input_context=input_context)
   return dataset_fn
@@ -138,7 +153,9 @@ def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy,
         evaluator=panoptic_evaluator.PanopticEvaluator(info),
         train_dataset_fn=_dataset_fn(config, True) if trains else None,
         eval_dataset_fn=_dataset_fn(config, False) if evaluates else None,
-        jit_compile=config.jit_compile)
+        jit_compile=config.jit_compile,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        initial_loss_scale=config.initial_loss_scale)
 
 
 def restore_init_checkpoint(model: tf_keras.Model, path: str, modules: str) -> None:

@@ -1,4 +1,8 @@
 """Recompute (gradient checkpointing) computes exactly the step it replaces."""
+import os
+import subprocess
+import sys
+
 import gin
 import numpy as np
 import pytest
@@ -11,6 +15,8 @@ from cmt_deeplab_tf.modeling.layers import blocks
 from cmt_deeplab_tf.modeling.layers import recompute
 from cmt_deeplab_tf.training import train_lib
 
+MIRRORED_SCRIPT = os.path.join(os.path.dirname(__file__), 'recompute_mirrored_run.py')
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_CLASSES, NUM_CLUSTERS, SIZE = 5, 8, 49
 # Drop path everywhere it exists, so the masks matter.
 DROP_PATH_BINDINGS = ('PixelDecoder.drop_path_rate = 0.5',
@@ -24,7 +30,7 @@ def clean_gin():
   gin.clear_config()
 
 
-def _tiny_model():
+def tiny_model():
   for binding in DROP_PATH_BINDINGS:
     gin.parse_config(binding)
   model = builder.build_model('tiny', NUM_CLASSES, NUM_CLUSTERS)
@@ -37,47 +43,70 @@ def _tiny_model():
   return model
 
 
-def one_step(model, batch, enabled, seed=7):
-  """(loss, gradients, moving statistics) of one training step from `model`'s state."""
+def one_step(model, batch, enabled, seed=7, strategy=None):
+  """(loss, gradients, moving statistics) of one training step from `model`'s state.
+
+  Under a strategy, `batch` is split over the replicas (batch size = replicas) and
+  the loss and gradients are the replicas' sums.
+  """
+  strategy = strategy or tf.distribute.get_strategy()
   assert recompute.set_recompute(model, enabled) > 0
   initial = [v.numpy() for v in model.variables]
-  loss_fn = panoptic_loss.PanopticLoss(num_classes=NUM_CLASSES, global_batch_size=1)
+  replicas = strategy.num_replicas_in_sync
+  loss_fn = panoptic_loss.PanopticLoss(num_classes=NUM_CLASSES, global_batch_size=replicas)
   tf.random.set_seed(seed)
+
+  def replica_step(features):
+    with tf.GradientTape() as tape:
+      total = loss_fn(features, model(features['image'], training=True))[panoptic_loss.TOTAL]
+    gradients = tape.gradient(total, model.trainable_variables)
+    return total, [tf.convert_to_tensor(g) for g in gradients]
 
   @tf.function
   def step():
-    with tf.GradientTape() as tape:
-      losses = loss_fn(batch, model(batch['image'], training=True))
-    return losses[panoptic_loss.TOTAL], tape.gradient(losses[panoptic_loss.TOTAL],
-                                                      model.trainable_variables)
+    features = strategy.experimental_distribute_values_from_function(
+        lambda context: {k: v[context.replica_id_in_sync_group:][:1] for k, v in batch.items()})
+    per_replica = strategy.run(replica_step, args=(features,))
+    return tf.nest.map_structure(
+        lambda x: strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None), per_replica)
 
   loss, gradients = step()
   moving = [v.numpy() for v in model.non_trainable_variables]
   for variable, value in zip(model.variables, initial):
     variable.assign(value)
-  return float(loss), [tf.convert_to_tensor(g).numpy() for g in gradients], moving
+  return float(loss), [g.numpy() for g in gradients], moving
 
 
-@pytest.mark.slow
-def test_recompute_gives_the_same_step_with_drop_path_and_batch_norm():
-  model = _tiny_model()
-  batch = cost.random_training_batch(SIZE, SIZE, NUM_CLASSES, NUM_CLUSTERS)
-  stored, recomputed = one_step(model, batch, False), one_step(model, batch, True)
+def assert_same_steps(model, stored, recomputed):
+  """Loss, gradients and moving statistics agree; the statistics did move."""
   assert np.isfinite(stored[0]) and stored[0] == pytest.approx(recomputed[0], rel=1e-6)
   for name, a, b in zip([v.name for v in model.trainable_variables], stored[1], recomputed[1]):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=name)
-  # Every trainable variable gets a gradient through the recomputed blocks.
   # Variables get gradients through the recomputed blocks (those of a branch that
   # drop path dropped get none, with or without recompute).
   zero = [v.name for v, g in zip(model.trainable_variables, recomputed[1]) if not np.any(g)]
   assert len(zero) < len(recomputed[1]) // 4, zero
   moved = 0
-  for variable, before, a, b in zip(model.non_trainable_variables,
-                                    [v.numpy() for v in model.non_trainable_variables],
-                                    stored[2], recomputed[2]):
+  for variable, a, b in zip(model.non_trainable_variables, stored[2], recomputed[2]):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7, err_msg=variable.name)
-    moved += int(not np.array_equal(a, before))
-  assert moved > 0  # The moving statistics were updated, once, as without recompute.
+    moved += int(not np.array_equal(a, variable.numpy()))
+  assert moved > 0  # Updated once, as without recompute (a second update would differ).
+
+
+@pytest.mark.slow
+def test_recompute_gives_the_same_step_with_drop_path_and_batch_norm():
+  model = tiny_model()
+  batch = cost.random_training_batch(SIZE, SIZE, NUM_CLASSES, NUM_CLUSTERS)
+  assert_same_steps(model, one_step(model, batch, False), one_step(model, batch, True))
+
+
+@pytest.mark.slow
+def test_recompute_gives_the_same_step_under_mirrored_strategy(tmp_path):
+  process = subprocess.run(
+      [sys.executable, MIRRORED_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), timeout=900, check=False)
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert process.stdout.strip().splitlines()[-1] == 'same step on 2 replicas'
 
 
 @pytest.mark.parametrize('block_class', [blocks.AxialBlock, blocks.BottleneckBlock])
