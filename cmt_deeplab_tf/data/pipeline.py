@@ -78,6 +78,7 @@ def panoptic_dataset(file_pattern: str = gin.REQUIRED,
                      cycle_length: int = 8,
                      deterministic: bool = False,
                      seed: Optional[int] = None,
+                     skip_batches: int = 0,
                      input_context: Optional[tf.distribute.InputContext] = None
                      ) -> tf.data.Dataset:
   """Builds the training or evaluation dataset.
@@ -95,6 +96,10 @@ def panoptic_dataset(file_pattern: str = gin.REQUIRED,
     deterministic: keep the element order fixed despite parallel reads and maps.
     seed: seed of shuffling and augmentation; with `deterministic` the dataset
       repeats exactly.
+    skip_batches: training: start after this many (per-replica) batches, as a
+      run resumed at step s skips its first s * accumulation batches. The
+      skipped records are read but not decoded; with `deterministic` and a
+      seed, the batches that follow are those of an uninterrupted run.
     input_context: from `strategy.distribute_datasets_from_function`.
 
   Returns:
@@ -146,6 +151,8 @@ def panoptic_dataset(file_pattern: str = gin.REQUIRED,
 
   seeds = tf.data.Dataset.random(seed=seed).batch(2).map(lambda s: tf.cast(s, tf.int32))
   dataset = tf.data.Dataset.zip((dataset, seeds))
+  if skip_batches:
+    dataset = dataset.skip(skip_batches * local_batch)
   dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=deterministic or not is_training)
   dataset = dataset.batch(local_batch, drop_remainder=is_training)

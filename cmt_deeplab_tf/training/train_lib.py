@@ -27,6 +27,7 @@ from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.ops import post_processing
 from cmt_deeplab_tf.training import optimization
+from cmt_deeplab_tf.training import preemption
 from cmt_deeplab_tf.training import trainer as trainer_lib
 
 MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
@@ -99,7 +100,7 @@ def micro_batch_size(config: ExperimentConfig) -> int:
   return config.train_batch_size // steps
 
 
-def _dataset_fn(config: ExperimentConfig, is_training: bool):
+def _dataset_fn(config: ExperimentConfig, is_training: bool, start_step: int = 0):
   pattern = config.train_file_pattern if is_training else config.eval_file_pattern
   flag = 'train_file_pattern' if is_training else 'eval_file_pattern'
   if not pattern:
@@ -111,7 +112,9 @@ def _dataset_fn(config: ExperimentConfig, is_training: bool):
         file_pattern=pattern, dataset_name=config.dataset_name, is_training=is_training,
         batch_size=micro_batch_size(config) if is_training else config.eval_batch_size,
         crop_size=config.train_crop_size if is_training else config.eval_crop_size,
-        max_num_masks=config.max_num_masks, seed=config.seed, input_context=input_context)
+        max_num_masks=config.max_num_masks, seed=config.seed,
+        skip_batches=start_step * config.gradient_accumulation_steps if is_training else 0,
+        input_context=input_context)
   return dataset_fn
 
 
@@ -137,8 +140,12 @@ def create_all_variables(model: tf_keras.Model, strategy: tf.distribute.Strategy
 
 
 def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy,
-                  mode: str) -> trainer_lib.PanopticTrainer:
-  """Builds model, loss, optimizers, post-processing and data inside the strategy."""
+                  mode: str, start_step: int = 0) -> trainer_lib.PanopticTrainer:
+  """Builds model, loss, optimizers, post-processing and data inside the strategy.
+
+  `start_step`: the step a resumed run restores; its training data skips the
+  batches of the steps before.
+  """
   info = dataset_info_lib.get_dataset_info(config.dataset_name)
   trains, evaluates = mode in ('train', 'train_and_eval'), mode != 'train'
   with strategy.scope():
@@ -151,7 +158,7 @@ def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy,
         optimizer_config=optimization.OptimizerConfig(train_steps=config.train_steps),
         post_processor=post_processing.PostProcessor(info.is_thing, info.label_divisor),
         evaluator=panoptic_evaluator.PanopticEvaluator(info),
-        train_dataset_fn=_dataset_fn(config, True) if trains else None,
+        train_dataset_fn=_dataset_fn(config, True, start_step) if trains else None,
         eval_dataset_fn=_dataset_fn(config, False) if evaluates else None,
         jit_compile=config.jit_compile,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -256,11 +263,11 @@ def _dtype_policy(name: Optional[str]):
 def _run(mode, model_dir, strategy, config, return_trainer):
   """`run` after its checks, under the configured dtype policy."""
   info = dataset_info_lib.get_dataset_info(config.dataset_name)
-  trainer = build_trainer(config, strategy, mode)
   chief = _is_chief(strategy)
-  checkpoint = tf.train.Checkpoint(**trainer.checkpoint_items())
   checkpoint_dir = model_dir if chief else os.path.join(
       model_dir, f'.worker_{strategy.cluster_resolver.task_id}')
+  trainer = build_trainer(config, strategy, mode, checkpoint_step(checkpoint_dir))
+  checkpoint = tf.train.Checkpoint(**trainer.checkpoint_items())
   manager = tf.train.CheckpointManager(
       checkpoint, checkpoint_dir, max_to_keep=config.max_checkpoints,
       step_counter=trainer.global_step, checkpoint_interval=config.checkpoint_interval)
@@ -283,18 +290,47 @@ def _run(mode, model_dir, strategy, config, return_trainer):
       eval_summary_dir=os.path.join(model_dir, 'eval') if chief else None,
       eval_actions=[EvalRecorder(trainer, model_dir, info)] if chief else None)
   if mode == 'train':
-    controller.train(config.train_steps)
+    _until_preempted(trainer, manager, controller.train, config.train_steps)
     output = trainer.loss_averages()
   elif mode == 'eval':
     output = controller.evaluate(config.eval_steps)
   elif mode == 'train_and_eval':
-    output = controller.train_and_evaluate(config.train_steps, config.eval_steps,
-                                           config.eval_interval)
+    output = _until_preempted(trainer, manager, controller.train_and_evaluate,
+                              config.train_steps, config.eval_steps, config.eval_interval)
   else:
     output = controller.evaluate_continuously(
         config.eval_steps, timeout=config.continuous_eval_timeout,
         timeout_fn=lambda: int(trainer.global_step.numpy()) >= config.train_steps)
   return trainer if return_trainer else output
+
+
+def checkpoint_step(checkpoint_dir: str) -> int:
+  """The global step of the latest checkpoint in `checkpoint_dir` (0 if none)."""
+  path = tf.train.latest_checkpoint(checkpoint_dir)
+  if not path:
+    return 0
+  return int(tf.train.load_checkpoint(path).get_tensor(
+      'global_step/.ATTRIBUTES/VARIABLE_VALUE'))
+
+
+def _until_preempted(trainer: trainer_lib.PanopticTrainer,
+                     manager: tf.train.CheckpointManager, train_fn, *args):
+  """Runs `train_fn(*args)`; on SIGTERM checkpoints the current step and exits.
+
+  Raises:
+    preemption.Preempted: after the checkpoint of the step training stopped at.
+  """
+  with preemption.SigtermWatcher() as watcher:
+    trainer.stop_requested = watcher.requested
+    try:
+      return train_fn(*args)
+    except preemption.Preempted as stopped:
+      path = manager.save(checkpoint_number=stopped.step, check_interval=False)
+      logging.warning('Preempted at step %d: saved %s; a restart resumes from it.',
+                      stopped.step, path)
+      raise
+    finally:
+      trainer.stop_requested = lambda: False
 
 
 # gin_configs/ includes its own files by paths relative to the repository root.

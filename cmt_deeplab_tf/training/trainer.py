@@ -28,6 +28,7 @@ from cmt_deeplab_tf.evaluation import panoptic_evaluator
 from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.ops import post_processing
 from cmt_deeplab_tf.training import optimization
+from cmt_deeplab_tf.training import preemption
 
 LEARNING_RATE = 'learning_rate'
 GRADIENT_NORM = 'gradient_norm'
@@ -114,6 +115,8 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
                      if jit_compile else self._losses_and_gradients)
     self._progress = None
     self._total_steps = optimizer_config.train_steps
+    # Polled after every train step (e.g. `preemption.SigtermWatcher.requested`).
+    self.stop_requested: Callable[[], bool] = lambda: False
     train_dataset = eval_dataset = None
     if train_dataset_fn:
       train_dataset = strategy.distribute_datasets_from_function(train_dataset_fn)
@@ -207,11 +210,12 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     the two optimizers' updates and loss scales in step.
     """
     gradients = [tf.convert_to_tensor(g) for g in gradients]
-    finite = tf.cast(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients]),
-                     tf.float32)
-    finite = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MIN, finite)
-    self.skipped_updates.assign_add(1.0 - finite)
-    poison = tf.where(finite > 0.0, 0.0, float('nan'))
+    overflow = 1.0 - tf.cast(
+        tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients]), tf.float32)
+    overflow = tf.minimum(tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, overflow), 1.0)
+    self.skipped_updates.assign_add(overflow)
+    poison = tf.where(overflow > 0.0, float('nan'), 0.0)
     return [g + tf.cast(poison, g.dtype) for g in gradients]
 
   def _accumulated_step(self, iterator):
@@ -227,6 +231,25 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
       losses = {name: total + micro[name] for name, total in losses.items()}
     self.strategy.run(self._replica_apply_sums)
     return losses
+
+  def create_train_loop_fn(self):
+    """Orbit's Python loop of `train_step` calls, stoppable after any step.
+
+    After each step every worker contributes `stop_requested()` to an all-reduce;
+    if any asked, all raise `preemption.Preempted` at the same global step.
+    """
+    step_fn = tf.function(self.train_step)
+    any_worker = tf.function(lambda flag: self.strategy.reduce(
+        tf.distribute.ReduceOp.SUM, self.strategy.run(tf.identity, args=(flag,)), axis=None))
+
+    def loop_fn(iterator, num_steps, state=None, reduce_fn=None):
+      del reduce_fn  # train_step returns nothing.
+      for _ in range(int(num_steps)):
+        step_fn(iterator)
+        if any_worker(tf.constant(float(self.stop_requested()))) > 0:
+          raise preemption.Preempted(int(self.global_step.numpy()))
+      return state
+    return loop_fn
 
   def train_loop_begin(self):
     for variable in list(self.loss_sums.values()) + [self.loss_steps, self.skipped_updates]:

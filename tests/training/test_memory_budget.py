@@ -31,7 +31,7 @@ def _examples(count):
   return {key: tf.concat([b[key] for b in batches], 0) for key in batches[0]}
 
 
-def _train(model, examples, micro_batch, accumulation, updates):
+def _train(model, examples, micro_batch, accumulation, updates, **kwargs):
   trainer = trainer_lib.PanopticTrainer(
       strategy=tf.distribute.get_strategy(), model=model,
       loss_fn=panoptic_loss.PanopticLoss(num_classes=NUM_CLASSES, global_batch_size=BATCH),
@@ -42,7 +42,7 @@ def _train(model, examples, micro_batch, accumulation, updates):
       post_processor=None, evaluator=None,
       train_dataset_fn=lambda _: tf.data.Dataset.from_tensor_slices(examples).batch(
           micro_batch).repeat(),
-      gradient_accumulation_steps=accumulation)
+      gradient_accumulation_steps=accumulation, **kwargs)
   losses = trainer.train(tf.constant(updates))
   return trainer, losses
 
@@ -78,3 +78,39 @@ def test_accumulation_must_divide_the_batch():
   with pytest.raises(ValueError, match='gradient_accumulation_steps=3 .*train_batch_size=8'):
     train_lib.micro_batch_size(train_lib.ExperimentConfig(train_batch_size=8,
                                                           gradient_accumulation_steps=3))
+
+
+def test_float16_update_that_overflows_is_skipped_and_logged(caplog):
+  tf_keras.mixed_precision.set_global_policy('mixed_float16')
+  try:
+    model = builder.build_model('tiny', NUM_CLASSES, NUM_CLUSTERS)
+    train_lib.create_all_variables(model, tf.distribute.get_strategy())
+    initial = [v.numpy() for v in model.trainable_variables]
+    # A loss scale of 2**40 overflows float16 (max 65504) in the backward pass.
+    with caplog.at_level(logging.WARNING):
+      trainer, losses = _train(model, _examples(2), 2, 1, updates=1,
+                               initial_loss_scale=2.0**40)
+  finally:
+    tf_keras.mixed_precision.set_global_policy('float32')
+  assert all(np.isfinite(value) for value in losses.values()), losses
+  assert losses[trainer_lib.SKIPPED_UPDATES] == 1
+  assert losses[trainer_lib.LOSS_SCALE] == 2.0**39  # Halved by the overflow.
+  assert any('skipped 1 update' in r.getMessage() for r in caplog.records)
+  for variable, value in zip(model.trainable_variables, initial):
+    np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.name)
+
+
+@pytest.mark.slow
+def test_mixed_float16_training_end_to_end(tfrecord_dir, tmp_path):
+  config = test_train_lib._tiny_config(  # pylint: disable=protected-access
+      tfrecord_dir, mixed_precision='mixed_float16', initial_loss_scale=128.0)
+  trainer = train_lib.run('train', str(tmp_path / 'run'), tf.distribute.get_strategy(),
+                          config, return_trainer=True)
+  assert tf_keras.mixed_precision.global_policy().name == 'float32'
+  assert isinstance(trainer.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+  losses = trainer.loss_averages()
+  assert all(np.isfinite(value) for value in losses.values()), losses
+  # The float32 master weights take the unscaled float16 gradients: every one moves.
+  names, frozen = test_train_lib._unchanged_model_variables(  # pylint: disable=protected-access
+      str(tmp_path / 'run'), 2, 4)
+  assert names and not frozen, frozen[:5]
