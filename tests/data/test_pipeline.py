@@ -195,3 +195,14 @@ def test_eval_shrinks_images_larger_than_the_crop(tmp_path):
   np.testing.assert_array_equal(batch[common.VALID_SIZE][0], [86, 129])
   assert (batch[common.SEMANTIC][0, :86].numpy() == 4).all()
   assert (batch[common.SEMANTIC][0, 86:].numpy() == 255).all()
+
+
+def test_skipped_batches_resume_the_seeded_order(tfrecord_dir):
+  pattern = os.path.join(tfrecord_dir, 'train-*')
+  # 7 batches of 2 cross the 10-example epoch: the reshuffled second epoch is covered.
+  full = list(_train_dataset(pattern, seed=5).take(7).as_numpy_iterator())
+  resumed = list(_train_dataset(pattern, seed=5, skip_batches=4).take(3).as_numpy_iterator())
+  for expected, actual in zip(full[4:], resumed):
+    assert list(actual[common.IMAGE_ID]) == list(expected[common.IMAGE_ID])
+    np.testing.assert_array_equal(actual[common.IMAGE], expected[common.IMAGE])
+    np.testing.assert_array_equal(actual[common.PANOPTIC], expected[common.PANOPTIC])
