@@ -1,7 +1,10 @@
 r"""Peak memory of one training step with and without recompute, and its time cost.
 
 Memory: `analysis.cost.training_step_peak_memory` (a fresh process per figure;
-the real PanopticLoss, batch 1, COCO's 133 classes and 128 clusters). A process
+the real PanopticLoss, batch 1, COCO's 133 classes and 128 clusters): the growth
+of the peak RSS from after the imports (model build, trace, forward, loss,
+backward, AdamW update and its slots) and, in parentheses, from after the model
+is built (the step alone). A process
 whose resident memory grows past what the machine has available when it starts
 (minus --headroom_gib) is stopped and recorded as not fitting, so a step too big
 for the machine cannot push it into swap.
@@ -63,7 +66,8 @@ def _memory_cell(name: str, size: int, setting: str) -> str:
     return f'> {limit / 2**30:.1f} (does not fit)'
   except RuntimeError as e:
     return f'failed: {str(e).splitlines()[-1][:60]}'
-  return f'{result["bytes"] / 2**30:.2f}'
+  step = result.get('step_bytes')
+  return f'{result["bytes"] / 2**30:.2f}' + ('' if step is None else f' ({step / 2**30:.2f})')
 
 
 def _time_one(name: str, size: int) -> None:

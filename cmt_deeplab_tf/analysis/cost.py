@@ -167,12 +167,18 @@ def measure_training_step_memory(name: str, num_classes: int, num_clusters: int,
   rss_before = _max_rss_bytes()
   model = build(name, num_classes, num_clusters)
   batch = random_training_batch(height, width, num_classes, num_clusters)
+  rss_built = _max_rss_bytes()
   loss = run_one_training_step(model, num_classes, batch)
+  result = {'loss': float(loss)}
   if on_gpu:
-    peak, what = tf.config.experimental.get_memory_info('GPU:0')['peak'], GPU_PEAK
+    result.update(bytes=int(tf.config.experimental.get_memory_info('GPU:0')['peak']),
+                  what=GPU_PEAK)
   else:
-    peak, what = _max_rss_bytes() - rss_before, CPU_PEAK_RSS
-  return {'bytes': int(peak), 'what': what, 'loss': float(loss)}
+    rss_after = _max_rss_bytes()
+    # The growth of the peak over the step alone (the model already built).
+    result.update(bytes=rss_after - rss_before, what=CPU_PEAK_RSS,
+                  step_bytes=rss_after - rss_built)
+  return result
 
 
 def training_step_peak_memory(name: str, num_classes: int, num_clusters: int,
@@ -195,7 +201,9 @@ def training_step_peak_memory(name: str, num_classes: int, num_clusters: int,
       swap); None: no limit.
 
   Returns:
-    {'bytes': int, 'what': description of the figure, 'loss': the step's loss}.
+    {'bytes': int, 'what': description of the figure, 'loss': the step's loss,
+    on CPU also 'step_bytes': the growth of the peak RSS over the step alone,
+    from after the model's variables exist}.
 
   Raises:
     MemoryError: if the process went over `memory_limit_bytes`.
