@@ -31,6 +31,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list('configs', ['max_deeplab_s', 'cmt_deeplab_s', 'cmt_deeplab_l',
                               'cmt_deeplab_l_rfn'], 'Named model configs.')
 flags.DEFINE_list('sizes', ['641', '1025'], 'Square crop sizes of the memory figures.')
+flags.DEFINE_list('recompute', ['off', 'on'], 'Recompute settings of the memory figures.')
 flags.DEFINE_integer('time_size', 641, 'Crop size of the step-time comparison (0: skip).')
 flags.DEFINE_list('time_configs', ['max_deeplab_s', 'cmt_deeplab_s'],
                   'Configs whose step time is compared (each traces two steps).')
@@ -123,14 +124,15 @@ def main(argv):
     _time_one(FLAGS.time_one, FLAGS.time_size)
     return
   sizes = [int(s) for s in FLAGS.sizes]
-  header = ['config'] + [f'{s}x{s} {setting} (GiB)' for s in sizes for setting in RECOMPUTE]
+  settings = FLAGS.recompute
+  header = ['config'] + [f'{s}x{s} {setting} (GiB)' for s in sizes for setting in settings]
   if FLAGS.time_size:
     header.append(f'step time {FLAGS.time_size}: off / on')
     timed = set(FLAGS.time_configs)
   rows = []
   for name in FLAGS.configs:
     row = [name] + [_memory_cell(name, size, setting)
-                    for size in sizes for setting in RECOMPUTE]
+                    for size in sizes for setting in settings]
     if FLAGS.time_size:
       row.append(_time_cell(name, FLAGS.time_size) if name in timed else '-')
     rows.append(row)
