@@ -15,8 +15,9 @@ Per config:
 The paper measured FPS on a V100 and memory on a TPUv4 (supplement Sec. 2);
 `PAPER_ROWS` keeps its Table 2 as data so the table shows both.
 
-`python -m cmt_deeplab_tf.analysis.cost NAME CLASSES CLUSTERS HEIGHT WIDTH` is
-the fresh process of the memory measurement; it prints one JSON line.
+`python -m cmt_deeplab_tf.analysis.cost NAME CLASSES CLUSTERS HEIGHT WIDTH
+[GIN_BINDING ...]` is the fresh process of the memory measurement; it prints one
+JSON line.
 
 The memory figure is that of the project's own training step, so the probe runs
 `training.trainer.PanopticTrainer` (the same loss, gradients, clipping and AdamW
@@ -29,8 +30,11 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
+import time
 from typing import Dict, List, Optional, Sequence
 
+import gin
 import numpy as np
 import tensorflow as tf
 
@@ -154,23 +158,34 @@ def _max_rss_bytes() -> int:
 
 def measure_training_step_memory(name: str, num_classes: int, num_clusters: int,
                                  height: int, width: int) -> Dict[str, object]:
-  """In this process: builds `name`, runs one train step, returns its peak memory."""
+  """In this process: builds `name`, runs one train step, returns its peak memory.
+
+  Gin bindings already parsed (e.g. recompute switches) apply to the model.
+  """
   on_gpu = bool(tf.config.list_physical_devices('GPU'))
   if on_gpu:
     tf.config.experimental.reset_memory_stats('GPU:0')
   rss_before = _max_rss_bytes()
   model = build(name, num_classes, num_clusters)
   batch = random_training_batch(height, width, num_classes, num_clusters)
+  rss_built = _max_rss_bytes()
   loss = run_one_training_step(model, num_classes, batch)
+  result = {'loss': float(loss)}
   if on_gpu:
-    peak, what = tf.config.experimental.get_memory_info('GPU:0')['peak'], GPU_PEAK
+    result.update(bytes=int(tf.config.experimental.get_memory_info('GPU:0')['peak']),
+                  what=GPU_PEAK)
   else:
-    peak, what = _max_rss_bytes() - rss_before, CPU_PEAK_RSS
-  return {'bytes': int(peak), 'what': what, 'loss': float(loss)}
+    rss_after = _max_rss_bytes()
+    # The growth of the peak over the step alone (the model already built).
+    result.update(bytes=rss_after - rss_before, what=CPU_PEAK_RSS,
+                  step_bytes=rss_after - rss_built)
+  return result
 
 
 def training_step_peak_memory(name: str, num_classes: int, num_clusters: int,
-                              height: int, width: int) -> Dict[str, object]:
+                              height: int, width: int, gin_bindings: Sequence[str] = (),
+                              memory_limit_bytes: Optional[int] = None
+                              ) -> Dict[str, object]:
   """Peak memory of one batch-1 training step, measured in a fresh subprocess.
 
   On a GPU: TF's peak allocation on GPU:0 during the step. On CPU: the increase
@@ -179,20 +194,63 @@ def training_step_peak_memory(name: str, num_classes: int, num_clusters: int,
   real PanopticLoss on a random batch with targets, the gradients and the AdamW
   update (optimizer slots included).
 
+  Args:
+    name, num_classes, num_clusters, height, width: the config and input size.
+    gin_bindings: gin bindings for the fresh process (e.g. recompute switches).
+    memory_limit_bytes: the process is killed once its resident memory exceeds
+      this (so that a step that does not fit cannot push a shared machine into
+      swap); None: no limit.
+
   Returns:
-    {'bytes': int, 'what': description of the figure, 'loss': the step's loss}.
+    {'bytes': int, 'what': description of the figure, 'loss': the step's loss,
+    on CPU also 'step_bytes': the growth of the peak RSS over the step alone,
+    from after the model's variables exist}.
 
   Raises:
-    RuntimeError: with the subprocess's stderr if it failed.
+    MemoryError: if the process went over `memory_limit_bytes`.
+    RuntimeError: with the subprocess's stderr if it failed otherwise.
   """
   command = [sys.executable, '-m', __name__, name, str(num_classes),
-             str(num_clusters), str(height), str(width)]
-  process = subprocess.run(command, capture_output=True, text=True, check=False)
+             str(num_clusters), str(height), str(width), *gin_bindings]
+  with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
+    process = subprocess.Popen(command, stdout=out, stderr=err, text=True)
+    over_limit = wait_within_memory(process, memory_limit_bytes)
+    process.wait()
+    out.seek(0)
+    err.seek(0)
+    stdout, stderr = out.read(), err.read()
+  if over_limit:
+    raise MemoryError(f'Memory probe of {name} at {height}x{width} went over '
+                      f'{memory_limit_bytes / 2**30:.1f} GiB and was stopped.')
   if process.returncode != 0:
     killed = ' (killed: out of memory?)' if process.returncode == -9 else ''
     raise RuntimeError(f'Memory probe of {name} failed with code {process.returncode}'
-                       f'{killed}:\n{process.stderr[-3000:]}')
-  return json.loads(process.stdout.strip().splitlines()[-1])
+                       f'{killed}:\n{stderr[-3000:]}')
+  return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _resident_bytes(pid: int) -> int:
+  """VmRSS of a Linux process, 0 once it is gone."""
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      for line in f:
+        if line.startswith('VmRSS:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return 0
+
+
+def wait_within_memory(process: subprocess.Popen, limit: Optional[int]) -> bool:
+  """Waits for `process`; kills it if its RSS exceeds `limit`. True if killed."""
+  if limit is None:
+    return False
+  while process.poll() is None:
+    if _resident_bytes(process.pid) > limit:
+      process.kill()
+      return True
+    time.sleep(0.2)
+  return False
 
 
 def measure(name: str, num_classes: int, num_clusters: int, height: int, width: int,
@@ -258,7 +316,9 @@ def device_name() -> str:
 
 
 def _probe_main(argv: Sequence[str]) -> None:
-  name, num_classes, num_clusters, height, width = argv
+  name, num_classes, num_clusters, height, width, *bindings = argv
+  for binding in bindings:
+    gin.parse_config(binding)
   result = measure_training_step_memory(name, int(num_classes), int(num_clusters),
                                         int(height), int(width))
   print(json.dumps(result), flush=True)

@@ -92,7 +92,7 @@ def _tfrecord_examples(file_pattern: str, is_training: bool, cycle_length: int,
 # parse-time error.
 @gin.configurable(denylist=['file_pattern', 'dataset_info', 'is_training',
                             'batch_size', 'crop_size', 'max_num_masks', 'seed',
-                            'tfds_source', 'input_context'])
+                            'tfds_source', 'skip_batches', 'input_context'])
 def panoptic_dataset(file_pattern: Optional[str] = None,
                      dataset_info: Optional[dataset_info_lib.DatasetInfo] = None,
                      is_training: bool = True,
@@ -107,6 +107,7 @@ def panoptic_dataset(file_pattern: Optional[str] = None,
                      deterministic: bool = False,
                      seed: Optional[int] = None,
                      tfds_source: Optional[tfds_source_lib.TfdsSource] = None,
+                     skip_batches: int = 0,
                      input_context: Optional[tf.distribute.InputContext] = None
                      ) -> tf.data.Dataset:
   """Builds the training or evaluation dataset.
@@ -125,6 +126,10 @@ def panoptic_dataset(file_pattern: Optional[str] = None,
     seed: seed of shuffling and augmentation; with `deterministic` the dataset
       repeats exactly.
     tfds_source: read this TFDS builder's split instead of `file_pattern`.
+    skip_batches: training: start after this many (per-replica) batches, as a
+      run resumed at step s skips its first s * accumulation batches. The
+      skipped records are read but not decoded; with `deterministic` and a
+      seed, the batches that follow are those of an uninterrupted run.
     input_context: from `strategy.distribute_datasets_from_function`.
 
   Returns:
@@ -182,6 +187,8 @@ def panoptic_dataset(file_pattern: Optional[str] = None,
 
   seeds = tf.data.Dataset.random(seed=seed).batch(2).map(lambda s: tf.cast(s, tf.int32))
   dataset = tf.data.Dataset.zip((dataset, seeds))
+  if skip_batches:
+    dataset = dataset.skip(skip_batches * local_batch)
   dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=deterministic or not is_training)
   dataset = dataset.batch(local_batch, drop_remainder=is_training)

@@ -35,6 +35,7 @@ from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.ops import colors
 from cmt_deeplab_tf.ops import post_processing
 from cmt_deeplab_tf.training import optimization
+from cmt_deeplab_tf.training import preemption
 from cmt_deeplab_tf.training import trainer as trainer_lib
 
 MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
@@ -76,7 +77,13 @@ class ExperimentConfig:
   eval_steps: int = -1
   continuous_eval_timeout: int = 3600
   jit_compile: bool = False
+  # None, 'mixed_bfloat16' (TPUs, recent GPUs) or 'mixed_float16' (GPUs without
+  # bfloat16; dynamic loss scaling from `initial_loss_scale`, Keras' 2**15 if None).
   mixed_precision: Optional[str] = None
+  initial_loss_scale: Optional[float] = None
+  # Micro-batches per optimizer update: the data pipeline yields batches of
+  # train_batch_size / gradient_accumulation_steps; steps count updates.
+  gradient_accumulation_steps: int = 1
   seed: Optional[int] = None
   # Weights to start from when the model dir has no checkpoint yet, e.g. an
   # ImageNet-pretrained backbone (supplement Sec. 2). Format 'native': a checkpoint
@@ -141,8 +148,17 @@ def resolve_dataset_info(config: ExperimentConfig) -> dataset_info_lib.DatasetIn
   return dataset_info_lib.get_dataset_info(config.dataset_name)
 
 
+def micro_batch_size(config: ExperimentConfig) -> int:
+  """The batch of one forward pass in training: train_batch_size / accumulation."""
+  steps = config.gradient_accumulation_steps
+  if steps < 1 or config.train_batch_size % steps:
+    raise ValueError(f'ExperimentConfig.gradient_accumulation_steps={steps} must be >= 1 '
+                     f'and divide train_batch_size={config.train_batch_size}.')
+  return config.train_batch_size // steps
+
+
 def _dataset_fn(config: ExperimentConfig, info: dataset_info_lib.DatasetInfo,
-                is_training: bool):
+                is_training: bool, start_step: int = 0):
   pattern = config.train_file_pattern if is_training else config.eval_file_pattern
   flag = 'train_file_pattern' if is_training else 'eval_file_pattern'
   if config.tfds_source is None:
@@ -154,9 +170,11 @@ def _dataset_fn(config: ExperimentConfig, info: dataset_info_lib.DatasetInfo,
     return pipeline.panoptic_dataset(
         file_pattern=pattern, dataset_info=info, tfds_source=config.tfds_source,
         is_training=is_training,
-        batch_size=config.train_batch_size if is_training else config.eval_batch_size,
+        batch_size=micro_batch_size(config) if is_training else config.eval_batch_size,
         crop_size=config.train_crop_size if is_training else config.eval_crop_size,
-        max_num_masks=config.max_num_masks, seed=config.seed, input_context=input_context)
+        max_num_masks=config.max_num_masks, seed=config.seed,
+        skip_batches=start_step * config.gradient_accumulation_steps if is_training else 0,
+        input_context=input_context)
   return dataset_fn
 
 
@@ -183,7 +201,8 @@ def create_all_variables(model: tf_keras.Model, strategy: tf.distribute.Strategy
 
 def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy, mode: str,
                   info: Optional[dataset_info_lib.DatasetInfo] = None,
-                  prediction_callback=None) -> trainer_lib.PanopticTrainer:
+                  prediction_callback=None,
+                  start_step: int = 0) -> trainer_lib.PanopticTrainer:
   """Builds model, loss, optimizers, post-processing and data inside the strategy.
 
   Args:
@@ -192,6 +211,8 @@ def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy, mo
     mode: one of `MODES`.
     info: the class table; default `resolve_dataset_info(config)`.
     prediction_callback: passed to the trainer (see `PanopticTrainer`).
+    start_step: the step a resumed run restores; its training data skips the
+      batches of the steps before.
   """
   info = info or resolve_dataset_info(config)
   trains, evaluates = mode in ('train', 'train_and_eval'), mode != 'train'
@@ -205,9 +226,11 @@ def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy, mo
         optimizer_config=optimization.OptimizerConfig(train_steps=config.train_steps),
         post_processor=post_processing.PostProcessor(info.is_thing, info.label_divisor),
         evaluator=panoptic_evaluator.PanopticEvaluator(info),
-        train_dataset_fn=_dataset_fn(config, info, True) if trains else None,
+        train_dataset_fn=_dataset_fn(config, info, True, start_step) if trains else None,
         eval_dataset_fn=_dataset_fn(config, info, False) if evaluates else None,
-        jit_compile=config.jit_compile, prediction_callback=prediction_callback)
+        jit_compile=config.jit_compile, prediction_callback=prediction_callback,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        initial_loss_scale=config.initial_loss_scale)
 
 
 def restore_init_checkpoint(model: tf_keras.Model, path: str, modules: str,
@@ -446,13 +469,14 @@ def _run(mode, model_dir, strategy, config, return_trainer, submission_format):
     run_dir.record_class_table(model_dir, info)
   submissions = (SubmissionRecorder(model_dir, info, submission_format)
                  if submission_format and chief else None)
+  checkpoint_dir = model_dir if chief else os.path.join(
+      model_dir, f'.worker_{strategy.cluster_resolver.task_id}')
   trainer = build_trainer(config, strategy, mode, info,
-                          submissions.add if submissions else None)
+                          submissions.add if submissions else None,
+                          start_step=checkpoint_step(checkpoint_dir))
   if submissions:
     submissions.global_step = trainer.global_step
   checkpoint = tf.train.Checkpoint(**trainer.checkpoint_items())
-  checkpoint_dir = model_dir if chief else os.path.join(
-      model_dir, f'.worker_{strategy.cluster_resolver.task_id}')
   manager = tf.train.CheckpointManager(
       checkpoint, checkpoint_dir, max_to_keep=config.max_checkpoints,
       step_counter=trainer.global_step, checkpoint_interval=config.checkpoint_interval)
@@ -476,18 +500,47 @@ def _run(mode, model_dir, strategy, config, return_trainer, submission_format):
       eval_actions=([EvalRecorder(trainer, model_dir, info)] +
                     ([submissions] if submissions else [])) if chief else None)
   if mode == 'train':
-    controller.train(config.train_steps)
+    _until_preempted(trainer, manager, controller.train, config.train_steps)
     output = trainer.loss_averages()
   elif mode == 'eval':
     output = controller.evaluate(config.eval_steps)
   elif mode == 'train_and_eval':
-    output = controller.train_and_evaluate(config.train_steps, config.eval_steps,
-                                           config.eval_interval)
+    output = _until_preempted(trainer, manager, controller.train_and_evaluate,
+                              config.train_steps, config.eval_steps, config.eval_interval)
   else:
     output = controller.evaluate_continuously(
         config.eval_steps, timeout=config.continuous_eval_timeout,
         timeout_fn=lambda: int(trainer.global_step.numpy()) >= config.train_steps)
   return trainer if return_trainer else output
+
+
+def checkpoint_step(checkpoint_dir: str) -> int:
+  """The global step of the latest checkpoint in `checkpoint_dir` (0 if none)."""
+  path = tf.train.latest_checkpoint(checkpoint_dir)
+  if not path:
+    return 0
+  return int(tf.train.load_checkpoint(path).get_tensor(
+      'global_step/.ATTRIBUTES/VARIABLE_VALUE'))
+
+
+def _until_preempted(trainer: trainer_lib.PanopticTrainer,
+                     manager: tf.train.CheckpointManager, train_fn, *args):
+  """Runs `train_fn(*args)`; on SIGTERM checkpoints the current step and exits.
+
+  Raises:
+    preemption.Preempted: after the checkpoint of the step training stopped at.
+  """
+  with preemption.SigtermWatcher() as watcher:
+    trainer.stop_requested = watcher.requested
+    try:
+      return train_fn(*args)
+    except preemption.Preempted as stopped:
+      path = manager.save(checkpoint_number=stopped.step, check_interval=False)
+      logging.warning('Preempted at step %d: saved %s; a restart resumes from it.',
+                      stopped.step, path)
+      raise
+    finally:
+      trainer.stop_requested = lambda: False
 
 
 # gin_configs/ includes its own files by paths relative to the repository root.

@@ -4,6 +4,15 @@
 any `tf.distribute` strategy, optionally XLA-compiled) and `StandardEvaluator`
 (model + in-graph post-processing per replica; PQ / SQ / RQ / mIoU accumulated on
 the host). `orbit.Controller` drives it (see `train_lib`).
+
+Fitting a step into memory:
+- gradient accumulation: one train step (one optimizer update, one global step,
+  one learning-rate step) sums the gradients of `gradient_accumulation_steps`
+  micro-batches; batch norm normalises each micro-batch by its own statistics;
+- `mixed_float16`: the loss is scaled before the backward pass and the gradients
+  unscaled after it, with Keras' dynamic `LossScaleOptimizer`; an update whose
+  gradients overflow is skipped (the scale halves) and counted in
+  `skipped_updates`, logged at the end of the loop.
 """
 import time
 from typing import Callable, Dict, Optional
@@ -19,8 +28,11 @@ from cmt_deeplab_tf.evaluation import panoptic_evaluator
 from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.ops import post_processing
 from cmt_deeplab_tf.training import optimization
+from cmt_deeplab_tf.training import preemption
 
 LEARNING_RATE = 'learning_rate'
+LOSS_SCALE = 'loss_scale'
+SKIPPED_UPDATES = 'skipped_updates'
 
 _EVAL_KEYS = (common.PANOPTIC, common.SEMANTIC, common.VALID_SIZE)
 _PRED_KEYS = (common.PANOPTIC_PRED, common.SEMANTIC_PRED)
@@ -46,7 +58,9 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
                eval_dataset_fn: Optional[Callable] = None,
                jit_compile: bool = False,
                prediction_callback: Optional[Callable[[Dict[str, np.ndarray]],
-                                                      None]] = None):
+                                                      None]] = None,
+               gradient_accumulation_steps: int = 1,
+               initial_loss_scale: Optional[float] = None):
     """Creates the trainer; must be called inside `strategy.scope()`.
 
     Args:
@@ -62,7 +76,17 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
         NumPy arrays of the ground truth's PANOPTIC, SEMANTIC, VALID_SIZE,
         ORIGINAL_SIZE and IMAGE_ID and the predictions (e.g. to write a
         submission).
+      gradient_accumulation_steps: micro-batches per optimizer update; the
+        train dataset yields micro-batches.
+      initial_loss_scale: first dynamic loss scale under `mixed_float16`
+        (default: Keras' 2 ** 15); unused otherwise.
+
+    Raises:
+      ValueError: on `gradient_accumulation_steps` < 1.
     """
+    if gradient_accumulation_steps < 1:
+      raise ValueError('ExperimentConfig.gradient_accumulation_steps must be >= 1, got '
+                       f'{gradient_accumulation_steps}.')
     self.strategy = strategy
     self.model = model
     self.loss_fn = loss_fn
@@ -75,14 +99,32 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     self.backbone_variables, self.other_variables = (
         optimization.split_backbone_variables(model))
     self.gradient_clip_norm = optimizer_config.gradient_clip_norm
+    self.gradient_accumulation_steps = gradient_accumulation_steps
+    self.loss_scaling = tf_keras.mixed_precision.global_policy().compute_dtype == 'float16'
+    if self.loss_scaling:
+      self.optimizer, self.backbone_optimizer = (
+          tf_keras.mixed_precision.LossScaleOptimizer(optimizer, initial_scale=initial_loss_scale)
+          for optimizer in (self.optimizer, self.backbone_optimizer))
     self.global_step = orbit.utils.create_global_step()
     self.loss_sums: Dict[str, tf.Variable] = {}
     with strategy.scope():
       self.loss_steps = tf.Variable(0.0, trainable=False, name='loss_steps')
+      self.skipped_updates = tf.Variable(
+          0.0, trainable=False, name='skipped_updates',
+          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      # Per-replica gradient sums over the micro-batches of one update.
+      self._gradient_sums = [
+          tf.Variable(tf.zeros_like(v), trainable=False, name='gradient_sum',
+                      synchronization=tf.VariableSynchronization.ON_READ,
+                      aggregation=tf.VariableAggregation.SUM)
+          for v in self.backbone_variables + self.other_variables
+      ] if gradient_accumulation_steps > 1 else []
     self._compute = (tf.function(self._losses_and_gradients, jit_compile=True)
                      if jit_compile else self._losses_and_gradients)
     self._progress = None
     self._total_steps = optimizer_config.train_steps
+    # Polled after every train step (e.g. `preemption.SigtermWatcher.requested`).
+    self.stop_requested: Callable[[], bool] = lambda: False
     train_dataset = eval_dataset = None
     if train_dataset_fn:
       train_dataset = strategy.distribute_datasets_from_function(train_dataset_fn)
@@ -122,16 +164,44 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     with tf.GradientTape() as tape:
       outputs = self.model(features[common.IMAGE], training=True)
       losses = self.loss_fn(features, outputs)
-    gradients = tape.gradient(losses[panoptic_loss.TOTAL],
-                              self.backbone_variables + self.other_variables)
+      total = losses[panoptic_loss.TOTAL]
+      if self.loss_scaling:
+        total = self.optimizer.get_scaled_loss(total)
+    gradients = tape.gradient(total, self.backbone_variables + self.other_variables)
+    if self.loss_scaling:
+      gradients = self.optimizer.get_unscaled_gradients(gradients)
     return losses, gradients
 
-  def _replica_step(self, features):
+  def _replica_losses_and_gradients(self, features):
     # Strings (image ids) cannot enter an XLA cluster and the loss does not use them.
     features = {k: v for k, v in features.items() if v.dtype != tf.string}
     losses, gradients = self._compute(features)
+    replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+    return {name: value * replicas for name, value in losses.items()}, gradients
+
+  def _replica_step(self, features):
+    losses, gradients = self._replica_losses_and_gradients(features)
+    self._apply_gradients(gradients)
+    return losses
+
+  def _replica_accumulate(self, features):
+    """Adds a micro-batch's gradients to this replica's sums."""
+    losses, gradients = self._replica_losses_and_gradients(features)
+    for total, gradient in zip(self._gradient_sums, gradients):
+      total.assign_add(tf.convert_to_tensor(gradient))
+    return losses
+
+  def _replica_apply_sums(self):
+    self._apply_gradients([tf.identity(total) for total in self._gradient_sums])
+    for total in self._gradient_sums:
+      total.assign(tf.zeros_like(total))
+
+  def _apply_gradients(self, gradients):
+    """One update of both optimizers (in replica context)."""
     if self.gradient_clip_norm:
       gradients, _ = tf.clip_by_global_norm(gradients, self.gradient_clip_norm)
+    if self.loss_scaling:
+      gradients = self._skip_update_on_overflow(gradients)
     # Losses are divided by the GLOBAL batch size, and the optimizers sum the
     # gradients over replicas: the update is that of the global mean.
     num_backbone = len(self.backbone_variables)
@@ -139,19 +209,70 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
       self.backbone_optimizer.apply_gradients(
           zip(gradients[:num_backbone], self.backbone_variables))
     self.optimizer.apply_gradients(zip(gradients[num_backbone:], self.other_variables))
-    replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-    return {name: value * replicas for name, value in losses.items()}
+
+  def _skip_update_on_overflow(self, gradients):
+    """Counts an update whose gradients overflow on any replica; poisons it for both.
+
+    Each `LossScaleOptimizer` skips an update whose (replica-summed) gradients are
+    not finite and halves its scale. Making every gradient NaN when any is keeps
+    the two optimizers' updates and loss scales in step.
+    """
+    gradients = [tf.convert_to_tensor(g) for g in gradients]
+    overflow = 1.0 - tf.cast(
+        tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients]), tf.float32)
+    overflow = tf.minimum(tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, overflow), 1.0)
+    self.skipped_updates.assign_add(overflow)
+    poison = tf.where(overflow > 0.0, float('nan'), 0.0)
+    return [g + tf.cast(poison, g.dtype) for g in gradients]
+
+  def _accumulated_step(self, iterator):
+    """`gradient_accumulation_steps` micro-batches, then one update."""
+    def run(features):
+      losses = self.strategy.run(self._replica_accumulate, args=(features,))
+      return {name: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
+              for name, value in losses.items()}
+    # The first micro-batch creates the loss names; a graph loop runs the others.
+    losses = run(next(iterator))
+    for _ in tf.range(self.gradient_accumulation_steps - 1):
+      micro = run(next(iterator))
+      losses = {name: total + micro[name] for name, total in losses.items()}
+    self.strategy.run(self._replica_apply_sums)
+    return losses
+
+  def create_train_loop_fn(self):
+    """Orbit's Python loop of `train_step` calls, stoppable after any step.
+
+    After each step every worker contributes `stop_requested()` to an all-reduce;
+    if any asked, all raise `preemption.Preempted` at the same global step.
+    """
+    step_fn = tf.function(self.train_step)
+    any_worker = tf.function(lambda flag: self.strategy.reduce(
+        tf.distribute.ReduceOp.SUM, self.strategy.run(tf.identity, args=(flag,)), axis=None))
+
+    def loop_fn(iterator, num_steps, state=None, reduce_fn=None):
+      del reduce_fn  # train_step returns nothing.
+      for _ in range(int(num_steps)):
+        step_fn(iterator)
+        if any_worker(tf.constant(float(self.stop_requested()))) > 0:
+          raise preemption.Preempted(int(self.global_step.numpy()))
+      return state
+    return loop_fn
 
   def train_loop_begin(self):
-    for variable in list(self.loss_sums.values()) + [self.loss_steps]:
+    for variable in list(self.loss_sums.values()) + [self.loss_steps, self.skipped_updates]:
       variable.assign(0.0)
     if self._progress is None:
       self._progress = (time.time(), int(self.global_step.numpy()))
 
   def train_step(self, iterator):
-    losses = self.strategy.run(self._replica_step, args=(next(iterator),))
-    self._accumulate({name: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
-                      for name, value in losses.items()})
+    if self.gradient_accumulation_steps > 1:
+      losses = self._accumulated_step(iterator)
+    else:
+      losses = {name: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
+                for name, value in self.strategy.run(
+                    self._replica_step, args=(next(iterator),)).items()}
+    self._accumulate(losses)
     self.global_step.assign_add(1)
 
   def train_loop_end(self) -> Dict[str, float]:
@@ -167,7 +288,17 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     logging.info('step %d/%d (%.0f%%), %.2f steps/s, ETA %s, total loss %.4f', step,
                  self._total_steps, 100.0 * step / self._total_steps, rate,
                  _format_seconds(remaining), results.get(panoptic_loss.TOTAL, float('nan')))
+    if self.loss_scaling:
+      self._log_loss_scale(results, step)
     return results
+
+  def _log_loss_scale(self, results: Dict[str, float], step: int) -> None:
+    skipped = int(self.skipped_updates.numpy())
+    results[LOSS_SCALE] = float(self.optimizer.loss_scale.numpy())
+    results[SKIPPED_UPDATES] = float(skipped)
+    if skipped:
+      logging.warning('step %d: skipped %d update(s) whose float16 gradients overflowed; '
+                      'loss scale now %g.', step, skipped, results[LOSS_SCALE])
 
   # ---- Evaluation. ----
 

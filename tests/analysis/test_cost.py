@@ -124,10 +124,18 @@ def test_bad_flags_are_named(override, flag):
 
 @pytest.mark.slow
 def test_training_step_memory_in_a_fresh_process():
-  result = cost.training_step_peak_memory('tiny', 5, 8, 65, 65)
+  result = cost.training_step_peak_memory('tiny', 5, 8, 65, 65,
+                                          gin_bindings=['AxialBlock.recompute = True'])
   assert result['what'] == (cost.GPU_PEAK if tf.config.list_physical_devices('GPU')
                             else cost.CPU_PEAK_RSS)
   assert result['bytes'] > 0 and math.isfinite(result['loss'])
+  assert 'step_bytes' not in result or 0 <= result['step_bytes'] <= result['bytes']
+
+
+def test_memory_probe_over_its_limit_is_stopped():
+  # Importing TensorFlow alone takes more than 100 MiB.
+  with pytest.raises(MemoryError, match='tiny at 65x65 went over 0.1 GiB'):
+    cost.training_step_peak_memory('tiny', 5, 8, 65, 65, memory_limit_bytes=100 * 2**20)
 
 
 @pytest.mark.slow

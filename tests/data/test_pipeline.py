@@ -205,3 +205,14 @@ def test_a_class_table_with_another_label_divisor_is_refused(tfrecord_dir):
                                       is_training=False, crop_size=CROP, batch_size=1)
   with pytest.raises(tf.errors.InvalidArgumentError, match='another label divisor'):
     next(iter(dataset))
+
+
+def test_skipped_batches_resume_the_seeded_order(tfrecord_dir):
+  pattern = os.path.join(tfrecord_dir, 'train-*')
+  # 7 batches of 2 cross the 10-example epoch: the reshuffled second epoch is covered.
+  full = list(_train_dataset(pattern, seed=5).take(7).as_numpy_iterator())
+  resumed = list(_train_dataset(pattern, seed=5, skip_batches=4).take(3).as_numpy_iterator())
+  for expected, actual in zip(full[4:], resumed):
+    assert list(actual[common.IMAGE_ID]) == list(expected[common.IMAGE_ID])
+    np.testing.assert_array_equal(actual[common.IMAGE], expected[common.IMAGE])
+    np.testing.assert_array_equal(actual[common.PANOPTIC], expected[common.PANOPTIC])

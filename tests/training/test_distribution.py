@@ -5,6 +5,7 @@ TF_CONFIG must be set before TensorFlow starts.
 """
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -127,3 +128,39 @@ def test_killed_run_resumes_from_its_last_checkpoint(tfrecord_dir, init_checkpoi
   log = (tmp_path / 'run.log').read_text()
   assert f'ckpt-{killed_at}' in log and 'restor' in log.lower()
   assert saved_step == killed_at
+
+
+def _trained_steps(log: str):
+  """The global steps the Orbit log reports after each train loop, in order."""
+  return [int(s) for s in re.findall(r'train \| step:\s+(\d+) \| steps/sec', log)]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_the_restart_loses_nothing(
+    tfrecord_dir, init_checkpoint, tmp_path):
+  steps = 8
+  full = _start(tmp_path, 'full', 'one_device', tfrecord_dir, init_checkpoint, steps=steps)
+  full_summary, full_weights = _finish(full, tmp_path, 'full')
+  assert full_summary['step'] == steps
+  # No periodic checkpoint before the end: only the SIGTERM can write one mid-run.
+  run = _start(tmp_path, 'run', 'one_device', tfrecord_dir, init_checkpoint, steps=steps,
+               checkpoint_interval=100)
+  deadline = time.time() + 900
+  while not [s for s in _trained_steps((tmp_path / 'run.log').read_text()) if s >= 3]:
+    assert run.poll() is None and time.time() < deadline, 'ended before step 3'
+    time.sleep(0.05)
+  run.send_signal(signal.SIGTERM)
+  assert run.wait(timeout=600) == 143  # Exited by itself, as a preempted job.
+  log = (tmp_path / 'run.log').read_text()
+  stopped = int(re.search(r'Preempted at step (\d+)', log).group(1))
+  assert 3 <= stopped < steps and _latest_step(tmp_path / 'run') == stopped
+  resumed = _start(tmp_path, 'resumed', 'one_device', tfrecord_dir, init_checkpoint,
+                   steps=steps, checkpoint_interval=100, model_dir=tmp_path / 'run')
+  summary, weights = _finish(resumed, tmp_path, 'resumed')
+  resumed_log = (tmp_path / 'resumed.log').read_text()
+  assert f'ckpt-{stopped}' in resumed_log
+  # The first step trained after the restart is the one after the signal.
+  assert _trained_steps(resumed_log)[0] == stopped + 1
+  assert summary['step'] == steps
+  # Same data (skipped to the step), same optimizer state: the uninterrupted weights.
+  _assert_same_parameters(full_weights, weights, atol=1e-6)

@@ -20,6 +20,7 @@ import tf_keras
 from cmt_deeplab_tf.modeling import gin_checks
 from cmt_deeplab_tf.modeling.decoders import pixel_decoder
 from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
+from cmt_deeplab_tf.modeling.layers import recompute as recompute_lib
 
 DECODER = 'decoder'
 BACKBONE = 'backbone'
@@ -78,6 +79,7 @@ class TransformerDecoder(tf_keras.layers.Layer):
                dual_path=False,
                learn_initial_centers=True,
                drop_path_rate=0.0,
+               recompute=False,
                name='transformer'):
     """Initializes the stack.
 
@@ -108,6 +110,9 @@ class TransformerDecoder(tf_keras.layers.Layer):
       learn_initial_centers: Own the initial center embedding. False for RFN's
         second network, which continues from the first network's centers.
       drop_path_rate: Drop-path rate of the layers' residual branches.
+      recompute: Recompute each CMT / dual-path layer in the backward pass of
+        training instead of keeping its activations (DeepLab2
+        `transformer_use_recompute_grad`; see `recompute`).
       name: The layer name.
 
     Raises:
@@ -128,6 +133,7 @@ class TransformerDecoder(tf_keras.layers.Layer):
     self.num_clusters = num_clusters
     self.center_channels = center_channels
     self.locations = locations
+    self.recompute = recompute
     switches = {}
     if dual_path:
       gin_checks.reject_bindings('ClusteringTransformerLayer',
@@ -181,8 +187,10 @@ class TransformerDecoder(tf_keras.layers.Layer):
       layer = self.transformer_layers.get(block_location(path, stage, block))
       if layer is None:
         return pixels
-      outputs = layer(pixels, state.centers, state.assignment,
-                      training=training, return_maps=return_maps)
+      outputs = recompute_lib.recompute(
+          lambda p, c, a: layer(p, c, a, training=training, return_maps=return_maps),
+          [pixels, state.centers, state.assignment],
+          enabled=self.recompute and training is True, layer=layer)
       state.centers = outputs[ct.CENTERS]
       state.assignment = outputs.get(ct.ASSIGNMENT_LOGITS, state.assignment)
       state.layer_outputs.append(outputs)

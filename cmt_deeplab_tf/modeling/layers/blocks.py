@@ -10,6 +10,10 @@ of which DeepLab2 applies to the unactivated features. The activation is ReLU or
 exact GeLU (`activations`). The last batch norm of each residual branch starts
 with gamma = 0, so every block starts as the identity (Goyal et al., 2017), as
 in DeepLab2.
+
+Each block type has a gin switch `recompute`: in training, the backward pass
+recomputes the block instead of keeping its activations (`recompute.recompute`;
+DeepLab2's `axial_use_recompute_grad` / `conv_use_recompute_grad`).
 """
 import gin
 import tensorflow as tf
@@ -19,13 +23,14 @@ from cmt_deeplab_tf.modeling.layers import activations
 from cmt_deeplab_tf.modeling.layers import axial_attention
 from cmt_deeplab_tf.modeling.layers import conv_bn
 from cmt_deeplab_tf.modeling.layers import drop_path
+from cmt_deeplab_tf.modeling.layers import recompute as recompute_lib
 
 
 class _ResidualBlock(tf_keras.layers.Layer):
   """The shortcut, drop path and output activation shared by the blocks below."""
 
   def __init__(self, output_channels, strides, drop_path_rate, activation,
-               name):
+               recompute, name):
     if strides < 1:
       raise ValueError(f'{type(self).__name__} strides must be >= 1, got '
                        f'strides={strides}.')
@@ -35,6 +40,7 @@ class _ResidualBlock(tf_keras.layers.Layer):
     self._activation = activations.get_activation(activation)
     self._drop_path = drop_path.DropPath(drop_path_rate, name='drop_path')
     self._projection = None
+    self.recompute = recompute
 
   def build(self, input_shape):
     if input_shape[-1] != self._output_channels:
@@ -59,6 +65,11 @@ class _ResidualBlock(tf_keras.layers.Layer):
       A [batch, ceil(height / strides), ceil(width / strides),
       output_channels] tensor, activated if `activate_output`.
     """
+    return recompute_lib.recompute(
+        lambda x: self._forward(x, training, activate_output), [inputs],
+        enabled=self.recompute and training is True, layer=self)
+
+  def _forward(self, inputs, training, activate_output):
     if self._projection is not None:
       shortcut = self._projection(inputs, training=training)
     else:
@@ -69,6 +80,9 @@ class _ResidualBlock(tf_keras.layers.Layer):
     return self._activation(outputs) if activate_output else outputs
 
 
+# Set by the backbone's stage builder; `recompute` is the switch.
+@gin.configurable(denylist=['filters', 'strides', 'atrous_rate',
+                            'drop_path_rate', 'activation', 'name'])
 class BottleneckBlock(_ResidualBlock):
   """ResNet bottleneck: 1x1, 3x3 (strided or atrous), 1x1 convolutions.
 
@@ -77,7 +91,7 @@ class BottleneckBlock(_ResidualBlock):
   """
 
   def __init__(self, filters, strides=1, atrous_rate=1, drop_path_rate=0.0,
-               activation=activations.RELU, name=None):
+               activation=activations.RELU, recompute=False, name=None):
     """Initializes the block.
 
     Args:
@@ -86,9 +100,12 @@ class BottleneckBlock(_ResidualBlock):
       atrous_rate: Dilation of the 3x3 convolution.
       drop_path_rate: Probability of dropping the residual branch in training.
       activation: 'relu' or 'gelu', see `activations`.
+      recompute: Recompute the block in the backward pass of training instead
+        of keeping its activations (DeepLab2 `conv_use_recompute_grad`).
       name: The layer name.
     """
-    super().__init__(4 * filters, strides, drop_path_rate, activation, name)
+    super().__init__(4 * filters, strides, drop_path_rate, activation,
+                     recompute, name)
     self._convs = [
         conv_bn.ConvBN(filters, 1, activation=activation, name='conv1'),
         conv_bn.ConvBN(filters, 3, strides=strides, atrous_rate=atrous_rate,
@@ -104,7 +121,8 @@ class BottleneckBlock(_ResidualBlock):
     return x
 
 
-@gin.configurable(denylist=['filters', 'strides', 'drop_path_rate', 'name'])
+@gin.configurable(denylist=['filters', 'strides', 'drop_path_rate',
+                            'activation', 'name'])
 class AxialBlock(_ResidualBlock):
   """Axial-attention bottleneck: 1x1 conv, height then width attention, 1x1 conv.
 
@@ -116,7 +134,7 @@ class AxialBlock(_ResidualBlock):
 
   def __init__(self, filters, strides=1, drop_path_rate=0.0,
                bottleneck_expansion=2, key_expansion=1, value_expansion=2,
-               activation=activations.RELU, name=None):
+               activation=activations.RELU, recompute=False, name=None):
     """Initializes the block.
 
     Args:
@@ -128,9 +146,13 @@ class AxialBlock(_ResidualBlock):
       key_expansion: Query/key depth of the attention is filters * this.
       value_expansion: Value depth of the attention is filters * this.
       activation: 'relu' or 'gelu', see `activations`.
+      recompute: Recompute the block in the backward pass of training instead
+        of keeping its activations (DeepLab2 `axial_use_recompute_grad`, on in
+        its configs and in our full-size ones).
       name: The layer name.
     """
-    super().__init__(4 * filters, strides, drop_path_rate, activation, name)
+    super().__init__(4 * filters, strides, drop_path_rate, activation,
+                     recompute, name)
     key_depth = int(round(filters * key_expansion))
     value_depth = int(round(filters * value_expansion))
     self._conv1 = conv_bn.ConvBN(int(round(filters * bottleneck_expansion)), 1,

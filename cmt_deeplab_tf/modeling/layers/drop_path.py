@@ -5,6 +5,8 @@ Reference: G. Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016.
 import tensorflow as tf
 import tf_keras
 
+from cmt_deeplab_tf.modeling.layers import recompute
+
 
 class DropPath(tf_keras.layers.Layer):
   """Drops a residual branch per example with probability `rate` in training.
@@ -43,7 +45,9 @@ class DropPath(tf_keras.layers.Layer):
     keep_prob = 1.0 - self.rate
     mask_shape = tf.concat(
         [tf.shape(inputs)[:1], tf.ones([tf.rank(inputs) - 1], tf.int32)], 0)
-    keep = tf.floor(keep_prob + tf.random.uniform(mask_shape, dtype=tf.float32))
+    # A recomputed block gets the mask of its forward pass back (see `recompute`).
+    keep = recompute.replayable(lambda: tf.floor(
+        keep_prob + tf.random.uniform(mask_shape, dtype=tf.float32)))
     return inputs * tf.cast(keep / keep_prob, inputs.dtype)
 
   def get_config(self):

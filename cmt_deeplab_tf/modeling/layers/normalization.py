@@ -9,6 +9,21 @@ import gin
 import tensorflow as tf
 import tf_keras
 
+from cmt_deeplab_tf.modeling.layers import recompute
+
+
+class BatchNormalization(tf_keras.layers.BatchNormalization):
+  """Keras' batch norm, updating its moving statistics once per recomputed call.
+
+  When the backward pass reruns a recomputed block (`recompute`), the norm
+  normalises with the batch statistics again but does not move its moving mean
+  and variance a second time. Variables and checkpoints are Keras'.
+  """
+
+  def add_update(self, updates):
+    if not recompute.is_recomputing():
+      super().add_update(updates)
+
 
 def _has_several_replicas():
   return (tf.distribute.has_strategy() and
@@ -37,11 +52,11 @@ def get_norm_layer(name=None, momentum=0.99, epsilon=1e-3, synchronized=None,
       `gamma_initializer`.
 
   Returns:
-    A `tf_keras.layers.BatchNormalization` layer.
+    A `BatchNormalization` (a `tf_keras.layers.BatchNormalization`) layer.
   """
   if synchronized is None:
     synchronized = _has_several_replicas()
-  return tf_keras.layers.BatchNormalization(
+  return BatchNormalization(
       momentum=momentum, epsilon=epsilon, synchronized=synchronized, name=name,
       **kwargs)
 

@@ -1,0 +1,140 @@
+"""Recompute (gradient checkpointing) of a block or layer in the backward pass.
+
+`recompute(fn, inputs)` runs `fn` without keeping its intermediate activations for
+the backward pass; the backward pass runs `fn` again to get them
+(`tf.recompute_grad`; Chen et al., "Training Deep Nets with Sublinear Memory
+Cost", 2016). Only the inputs of each recomputed block stay in memory. DeepLab2
+recomputes the axial blocks of its backbones by default
+(`axial_use_recompute_grad`).
+
+A recomputed function must compute exactly what it computed in the forward pass,
+and must change state only once. Two things in this model would otherwise differ:
+
+- random ops (drop path): `replayable(draw)` records every random tensor drawn in
+  the forward pass and hands the same tensors back, in the same order, when the
+  function is recomputed;
+- batch-norm moving statistics: `is_recomputing()` is true while the backward pass
+  reruns a function; `normalization.BatchNormalization` skips its moving-average
+  update then, so each step updates the statistics once, from the same batch
+  statistics as without recompute. (DeepLab2's recompute updates them twice.)
+
+Variables read inside `fn` receive gradients through `tf.recompute_grad`'s
+`variables` argument. Variables must exist before the first recomputed call:
+`recompute` runs `fn` plainly while the layer that owns it is not fully built.
+"""
+import threading
+from typing import Any, Callable, List, Optional, Sequence
+
+import tensorflow as tf
+import tf_keras
+
+
+class _Replay:
+  """The random tensors of one recomputed call, and where the replay is."""
+
+  def __init__(self):
+    self.tensors: List[tf.Tensor] = []
+    self.recomputing = False
+    self.position = 0
+
+
+_LOCAL = threading.local()
+
+
+def _active() -> Optional[_Replay]:
+  return getattr(_LOCAL, 'replay', None)
+
+
+def is_recomputing() -> bool:
+  """Whether the backward pass is rerunning a recomputed function right now."""
+  replay = _active()
+  return replay is not None and replay.recomputing
+
+
+def replayable(draw: Callable[[], tf.Tensor]) -> tf.Tensor:
+  """`draw()`, or in a recomputation the tensor the forward pass drew here.
+
+  Every random op of a recomputable layer must go through this function.
+  """
+  replay = _active()
+  if replay is None:
+    return draw()
+  if not replay.recomputing:
+    tensor = draw()
+    replay.tensors.append(tensor)
+    return tensor
+  if replay.position >= len(replay.tensors):
+    raise RuntimeError('A recomputed function drew more random tensors than its '
+                       'forward pass; it must draw the same ones in the same order.')
+  tensor = replay.tensors[replay.position]
+  replay.position += 1
+  return tensor
+
+
+def _run_with(replay: _Replay, fn, args):
+  previous = _active()
+  _LOCAL.replay = replay
+  try:
+    return fn(*args)
+  finally:
+    _LOCAL.replay = previous
+
+
+def is_fully_built(layer: tf_keras.layers.Layer) -> bool:
+  """Whether `layer` and every layer inside it has created its variables."""
+  return layer.built and all(
+      module.built for module in layer.submodules
+      if isinstance(module, tf_keras.layers.Layer))
+
+
+def recompute(fn: Callable[..., Any], inputs: Sequence[Any], enabled: bool = True,
+              layer: Optional[tf_keras.layers.Layer] = None) -> Any:
+  """Runs `fn(*inputs)`, recomputing it in the backward pass when `enabled`.
+
+  Args:
+    fn: A function of `inputs` returning a nest of float tensors (e.g. a dict).
+      It may read variables; its non-tensor arguments (training mode, ...) are
+      bound by closure.
+    inputs: Tensors or None (passed through as None).
+    enabled: False runs `fn(*inputs)` plainly (for inference, or when the
+      switch is off).
+    layer: The layer that owns `fn`'s variables; while it is not fully built,
+      `fn` runs plainly so that its variables get created outside the
+      recomputed function.
+
+  Returns:
+    What `fn(*inputs)` returns.
+  """
+  if (not enabled or _active() is not None or
+      (layer is not None and not is_fully_built(layer))):
+    return fn(*inputs)  # Inside another recomputed call, that one covers this.
+  inputs = list(inputs)
+  present = [i for i, x in enumerate(inputs) if x is not None]
+  replay = _Replay()
+  structure = []
+
+  def flat_fn(*tensors):
+    args = list(inputs)
+    for index, tensor in zip(present, tensors):
+      args[index] = tensor
+    if structure:  # The forward pass has run: this is the backward's rerun.
+      replay.recomputing, replay.position = True, 0
+    outputs = _run_with(replay, fn, args)
+    structure[:] = [outputs]
+    return tf.nest.flatten(outputs)
+
+  flat = tf.recompute_grad(flat_fn)(*[inputs[i] for i in present])
+  return tf.nest.pack_sequence_as(structure[0], flat)
+
+
+def set_recompute(model: tf.Module, enabled: bool) -> int:
+  """Sets the `recompute` switch of every block and layer stack in `model`.
+
+  The switch is read when a training step is traced, so one model can be traced
+  with and without recompute (benchmarks, tests). Returns how many were set.
+  """
+  switched = [module for module in model.submodules
+              if isinstance(getattr(module, 'recompute', None), bool)]
+  for module in switched:
+    module.recompute = enabled
+  return len(switched)

@@ -1,0 +1,147 @@
+r"""Peak memory of one training step with and without recompute, and its time cost.
+
+Memory: `analysis.cost.training_step_peak_memory` (a fresh process per figure;
+the real PanopticLoss, batch 1, COCO's 133 classes and 128 clusters): the growth
+of the peak RSS from after the imports (model build, trace, forward, loss,
+backward, AdamW update and its slots) and, in parentheses, from after the model
+is built (the step alone). A process
+whose resident memory grows past what the machine has available when it starts
+(minus --headroom_gib) is stopped and recorded as not fitting, so a step too big
+for the machine cannot push it into swap.
+
+Time: one process per config at --time_size builds the model once and traces
+one training step with recompute and one without, then times them in turns;
+the cost is the ratio of the medians.
+
+  python scripts/bench_train_memory.py \
+      --configs=max_deeplab_s,cmt_deeplab_s,cmt_deeplab_l,cmt_deeplab_l_rfn \
+      --sizes=641,1025
+"""
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list('configs', ['max_deeplab_s', 'cmt_deeplab_s', 'cmt_deeplab_l',
+                              'cmt_deeplab_l_rfn'], 'Named model configs.')
+flags.DEFINE_list('sizes', ['641', '1025'], 'Square crop sizes of the memory figures.')
+flags.DEFINE_list('recompute', ['off', 'on'], 'Recompute settings of the memory figures.')
+flags.DEFINE_integer('time_size', 641, 'Crop size of the step-time comparison (0: skip).')
+flags.DEFINE_list('time_configs', ['max_deeplab_s', 'cmt_deeplab_s'],
+                  'Configs whose step time is compared (each traces two steps).')
+flags.DEFINE_integer('time_rounds', 3, 'Timed steps per setting, in turns.')
+flags.DEFINE_float('headroom_gib', 2.0, 'Memory left to the rest of the machine.')
+flags.DEFINE_string('time_one', None, 'Internal: time one config in this process.')
+
+NUM_CLASSES, NUM_CLUSTERS = 133, 128
+# Every recomputable block and layer (see modeling/layers/recompute.py).
+RECOMPUTE = {
+    'off': ('AxialBlock.recompute = False', 'BottleneckBlock.recompute = False',
+            'TransformerDecoder.recompute = False'),
+    'on': ('AxialBlock.recompute = True', 'BottleneckBlock.recompute = True',
+           'TransformerDecoder.recompute = True'),
+}
+
+
+def _available_bytes() -> int:
+  with open('/proc/meminfo') as f:
+    for line in f:
+      if line.startswith('MemAvailable:'):
+        return int(line.split()[1]) * 1024
+  raise RuntimeError('/proc/meminfo has no MemAvailable.')
+
+
+def _memory_cell(name: str, size: int, setting: str) -> str:
+  from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
+  limit = _available_bytes() - int(FLAGS.headroom_gib * 2**30)
+  try:
+    result = cost.training_step_peak_memory(name, NUM_CLASSES, NUM_CLUSTERS, size, size,
+                                            RECOMPUTE[setting], memory_limit_bytes=limit)
+  except MemoryError:
+    return f'> {limit / 2**30:.1f} (does not fit)'
+  except RuntimeError as e:
+    return f'failed: {str(e).splitlines()[-1][:60]}'
+  step = result.get('step_bytes')
+  return f'{result["bytes"] / 2**30:.2f}' + ('' if step is None else f' ({step / 2**30:.2f})')
+
+
+def _time_one(name: str, size: int) -> None:
+  """In this process: median step seconds with recompute off and on (JSON)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
+  from cmt_deeplab_tf.modeling.layers import recompute  # pylint: disable=g-import-not-at-top
+  from cmt_deeplab_tf.training import optimization  # pylint: disable=g-import-not-at-top
+  from cmt_deeplab_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from cmt_deeplab_tf.losses import panoptic_loss  # pylint: disable=g-import-not-at-top
+  model = cost.build(name, NUM_CLASSES, NUM_CLUSTERS)
+  batch = cost.random_training_batch(size, size, NUM_CLASSES, NUM_CLUSTERS)
+  trainers = {}
+  for setting in ('off', 'on'):
+    recompute.set_recompute(model, setting == 'on')
+    trainers[setting] = trainer_lib.PanopticTrainer(
+        strategy=tf.distribute.get_strategy(), model=model,
+        loss_fn=panoptic_loss.PanopticLoss(num_classes=NUM_CLASSES, global_batch_size=1),
+        optimizer_config=optimization.OptimizerConfig(train_steps=100, warmup_steps=0),
+        post_processor=None, evaluator=None,
+        train_dataset_fn=lambda _: tf.data.Dataset.from_tensors(batch).repeat())
+    trainers[setting].train(tf.constant(1))  # Traced with this switch.
+  seconds = {setting: [] for setting in trainers}
+  for _ in range(FLAGS.time_rounds):
+    for setting, trainer in trainers.items():
+      start = time.perf_counter()
+      trainer.train(tf.constant(1))
+      seconds[setting].append(time.perf_counter() - start)
+  print(json.dumps({s: statistics.median(v) for s, v in seconds.items()}), flush=True)
+
+
+def _time_cell(name: str, size: int) -> str:
+  from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
+  command = [sys.executable, __file__, f'--time_one={name}', f'--time_size={size}',
+             f'--time_rounds={FLAGS.time_rounds}']
+  limit = _available_bytes() - int(FLAGS.headroom_gib * 2**30)
+  with tempfile.TemporaryFile('w+') as out:
+    process = subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL, text=True)
+    if cost.wait_within_memory(process, limit):
+      return f'> {limit / 2**30:.1f} GiB (does not fit)'
+    out.seek(0)
+    lines = out.read().strip().splitlines()
+  if process.returncode != 0 or not lines:
+    return f'failed ({process.returncode})'
+  seconds = json.loads(lines[-1])
+  return (f'{seconds["off"]:.2f} / {seconds["on"]:.2f} s '
+          f'(+{100 * (seconds["on"] / seconds["off"] - 1):.0f}%)')
+
+
+def main(argv):
+  del argv
+  if FLAGS.time_one:
+    _time_one(FLAGS.time_one, FLAGS.time_size)
+    return
+  sizes = [int(s) for s in FLAGS.sizes]
+  settings = FLAGS.recompute
+  header = ['config'] + [f'{s}x{s} {setting} (GiB)' for s in sizes for setting in settings]
+  if FLAGS.time_size:
+    header.append(f'step time {FLAGS.time_size}: off / on')
+    timed = set(FLAGS.time_configs)
+  rows = []
+  for name in FLAGS.configs:
+    row = [name] + [_memory_cell(name, size, setting)
+                    for size in sizes for setting in settings]
+    if FLAGS.time_size:
+      row.append(_time_cell(name, FLAGS.time_size) if name in timed else '-')
+    rows.append(row)
+    print(' | '.join(row), file=sys.stderr, flush=True)  # Progress.
+  print('| ' + ' | '.join(header) + ' |')
+  print('|' + '---|' * len(header))
+  for row in rows:
+    print('| ' + ' | '.join(row) + ' |')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,150 @@
+"""Recompute (gradient checkpointing) computes exactly the step it replaces."""
+import os
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cmt_deeplab_tf.analysis import cost
+from cmt_deeplab_tf.losses import panoptic_loss
+from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.modeling.layers import blocks
+from cmt_deeplab_tf.modeling.layers import recompute
+from cmt_deeplab_tf.training import train_lib
+
+MIRRORED_SCRIPT = os.path.join(os.path.dirname(__file__), 'recompute_mirrored_run.py')
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NUM_CLASSES, NUM_CLUSTERS, SIZE = 5, 8, 49
+# Drop path everywhere it exists, so the masks matter.
+DROP_PATH_BINDINGS = ('PixelDecoder.drop_path_rate = 0.5',
+                      'TransformerDecoder.drop_path_rate = 0.5')
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def tiny_model():
+  for binding in DROP_PATH_BINDINGS:
+    gin.parse_config(binding)
+  model = builder.build_model('tiny', NUM_CLASSES, NUM_CLUSTERS)
+  train_lib.create_all_variables(model, tf.distribute.get_strategy())
+  # Zero-initialised last gammas would hide the residual branches (and their
+  # drop-path masks) from the forward pass: make them count.
+  for variable in model.trainable_variables:
+    if 'gamma' in variable.name and not np.any(variable.numpy()):
+      variable.assign(tf.fill(variable.shape, 0.5))
+  return model
+
+
+def one_step(model, batch, enabled, seed=7, strategy=None):
+  """(loss, gradients, moving statistics) of one training step from `model`'s state.
+
+  Under a strategy, `batch` is split over the replicas (batch size = replicas) and
+  the loss and gradients are the replicas' sums.
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+  assert recompute.set_recompute(model, enabled) > 0
+  initial = [v.numpy() for v in model.variables]
+  replicas = strategy.num_replicas_in_sync
+  loss_fn = panoptic_loss.PanopticLoss(num_classes=NUM_CLASSES, global_batch_size=replicas)
+  tf.random.set_seed(seed)
+
+  def replica_step(features):
+    with tf.GradientTape() as tape:
+      total = loss_fn(features, model(features['image'], training=True))[panoptic_loss.TOTAL]
+    gradients = tape.gradient(total, model.trainable_variables)
+    return total, [tf.convert_to_tensor(g) for g in gradients]
+
+  @tf.function
+  def step():
+    features = strategy.experimental_distribute_values_from_function(
+        lambda context: {k: v[context.replica_id_in_sync_group:][:1] for k, v in batch.items()})
+    per_replica = strategy.run(replica_step, args=(features,))
+    return tf.nest.map_structure(
+        lambda x: strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None), per_replica)
+
+  loss, gradients = step()
+  moving = [v.numpy() for v in model.non_trainable_variables]
+  for variable, value in zip(model.variables, initial):
+    variable.assign(value)
+  return float(loss), [g.numpy() for g in gradients], moving
+
+
+def assert_same_steps(model, stored, recomputed):
+  """Loss, gradients and moving statistics agree; the statistics did move."""
+  assert np.isfinite(stored[0]) and stored[0] == pytest.approx(recomputed[0], rel=1e-6)
+  for name, a, b in zip([v.name for v in model.trainable_variables], stored[1], recomputed[1]):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=name)
+  # Variables get gradients through the recomputed blocks (those of a branch that
+  # drop path dropped get none, with or without recompute).
+  zero = [v.name for v, g in zip(model.trainable_variables, recomputed[1]) if not np.any(g)]
+  assert len(zero) < len(recomputed[1]) // 4, zero
+  moved = 0
+  for variable, a, b in zip(model.non_trainable_variables, stored[2], recomputed[2]):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7, err_msg=variable.name)
+    moved += int(not np.array_equal(a, variable.numpy()))
+  assert moved > 0  # Updated once, as without recompute (a second update would differ).
+
+
+@pytest.mark.slow
+def test_recompute_gives_the_same_step_with_drop_path_and_batch_norm():
+  model = tiny_model()
+  batch = cost.random_training_batch(SIZE, SIZE, NUM_CLASSES, NUM_CLUSTERS)
+  assert_same_steps(model, one_step(model, batch, False), one_step(model, batch, True))
+
+
+@pytest.mark.slow
+def test_recompute_gives_the_same_step_under_mirrored_strategy(tmp_path):
+  process = subprocess.run(
+      [sys.executable, MIRRORED_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), timeout=900, check=False)
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert process.stdout.strip().splitlines()[-1] == 'same step on 2 replicas'
+
+
+@pytest.mark.parametrize('block_class', [blocks.AxialBlock, blocks.BottleneckBlock])
+def test_eager_block_recompute_matches_stored(block_class):
+  block = block_class(8, drop_path_rate=0.5, recompute=True)
+  inputs = tf.random.normal([4, 9, 9, 32])
+  block(inputs, training=True)  # The building call runs plainly.
+  for variable in block.trainable_variables:
+    variable.assign(tf.random.normal(variable.shape, 0.5, 0.2))
+  results = []
+  for enabled in (False, True):
+    block.recompute = enabled
+    before = [v.numpy() for v in block.non_trainable_variables]
+    tf.random.set_seed(3)
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      outputs = block(inputs, training=True)
+      loss = tf.reduce_sum(outputs * tf.cos(outputs))
+    results.append([[tf.convert_to_tensor(g).numpy() for g in
+                     tape.gradient(loss, [inputs] + block.trainable_variables)],
+                    [v.numpy() for v in block.non_trainable_variables]])
+    for variable, value in zip(block.non_trainable_variables, before):
+      variable.assign(value)
+  for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_replay_returns_forward_tensors_in_order():
+  drawn = []
+
+  def fn(x):
+    drawn.append(recompute.replayable(lambda: tf.random.uniform([])))
+    return x * drawn[-1]
+
+  x = tf.constant(2.0)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = recompute.recompute(fn, [x])
+  gradient = tape.gradient(y, x)
+  assert len(drawn) == 2 and float(drawn[0]) == float(drawn[1])
+  assert float(gradient) == pytest.approx(float(drawn[0]))
