@@ -71,6 +71,14 @@ def _backbone_activation(value):
   return 'AxialResNet.activation', value, check
 
 
+def _recompute(configurable):
+  def check():  # Every such block (or the transformer stack) of the tiny model.
+    model = builder.build_model('tiny', num_classes=3, num_clusters=4)
+    switched = [m for m in model.submodules if type(m).__name__ == configurable]
+    assert switched and all(m.recompute is True for m in switched)
+  return f'{configurable}.recompute', True, check
+
+
 def _experiment(parameter, value):
   def check():
     assert getattr(train_lib.ExperimentConfig(), parameter) == value
@@ -148,6 +156,9 @@ _CHECKS = [
     _experiment('init_checkpoint_format', 'deeplab2'),
     _experiment('init_checkpoint_modules', 'backbone'),
     _backbone_activation('gelu'),
+    _recompute('AxialBlock'),
+    _recompute('BottleneckBlock'),
+    _recompute('TransformerDecoder'),
     _optimizer('learning_rate', 0.125),
     _optimizer('warmup_steps', 3),
     _optimizer('decay_power', 0.5),
