@@ -10,19 +10,17 @@ whose resident memory grows past what the machine has available when it starts
 for the machine cannot push it into swap.
 
 Time: one process per config at --time_size builds the model once and traces
-one training step with recompute and one without, then times them in turns;
-the cost is the ratio of the medians.
+one training step with recompute and one without, then times them in turns
+(`analysis.timing`); the cost is the median of the per-round ratios.
 
   python scripts/bench_train_memory.py \
       --configs=max_deeplab_s,cmt_deeplab_s,cmt_deeplab_l,cmt_deeplab_l_rfn \
       --sizes=641,1025
 """
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 from absl import app
 from absl import flags
@@ -75,6 +73,7 @@ def _time_one(name: str, size: int) -> None:
   """In this process: median step seconds with recompute off and on (JSON)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
+  from cmt_deeplab_tf.analysis import timing  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.modeling.layers import recompute  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.training import optimization  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
@@ -91,13 +90,12 @@ def _time_one(name: str, size: int) -> None:
         post_processor=None, evaluator=None,
         train_dataset_fn=lambda _: tf.data.Dataset.from_tensors(batch).repeat())
     trainers[setting].train(tf.constant(1))  # Traced with this switch.
-  seconds = {setting: [] for setting in trainers}
-  for _ in range(FLAGS.time_rounds):
-    for setting, trainer in trainers.items():
-      start = time.perf_counter()
-      trainer.train(tf.constant(1))
-      seconds[setting].append(time.perf_counter() - start)
-  print(json.dumps({s: statistics.median(v) for s, v in seconds.items()}), flush=True)
+  timings = timing.interleaved(
+      {setting: (lambda t=trainer: t.train(tf.constant(1)))
+       for setting, trainer in trainers.items()},
+      rounds=FLAGS.time_rounds, warmup=0)
+  print(json.dumps({'off': timings.median('off'), 'on': timings.median('on'),
+                    'ratio': timings.ratio_summary('on', 'off')[0]}), flush=True)
 
 
 def _time_cell(name: str, size: int) -> str:
@@ -115,7 +113,7 @@ def _time_cell(name: str, size: int) -> str:
     return f'failed ({process.returncode})'
   seconds = json.loads(lines[-1])
   return (f'{seconds["off"]:.2f} / {seconds["on"]:.2f} s '
-          f'(+{100 * (seconds["on"] / seconds["off"] - 1):.0f}%)')
+          f'(+{100 * (seconds["ratio"] - 1):.0f}%)')
 
 
 def main(argv):
