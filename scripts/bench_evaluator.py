@@ -73,11 +73,8 @@ def _each_image(update, pairs):
 
 def parse_size(text):
   """'coco:480x640' -> ('coco', 480, 640); a clear error naming the flag."""
-  try:
-    name, size = text.split(':')
-    height, width = (int(v) for v in size.split('x'))
-  except ValueError:
-    raise ValueError(f'--sizes entries must be dataset:HxW, got {text!r}.') from None
+  name, _, size = text.partition(':')
+  height, width = timing.parse_size(size, '--sizes (dataset:HxW)')
   if name not in _WRITERS:
     raise ValueError(f'--sizes: unknown dataset {name!r}; one of {sorted(_WRITERS)}.')
   return name, height, width

@@ -35,14 +35,6 @@ flags.DEFINE_list('sizes', ['480x640', '1024x1024'],
                   'Image sizes HxW (COCO-like, large); crop = larger side + 1.')
 
 
-def parse_size(text):
-  """'480x640' -> (480, 640); a clear error naming the flag otherwise."""
-  try:
-    height, width = (int(v) for v in text.split('x'))
-  except ValueError:
-    raise ValueError(f'--sizes entries must be HxW, got {text!r}.') from None
-  return height, width
-
 
 def _convert(root: str, height: int, width: int) -> float:
   """Writes a synthetic set and its TFRecords; returns converter images/s."""
@@ -72,7 +64,7 @@ def main(argv):
   del argv
   shutil.rmtree(FLAGS.work_dir, ignore_errors=True)
   rows = []
-  for height, width in (parse_size(size) for size in FLAGS.sizes):
+  for height, width in (timing.parse_size(size) for size in FLAGS.sizes):
     root = os.path.join(FLAGS.work_dir, f'{height}x{width}')
     crop = max(height, width) + 1
     convert_rate = _convert(root, height, width)

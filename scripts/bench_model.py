@@ -34,14 +34,6 @@ _MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 4096,
                                     'Side of the reference float32 matmul.')
 
 
-def parse_size(text):
-  """'800x1200' -> (800, 1200); a clear error naming the flag otherwise."""
-  try:
-    height, width = (int(v) for v in text.split('x'))
-  except ValueError:
-    raise ValueError(f'--sizes entries must be HxW, got {text!r}.') from None
-  return height, width
-
 
 def matmul_gflops(rounds):
   """GFLOP/s of a float32 matmul (2 FLOPs per multiply-add), median of rounds."""
@@ -64,7 +56,7 @@ def main(argv):
   print('|---|---|---|---|---|---|---|---|---|')
   ratio_lines = []
   for size in _SIZES.value:
-    height, width = parse_size(size)
+    height, width = timing.parse_size(size)
     images = tf.random.uniform([1, height, width, 3], -1.0, 1.0)
     macs = {name: flop_count.count_multiply_adds(model, height, width)[0]
             for name, model in models.items()}

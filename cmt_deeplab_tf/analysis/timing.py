@@ -120,3 +120,12 @@ def interleaved(calls: Mapping[str, Callable[[], Any]], rounds: int, warmup: int
 def median_seconds(call: Callable[[], Any], rounds: int, warmup: int = 1) -> float:
   """Median seconds of one candidate alone (when there is nothing to compare)."""
   return interleaved({'call': call}, rounds, warmup).median('call')
+
+
+def parse_size(text: str, flag: str = '--sizes') -> Tuple[int, int]:
+  """'800x1200' -> (800, 1200), for the benchmarks' size flags; an error names `flag`."""
+  try:
+    height, width = (int(v) for v in text.split('x'))
+  except ValueError:
+    raise ValueError(f'{flag} entries must be HxW, got {text!r}.') from None
+  return height, width

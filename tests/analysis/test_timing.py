@@ -79,3 +79,11 @@ def test_unknown_candidate_is_named(clock):
   timings = timing.interleaved({'a': _candidate(clock, [], 'a', [1, 1])}, rounds=1)
   with pytest.raises(KeyError, match="'b'.*candidates: \\['a'\\]"):
     timings.median('b')
+
+
+def test_parse_size_reads_height_by_width_and_names_the_flag():
+  assert timing.parse_size('800x1200') == (800, 1200)
+  with pytest.raises(ValueError, match=r"--sizes entries must be HxW, got '800'"):
+    timing.parse_size('800')
+  with pytest.raises(ValueError, match='--crop entries'):
+    timing.parse_size('axb', '--crop')
