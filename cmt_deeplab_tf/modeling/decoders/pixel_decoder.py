@@ -132,8 +132,8 @@ class PixelDecoder(tf_keras.layers.Layer):
     """Runs the decoder.
 
     Args:
-      endpoints: The backbone's dict with RES5, and RES3, RES2 and their
-        unactivated STAGE3, STAGE2 (any widths).
+      endpoints: The backbone's dict with RES5, RES3, RES2 and their
+        unactivated STAGE5, STAGE3, STAGE2 (any widths).
       training: Whether batch norms use batch statistics.
       after_block: Optional callable (stage_index, block_index, features) ->
         features, run after every block on its unactivated output.
@@ -144,7 +144,9 @@ class PixelDecoder(tf_keras.layers.Layer):
       [B, ceil(H/4), ceil(W/4), 256w].
     """
     outputs = []
+    # Each stage's output, activated and not; the next stage's fusion takes both.
     features = endpoints[axial_resnet.RES5]
+    preactivation = endpoints[axial_resnet.STAGE5]
     for stage_index, (fuse, stage) in enumerate(zip(self.fuses, self.stages)):
       if fuse is not None:
         skip = [endpoints[key] for key in _SKIP_INPUTS[stage_index - 1]]

@@ -16,7 +16,6 @@ recomputes the block instead of keeping its activations (`recompute.recompute`;
 DeepLab2's `axial_use_recompute_grad` / `conv_use_recompute_grad`).
 """
 import gin
-import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf.modeling.layers import activations
