@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from cmt_deeplab_tf.data import augment
+from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
@@ -71,12 +72,18 @@ def _backbone_activation(value):
   return 'AxialResNet.activation', value, check
 
 
-def _recompute(configurable):
-  def check():  # Every such block (or the transformer stack) of the tiny model.
-    model = builder.build_model('tiny', num_classes=3, num_clusters=4)
+def _recompute(configurable, model_name='tiny'):
+  def check():  # Every such layer of the model.
+    model = builder.build_model(model_name, num_classes=3, num_clusters=4)
     switched = [m for m in model.submodules if type(m).__name__ == configurable]
     assert switched and all(m.recompute is True for m in switched)
   return f'{configurable}.recompute', True, check
+
+
+def _loss_recompute():
+  def check():
+    assert panoptic_loss.PanopticLoss(num_classes=3).recompute is True
+  return 'PanopticLoss.recompute', True, check
 
 
 def _experiment(parameter, value):
@@ -159,6 +166,10 @@ _CHECKS = [
     _recompute('AxialBlock'),
     _recompute('BottleneckBlock'),
     _recompute('TransformerDecoder'),
+    _recompute('InceptionStem'),
+    _recompute('ResNetStem', 'cmt_deeplab_r50'),
+    _recompute('MaskTransformerHeads'),
+    _loss_recompute(),
     _optimizer('learning_rate', 0.125),
     _optimizer('warmup_steps', 3),
     _optimizer('decay_power', 0.5),

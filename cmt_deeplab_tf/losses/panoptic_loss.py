@@ -11,6 +11,11 @@ every intermediate layer (deep supervision, as DeepLab2 does) and for the first
 network of an RFN model (supplement Sec. 1). Each layer's loss weights (Dice,
 class probability) come from that layer's own predictions.
 
+With `recompute`, each layer's terms are recomputed in the backward pass from the
+layer's logits (`recompute.recompute`): the [B, h*w, N] softmaxes, products and
+Dice / cross-entropy intermediates of the (up to 16) supervised layers are not
+all kept until the backward pass reaches them.
+
 Per-image losses are summed and divided by the GLOBAL batch size, so that summing
 the per-replica losses of a distribution strategy (what an optimizer's gradient
 all-reduce does) gives the mean over the global batch.
@@ -28,6 +33,7 @@ from cmt_deeplab_tf.losses import mask_id
 from cmt_deeplab_tf.losses import matching as matching_lib
 from cmt_deeplab_tf.losses import pq_style
 from cmt_deeplab_tf.losses import semantic
+from cmt_deeplab_tf.modeling.layers import recompute as recompute_lib
 
 # Names of the loss terms in the returned dict. Intermediate layers' terms are
 # summed under AUX_PREFIX + name, the RFN first network's under
@@ -61,7 +67,8 @@ class PanopticLoss:
                aux_weight: float = 1.0,
                first_network_weight: float = 1.0,
                global_batch_size: Optional[int] = None,
-               output_stride: int = 4):
+               output_stride: int = 4,
+               recompute: bool = False):
     """Initialises the loss.
 
     Args:
@@ -77,6 +84,8 @@ class PanopticLoss:
       global_batch_size: the batch size over all replicas; by default the local
         batch size times the current strategy's `num_replicas_in_sync`.
       output_stride: the stride of the mask logits w.r.t. the targets.
+      recompute: recompute each layer's terms in the backward pass instead of
+        keeping their intermediates (same values and gradients).
     """
     weights = dict(pq_style_weight=pq_style_weight, mask_id_weight=mask_id_weight,
                    instance_discrimination_weight=instance_discrimination_weight,
@@ -94,6 +103,7 @@ class PanopticLoss:
     self._weights = weights
     self._global_batch_size = global_batch_size
     self._output_stride = output_stride
+    self.recompute = recompute
 
   def __call__(self, targets: Mapping[str, tf.Tensor],
                outputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
@@ -176,18 +186,27 @@ class PanopticLoss:
 
   def _layer_losses(self, outputs, loss_targets, matching):
     """Per-image weighted terms [B] of one transformer layer's predictions."""
+    return recompute_lib.recompute(
+        lambda class_logits, mask_logits, reference_logits: self._layer_terms(
+            class_logits, mask_logits, reference_logits, loss_targets, matching),
+        [outputs[common.CLASS_LOGITS], outputs[common.MASK_LOGITS],
+         outputs.get(common.REFERENCE_MASK_LOGITS)],
+        enabled=self.recompute)
+
+  def _layer_terms(self, class_logits, mask_logits, reference_logits,
+                   loss_targets, matching):
+    """The terms of `_layer_losses` from the layer's logits."""
     class_term, mask_term = pq_style.pq_style_loss(
-        outputs[common.CLASS_LOGITS], outputs[common.MASK_LOGITS], loss_targets,
-        matching)
+        class_logits, mask_logits, loss_targets, matching)
     losses = {
         PQ_STYLE_CLASS: self._weights['pq_style_weight'] * class_term,
         PQ_STYLE_MASK: self._weights['pq_style_weight'] * mask_term,
         MASK_ID: self._weights['mask_id_weight'] * mask_id.mask_id_cross_entropy(
-            outputs[common.MASK_LOGITS], loss_targets, matching),
+            mask_logits, loss_targets, matching),
     }
-    if outputs.get(common.REFERENCE_MASK_LOGITS) is not None:
+    if reference_logits is not None:
       losses[MASK_APPROXIMATION] = (
           self._weights['mask_approximation_weight'] *
           mask_approximation.mask_approximation_loss(
-              outputs[common.REFERENCE_MASK_LOGITS], loss_targets, matching))
+              reference_logits, loss_targets, matching))
     return losses

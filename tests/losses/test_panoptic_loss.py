@@ -196,3 +196,31 @@ def test_mirrored_strategy_sum_of_replica_losses_is_global_mean():
                           env=env, capture_output=True, text=True, timeout=300)
   assert 'MIRRORED_OK' in result.stdout, result.stderr[-3000:]
 
+
+
+@pytest.mark.parametrize('traced', [False, True])
+def test_recompute_gives_the_same_losses_and_gradients(traced):
+  targets = make_targets(2)
+  outputs = make_outputs(2)
+  aux = [make_outputs(2, seed=seed) for seed in (1, 2)]
+  outputs[common.AUX_OUTPUTS] = [  # What a layer's deep supervision reads.
+      {k: a[k] for k in (common.CLASS_LOGITS, common.MASK_LOGITS,
+                         common.REFERENCE_MASK_LOGITS)} for a in aux]
+  leaves = tf.nest.flatten(outputs)
+
+  def losses_and_gradients(recompute):
+    loss_fn = panoptic_loss.PanopticLoss(NUM_CLASSES, recompute=recompute)
+
+    def run(*tensors):
+      with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        losses = loss_fn(targets, tf.nest.pack_sequence_as(outputs, list(tensors)))
+      return losses, tape.gradient(losses[panoptic_loss.TOTAL], tensors)
+    return (tf.function(run) if traced else run)(*leaves)
+
+  stored, recomputed = losses_and_gradients(False), losses_and_gradients(True)
+  for name in stored[0]:
+    np.testing.assert_allclose(recomputed[0][name], stored[0][name], rtol=1e-6, err_msg=name)
+  for index, (a, b) in enumerate(zip(stored[1], recomputed[1])):
+    assert np.any(a.numpy()), index  # Every output gets a gradient.
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7, err_msg=str(index))

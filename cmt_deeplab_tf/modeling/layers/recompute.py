@@ -20,9 +20,14 @@ and must change state only once. Two things in this model would otherwise differ
 
 Variables read inside `fn` receive gradients through `tf.recompute_grad`'s
 `variables` argument. Variables must exist before the first recomputed call:
-`recompute` runs `fn` plainly while the layer that owns it is not fully built.
+`recompute` runs `fn` plainly until it has run once for the layer that owns it,
+and a recomputed call that creates a variable is an error. (Keras' `built` flags
+cannot tell: a layer is `built` before its first call has created its sublayers'
+variables, and sublayers used through methods other than `__call__` never become
+`built`.)
 """
 import threading
+import weakref
 from typing import Any, Callable, List, Optional, Sequence
 
 import tensorflow as tf
@@ -39,6 +44,8 @@ class _Replay:
 
 
 _LOCAL = threading.local()
+# Layers whose function has run plainly once, so their variables exist.
+_HAS_RUN: 'weakref.WeakSet[tf_keras.layers.Layer]' = weakref.WeakSet()
 
 
 def _active() -> Optional[_Replay]:
@@ -80,13 +87,6 @@ def _run_with(replay: _Replay, fn, args):
     _LOCAL.replay = previous
 
 
-def is_fully_built(layer: tf_keras.layers.Layer) -> bool:
-  """Whether `layer` and every layer inside it has created its variables."""
-  return layer.built and all(
-      module.built for module in layer.submodules
-      if isinstance(module, tf_keras.layers.Layer))
-
-
 def recompute(fn: Callable[..., Any], inputs: Sequence[Any], enabled: bool = True,
               layer: Optional[tf_keras.layers.Layer] = None) -> Any:
   """Runs `fn(*inputs)`, recomputing it in the backward pass when `enabled`.
@@ -98,16 +98,24 @@ def recompute(fn: Callable[..., Any], inputs: Sequence[Any], enabled: bool = Tru
     inputs: Tensors or None (passed through as None).
     enabled: False runs `fn(*inputs)` plainly (for inference, or when the
       switch is off).
-    layer: The layer that owns `fn`'s variables; while it is not fully built,
-      `fn` runs plainly so that its variables get created outside the
+    layer: The layer that owns `fn`'s variables; until `fn` has run once for
+      it, `fn` runs plainly so that its variables get created outside the
       recomputed function.
 
   Returns:
     What `fn(*inputs)` returns.
+
+  Raises:
+    RuntimeError: If the recomputed `fn` created variables of `layer`.
   """
-  if (not enabled or _active() is not None or
-      (layer is not None and not is_fully_built(layer))):
-    return fn(*inputs)  # Inside another recomputed call, that one covers this.
+  if not enabled or _active() is not None or (layer is not None and
+                                               layer not in _HAS_RUN):
+    # Plainly: switched off, inside another recomputed call (which covers this
+    # one), or the first call, which creates the layer's variables.
+    outputs = fn(*inputs)
+    if layer is not None and _active() is None:
+      _HAS_RUN.add(layer)
+    return outputs
   inputs = list(inputs)
   present = [i for i, x in enumerate(inputs) if x is not None]
   replay = _Replay()
@@ -123,7 +131,12 @@ def recompute(fn: Callable[..., Any], inputs: Sequence[Any], enabled: bool = Tru
     structure[:] = [outputs]
     return tf.nest.flatten(outputs)
 
+  num_variables = None if layer is None else len(layer.variables)
   flat = tf.recompute_grad(flat_fn)(*[inputs[i] for i in present])
+  if layer is not None and len(layer.variables) != num_variables:
+    raise RuntimeError(
+        f'Layer {layer.name!r} created variables inside a recomputed call; call it '
+        'once in training mode before (e.g. train_lib.create_all_variables).')
   return tf.nest.pack_sequence_as(structure[0], flat)
 
 
