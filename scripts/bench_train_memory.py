@@ -3,8 +3,11 @@ r"""Peak memory of one training step with and without recompute, and its time co
 Memory: `analysis.cost.training_step_peak_memory` (a fresh process per figure;
 the real PanopticLoss, batch 1, COCO's 133 classes and 128 clusters): the growth
 of the peak RSS from after the imports (model build, trace, forward, loss,
-backward, AdamW update and its slots) and, in parentheses, from after the model
-is built (the step alone). A process
+backward and, in mode `train_step`, the AdamW update and its slots), then in
+parentheses from after the model is built (the step alone) and TensorFlow's
+peak tensor allocation of the step alone. Mode `forward_backward` stops at the
+gradients, as a forward + backward of another implementation is measured. A
+process
 whose resident memory grows past what the machine has available when it starts
 (minus --headroom_gib) is stopped and recorded as not fitting, so a step too big
 for the machine cannot push it into swap.
@@ -30,6 +33,8 @@ flags.DEFINE_list('configs', ['max_deeplab_s', 'cmt_deeplab_s', 'cmt_deeplab_l',
                               'cmt_deeplab_l_rfn'], 'Named model configs.')
 flags.DEFINE_list('sizes', ['641', '1025'], 'Square crop sizes of the memory figures.')
 flags.DEFINE_list('recompute', ['off', 'on'], 'Recompute settings of the memory figures.')
+flags.DEFINE_list('modes', ['train_step'], 'What each memory probe runs: train_step '
+                  'and / or forward_backward (analysis.cost.PROBE_MODES).')
 flags.DEFINE_integer('time_size', 641, 'Crop size of the step-time comparison (0: skip).')
 flags.DEFINE_list('time_configs', ['max_deeplab_s', 'cmt_deeplab_s'],
                   'Configs whose step time is compared (each traces two steps).')
@@ -38,13 +43,11 @@ flags.DEFINE_float('headroom_gib', 2.0, 'Memory left to the rest of the machine.
 flags.DEFINE_string('time_one', None, 'Internal: time one config in this process.')
 
 NUM_CLASSES, NUM_CLUSTERS = 133, 128
-# Every recomputable block and layer (see modeling/layers/recompute.py).
-RECOMPUTE = {
-    'off': ('AxialBlock.recompute = False', 'BottleneckBlock.recompute = False',
-            'TransformerDecoder.recompute = False'),
-    'on': ('AxialBlock.recompute = True', 'BottleneckBlock.recompute = True',
-           'TransformerDecoder.recompute = True'),
-}
+# Every recompute switch (see modeling/layers/recompute.py), as coco/base.gin sets them.
+RECOMPUTE_SWITCHES = ('InceptionStem', 'ResNetStem', 'AxialBlock', 'BottleneckBlock',
+                      'TransformerDecoder', 'MaskTransformerHeads', 'PanopticLoss')
+RECOMPUTE = {setting: tuple(f'{switch}.recompute = {value}' for switch in RECOMPUTE_SWITCHES)
+             for setting, value in (('off', False), ('on', True))}
 
 
 def _available_bytes() -> int:
@@ -55,18 +58,21 @@ def _available_bytes() -> int:
   raise RuntimeError('/proc/meminfo has no MemAvailable.')
 
 
-def _memory_cell(name: str, size: int, setting: str) -> str:
+def _memory_cell(name: str, size: int, setting: str, mode: str) -> str:
+  """'total (step alone; allocator peak of the step)' in GiB."""
   from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
   limit = _available_bytes() - int(FLAGS.headroom_gib * 2**30)
   try:
     result = cost.training_step_peak_memory(name, NUM_CLASSES, NUM_CLUSTERS, size, size,
-                                            RECOMPUTE[setting], memory_limit_bytes=limit)
+                                            RECOMPUTE[setting], memory_limit_bytes=limit,
+                                            mode=mode)
   except MemoryError:
     return f'> {limit / 2**30:.1f} (does not fit)'
   except RuntimeError as e:
     return f'failed: {str(e).splitlines()[-1][:60]}'
-  step = result.get('step_bytes')
-  return f'{result["bytes"] / 2**30:.2f}' + ('' if step is None else f' ({step / 2**30:.2f})')
+  details = '; '.join(f'{result[key] / 2**30:.2f}' for key in
+                      ('step_bytes', 'allocator_step_bytes') if key in result)
+  return f'{result["bytes"] / 2**30:.2f} ({details})'
 
 
 def _time_one(name: str, size: int) -> None:
@@ -85,7 +91,8 @@ def _time_one(name: str, size: int) -> None:
     recompute.set_recompute(model, setting == 'on')
     trainers[setting] = trainer_lib.PanopticTrainer(
         strategy=tf.distribute.get_strategy(), model=model,
-        loss_fn=panoptic_loss.PanopticLoss(num_classes=NUM_CLASSES, global_batch_size=1),
+        loss_fn=panoptic_loss.PanopticLoss(num_classes=NUM_CLASSES, global_batch_size=1,
+                                           recompute=setting == 'on'),
         optimizer_config=optimization.OptimizerConfig(train_steps=100, warmup_steps=0),
         post_processor=None, evaluator=None,
         train_dataset_fn=lambda _: tf.data.Dataset.from_tensors(batch).repeat())
@@ -123,18 +130,21 @@ def main(argv):
     return
   sizes = [int(s) for s in FLAGS.sizes]
   settings = FLAGS.recompute
-  header = ['config'] + [f'{s}x{s} {setting} (GiB)' for s in sizes for setting in settings]
+  header = ['config', 'mode'] + [f'{s}x{s} {setting} (GiB)' for s in sizes
+                                 for setting in settings]
   if FLAGS.time_size:
     header.append(f'step time {FLAGS.time_size}: off / on')
     timed = set(FLAGS.time_configs)
   rows = []
   for name in FLAGS.configs:
-    row = [name] + [_memory_cell(name, size, setting)
-                    for size in sizes for setting in settings]
-    if FLAGS.time_size:
-      row.append(_time_cell(name, FLAGS.time_size) if name in timed else '-')
-    rows.append(row)
-    print(' | '.join(row), file=sys.stderr, flush=True)  # Progress.
+    for index, mode in enumerate(FLAGS.modes):
+      row = [name, mode] + [_memory_cell(name, size, setting, mode)
+                            for size in sizes for setting in settings]
+      if FLAGS.time_size:
+        row.append(_time_cell(name, FLAGS.time_size) if name in timed and not index
+                   else '-')
+      rows.append(row)
+      print(' | '.join(row), file=sys.stderr, flush=True)  # Progress.
   print('| ' + ' | '.join(header) + ' |')
   print('|' + '---|' * len(header))
   for row in rows:

@@ -15,7 +15,7 @@ Per config:
 The paper measured FPS on a V100 and memory on a TPUv4 (supplement Sec. 2);
 `PAPER_ROWS` keeps its Table 2 as data so the table shows both.
 
-`python -m cmt_deeplab_tf.analysis.cost NAME CLASSES CLUSTERS HEIGHT WIDTH
+`python -m cmt_deeplab_tf.analysis.cost MODE NAME CLASSES CLUSTERS HEIGHT WIDTH
 [GIN_BINDING ...]` is the fresh process of the memory measurement; it prints one
 JSON line.
 
@@ -54,6 +54,12 @@ GPU_PEAK = 'GPU:0 peak allocated (tf.config.experimental.get_memory_info)'
 CPU_PEAK_RSS = ('peak RSS increase of a fresh process from after its imports to '
                 'after one train step (model build, trace, forward, PanopticLoss, '
                 'backward, AdamW update)')
+# What the memory probe runs: the project's whole training step, or its forward
+# pass, PanopticLoss and gradients only (no optimizer: how a forward + backward is
+# measured for another implementation).
+TRAIN_STEP = 'train_step'
+FORWARD_BACKWARD = 'forward_backward'
+PROBE_MODES = (TRAIN_STEP, FORWARD_BACKWARD)
 TABLE_HEADER = ('method', 'epochs', 'memory', 'params', 'FLOPs', 'FPS', 'PQ')
 _MEMORY_PROBE_LABEL_DIVISOR = 1000
 _MEMORY_PROBE_BLOCK = 64  # Side of the random segments of the probe's label.
@@ -152,28 +158,48 @@ def run_one_training_step(model, num_classes: int, batch: Dict[str, tf.Tensor]) 
   return trainer.train(tf.constant(1))[panoptic_loss.TOTAL]
 
 
+def run_forward_backward(model, num_classes: int, batch: Dict[str, tf.Tensor]) -> float:
+  """The forward pass, PanopticLoss and gradients of a step, without an update."""
+  loss_fn = panoptic_loss.PanopticLoss(num_classes=num_classes, global_batch_size=1)
+
+  @tf.function
+  def losses_and_gradients(features):
+    with tf.GradientTape() as tape:
+      total = loss_fn(features, model(features[common.IMAGE], training=True))[
+          panoptic_loss.TOTAL]
+    return total, tape.gradient(total, model.trainable_variables)
+  return losses_and_gradients(batch)[0]
+
+
 def _max_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB.
 
 
 def measure_training_step_memory(name: str, num_classes: int, num_clusters: int,
-                                 height: int, width: int) -> Dict[str, object]:
-  """In this process: builds `name`, runs one train step, returns its peak memory.
+                                 height: int, width: int,
+                                 mode: str = TRAIN_STEP) -> Dict[str, object]:
+  """In this process: builds `name`, runs one step, returns its peak memory.
 
-  Gin bindings already parsed (e.g. recompute switches) apply to the model.
+  Gin bindings already parsed (e.g. recompute switches) apply to the model and
+  the loss. `mode` is one of `PROBE_MODES`.
   """
-  on_gpu = bool(tf.config.list_physical_devices('GPU'))
-  if on_gpu:
-    tf.config.experimental.reset_memory_stats('GPU:0')
+  device = 'GPU:0' if tf.config.list_physical_devices('GPU') else 'CPU:0'
+  tf.config.experimental.reset_memory_stats(device)
   rss_before = _max_rss_bytes()
   model = build(name, num_classes, num_clusters)
   batch = random_training_batch(height, width, num_classes, num_clusters)
   rss_built = _max_rss_bytes()
-  loss = run_one_training_step(model, num_classes, batch)
-  result = {'loss': float(loss)}
-  if on_gpu:
-    result.update(bytes=int(tf.config.experimental.get_memory_info('GPU:0')['peak']),
-                  what=GPU_PEAK)
+  allocated_built = tf.config.experimental.get_memory_info(device)['current']
+  tf.config.experimental.reset_memory_stats(device)
+  run = run_one_training_step if mode == TRAIN_STEP else run_forward_backward
+  loss = run(model, num_classes, batch)
+  # TensorFlow's own peak allocation during the step, over what the built model
+  # held: tensors only (no graph, allocator slack, oneDNN caches or Python).
+  allocator_peak = tf.config.experimental.get_memory_info(device)['peak']
+  result = {'loss': float(loss),
+            'allocator_step_bytes': int(allocator_peak - allocated_built)}
+  if device.startswith('GPU'):
+    result.update(bytes=int(allocator_peak), what=GPU_PEAK)
   else:
     rss_after = _max_rss_bytes()
     # The growth of the peak over the step alone (the model already built).
@@ -184,8 +210,8 @@ def measure_training_step_memory(name: str, num_classes: int, num_clusters: int,
 
 def training_step_peak_memory(name: str, num_classes: int, num_clusters: int,
                               height: int, width: int, gin_bindings: Sequence[str] = (),
-                              memory_limit_bytes: Optional[int] = None
-                              ) -> Dict[str, object]:
+                              memory_limit_bytes: Optional[int] = None,
+                              mode: str = TRAIN_STEP) -> Dict[str, object]:
   """Peak memory of one batch-1 training step, measured in a fresh subprocess.
 
   On a GPU: TF's peak allocation on GPU:0 during the step. On CPU: the increase
@@ -200,17 +226,22 @@ def training_step_peak_memory(name: str, num_classes: int, num_clusters: int,
     memory_limit_bytes: the process is killed once its resident memory exceeds
       this (so that a step that does not fit cannot push a shared machine into
       swap); None: no limit.
+    mode: TRAIN_STEP (the whole step; the figure of `what`) or
+      FORWARD_BACKWARD (no optimizer update and no optimizer slots).
 
   Returns:
     {'bytes': int, 'what': description of the figure, 'loss': the step's loss,
-    on CPU also 'step_bytes': the growth of the peak RSS over the step alone,
-    from after the model's variables exist}.
+    'allocator_step_bytes': TensorFlow's peak tensor allocation during the step
+    over what the built model held, on CPU also 'step_bytes': the growth of the
+    peak RSS over the step alone, from after the model's variables exist}.
 
   Raises:
     MemoryError: if the process went over `memory_limit_bytes`.
     RuntimeError: with the subprocess's stderr if it failed otherwise.
   """
-  command = [sys.executable, '-m', __name__, name, str(num_classes),
+  if mode not in PROBE_MODES:
+    raise ValueError(f'mode must be one of {PROBE_MODES}, got {mode!r}.')
+  command = [sys.executable, '-m', __name__, mode, name, str(num_classes),
              str(num_clusters), str(height), str(width), *gin_bindings]
   with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
     process = subprocess.Popen(command, stdout=out, stderr=err, text=True)
@@ -316,11 +347,11 @@ def device_name() -> str:
 
 
 def _probe_main(argv: Sequence[str]) -> None:
-  name, num_classes, num_clusters, height, width, *bindings = argv
+  mode, name, num_classes, num_clusters, height, width, *bindings = argv
   for binding in bindings:
     gin.parse_config(binding)
   result = measure_training_step_memory(name, int(num_classes), int(num_clusters),
-                                        int(height), int(width))
+                                        int(height), int(width), mode)
   print(json.dumps(result), flush=True)
 
 

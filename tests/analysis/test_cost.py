@@ -130,6 +130,16 @@ def test_training_step_memory_in_a_fresh_process():
                             else cost.CPU_PEAK_RSS)
   assert result['bytes'] > 0 and math.isfinite(result['loss'])
   assert 'step_bytes' not in result or 0 <= result['step_bytes'] <= result['bytes']
+  # Without the update there are no AdamW slots (two per variable) to allocate.
+  without_update = cost.training_step_peak_memory(
+      'tiny', 5, 8, 65, 65, gin_bindings=['AxialBlock.recompute = True'],
+      mode=cost.FORWARD_BACKWARD)
+  assert 0 < without_update['allocator_step_bytes'] < result['allocator_step_bytes']
+
+
+def test_unknown_memory_probe_mode_is_named():
+  with pytest.raises(ValueError, match="mode must be one of .* got 'update'"):
+    cost.training_step_peak_memory('tiny', 5, 8, 65, 65, mode='update')
 
 
 def test_memory_probe_over_its_limit_is_stopped():
