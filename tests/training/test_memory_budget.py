@@ -100,12 +100,22 @@ def test_float16_update_that_overflows_is_skipped_and_logged(caplog):
     np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.name)
 
 
+RECOMPUTE_EVERYTHING = [f'{switch}.recompute = True' for switch in (
+    'InceptionStem', 'AxialBlock', 'BottleneckBlock', 'TransformerDecoder',
+    'MaskTransformerHeads', 'PanopticLoss')]
+
+
 @pytest.mark.slow
-def test_mixed_float16_training_end_to_end(tfrecord_dir, tmp_path):
+@pytest.mark.parametrize('recompute', [False, True])
+def test_mixed_float16_training_end_to_end(tfrecord_dir, tmp_path, recompute):
   config = test_train_lib._tiny_config(  # pylint: disable=protected-access
       tfrecord_dir, mixed_precision='mixed_float16', initial_loss_scale=128.0)
-  trainer = train_lib.run('train', str(tmp_path / 'run'), tf.distribute.get_strategy(),
-                          config, return_trainer=True)
+  gin.parse_config(RECOMPUTE_EVERYTHING if recompute else [])
+  try:
+    trainer = train_lib.run('train', str(tmp_path / 'run'), tf.distribute.get_strategy(),
+                            config, return_trainer=True)
+  finally:
+    gin.clear_config()
   assert tf_keras.mixed_precision.global_policy().name == 'float32'
   assert isinstance(trainer.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
   losses = trainer.loss_averages()
