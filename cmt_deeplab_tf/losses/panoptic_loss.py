@@ -14,7 +14,8 @@ class probability) come from that layer's own predictions.
 With `recompute`, each layer's terms are recomputed in the backward pass from the
 layer's logits (`recompute.recompute`): the [B, h*w, N] softmaxes, products and
 Dice / cross-entropy intermediates of the (up to 16) supervised layers are not
-all kept until the backward pass reaches them.
+kept until the backward pass reaches them, and the layers' reruns come one after
+another (`recompute.backward_after`), not side by side.
 
 Per-image losses are summed and divided by the GLOBAL batch size, so that summing
 the per-replica losses of a distribution strategy (what an optimizer's gradient
@@ -47,6 +48,13 @@ MASK_APPROXIMATION = 'mask_approximation'
 TOTAL = 'total'
 AUX_PREFIX = 'aux/'
 FIRST_NETWORK_PREFIX = 'first_network/'
+
+
+class _LayerOrder:
+  """The terms of the layer computed last, whose rerun the next layer's precedes."""
+
+  def __init__(self):
+    self.previous_terms = None
 
 
 @gin.configurable(denylist=['num_classes', 'global_batch_size'])  # The run's.
@@ -120,10 +128,11 @@ class PanopticLoss:
     loss_targets = loss_targets_lib.prepare_loss_targets(
         targets, self._num_classes, self._output_stride)
     matching = self._match(outputs, loss_targets)
-    per_image = self._network_losses(outputs, loss_targets, matching)
+    order = _LayerOrder()
+    per_image = self._network_losses(outputs, loss_targets, matching, order)
     if outputs.get(common.FIRST_NETWORK_OUTPUTS) is not None:
       first = self._network_losses(outputs[common.FIRST_NETWORK_OUTPUTS],
-                                   loss_targets, matching)
+                                   loss_targets, matching, order)
       for name, value in first.items():
         per_image[FIRST_NETWORK_PREFIX + name] = (
             self._weights['first_network_weight'] * value)
@@ -165,9 +174,9 @@ class PanopticLoss:
         loss_targets.gt_masks, loss_targets.gt_class_one_hot)
     return matching_lib.hungarian_match(class_prob * mask_dice, loss_targets.gt_valid)
 
-  def _network_losses(self, outputs, loss_targets, matching):
+  def _network_losses(self, outputs, loss_targets, matching, order):
     """Per-image weighted terms [B] of one network, incl. its aux layers."""
-    losses = self._layer_losses(outputs, loss_targets, matching)
+    losses = self._layer_losses(outputs, loss_targets, matching, order)
     if outputs.get(common.PIXEL_EMBEDDINGS) is not None:
       losses[INSTANCE_DISCRIMINATION] = (
           self._weights['instance_discrimination_weight'] *
@@ -179,19 +188,24 @@ class PanopticLoss:
                                           loss_targets))
     for aux_outputs in outputs.get(common.AUX_OUTPUTS) or []:
       for name, value in self._layer_losses(aux_outputs, loss_targets,
-                                            matching).items():
+                                            matching, order).items():
         key = AUX_PREFIX + name
         losses[key] = losses.get(key, 0.0) + self._weights['aux_weight'] * value
     return losses
 
-  def _layer_losses(self, outputs, loss_targets, matching):
+  def _layer_losses(self, outputs, loss_targets, matching, order):
     """Per-image weighted terms [B] of one transformer layer's predictions."""
-    return recompute_lib.recompute(
+    mask_logits = outputs[common.MASK_LOGITS]
+    if self.recompute and order.previous_terms is not None:
+      mask_logits = recompute_lib.backward_after(mask_logits, order.previous_terms)
+    losses = recompute_lib.recompute(
         lambda class_logits, mask_logits, reference_logits: self._layer_terms(
             class_logits, mask_logits, reference_logits, loss_targets, matching),
-        [outputs[common.CLASS_LOGITS], outputs[common.MASK_LOGITS],
+        [outputs[common.CLASS_LOGITS], mask_logits,
          outputs.get(common.REFERENCE_MASK_LOGITS)],
         enabled=self.recompute)
+    order.previous_terms = tf.add_n(list(losses.values()))
+    return losses
 
   def _layer_terms(self, class_logits, mask_logits, reference_logits,
                    loss_targets, matching):

@@ -247,3 +247,26 @@ def test_a_recomputed_call_that_creates_variables_is_an_error():
   recompute.recompute(layer, [x], layer=layer)  # Unbuilt: runs plainly, builds.
   with pytest.raises(RuntimeError, match='created variables inside a recomputed call'):
     recompute.recompute(layer, [x], layer=layer)
+
+
+def test_backward_after_keeps_values_and_orders_the_gradients():
+  inputs, base = tf.constant([0.5, 2.0]), tf.constant(3.0)
+
+  @tf.function
+  def forward_backward(inputs, base):
+    with tf.GradientTape() as tape:
+      tape.watch([inputs, base])
+      earlier = base * base
+      tied = recompute.backward_after(inputs, earlier)
+      loss = tf.reduce_sum(tf.sin(tied)) + earlier
+    return tied, tape.gradient(loss, [inputs, base])
+
+  tied, (inputs_gradient, base_gradient) = forward_backward(inputs, base)
+  np.testing.assert_array_equal(tied, inputs)
+  np.testing.assert_allclose(inputs_gradient, np.cos(inputs.numpy()), rtol=1e-6)
+  assert float(base_gradient) == 6.0  # d(base^2)/d(base); the tie adds exactly 0.
+  graph = forward_backward.get_concrete_function(inputs, base).graph
+  # The zero gradient of `earlier` waits for the upstream gradient of `inputs`.
+  waiting = [op for op in graph.get_operations()
+             if op.name.startswith('zeros_like') and op.control_inputs]
+  assert waiting

@@ -18,6 +18,13 @@ and must change state only once. Two things in this model would otherwise differ
   update then, so each step updates the statistics once, from the same batch
   statistics as without recompute. (DeepLab2's recompute updates them twice.)
 
+Reruns whose upstream gradients all exist at once (the loss terms of every
+supervised layer) would otherwise run side by side: TensorFlow's executor starts
+each as soon as it can. `backward_after(inputs, earlier)` chains them: the gradient
+of `earlier` (an output of one recomputed call) is only complete once the gradients
+of `inputs` (the inputs of the next one) exist, so the first call's rerun waits for
+the next one's backward to finish.
+
 Variables read inside `fn` receive gradients through `tf.recompute_grad`'s
 `variables` argument. Variables must exist before the first recomputed call:
 `recompute` runs `fn` plainly until it has run once for the layer that owns it,
@@ -138,6 +145,27 @@ def recompute(fn: Callable[..., Any], inputs: Sequence[Any], enabled: bool = Tru
         f'Layer {layer.name!r} created variables inside a recomputed call; call it '
         'once in training mode before (e.g. train_lib.create_all_variables).')
   return tf.nest.pack_sequence_as(structure[0], flat)
+
+
+def backward_after(inputs: tf.Tensor, earlier: tf.Tensor) -> tf.Tensor:
+  """Returns `inputs`; in the backward pass `earlier`'s gradient waits for theirs.
+
+  The value and every gradient are unchanged: `earlier` receives an extra zero
+  gradient that is computed after the gradient of `inputs` (a control dependency,
+  which the graph executor honours; XLA schedules on its own).
+
+  Args:
+    inputs: A float tensor, e.g. the input of a recomputed call.
+    earlier: A float tensor computed before, e.g. the output of the previous
+      recomputed call.
+  """
+  @tf.custom_gradient
+  def tie(inputs, earlier):
+    def gradient(upstream):
+      with tf.control_dependencies([upstream]):
+        return tf.identity(upstream), tf.zeros_like(earlier)
+    return tf.identity(inputs), gradient
+  return tie(inputs, earlier)
 
 
 def set_recompute(model: tf.Module, enabled: bool) -> int:
