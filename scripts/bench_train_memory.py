@@ -69,7 +69,7 @@ def _memory_cell(name: str, size: int, setting: str, mode: str) -> str:
   except MemoryError:
     return f'> {limit / 2**30:.1f} (does not fit)'
   except RuntimeError as e:
-    return f'failed: {str(e).splitlines()[-1][:60]}'
+    return f'failed: {str(e).splitlines()[0][:90]}'  # Its code, and a kill.
   details = '; '.join(f'{result[key] / 2**30:.2f}' for key in
                       ('step_bytes', 'allocator_step_bytes') if key in result)
   return f'{result["bytes"] / 2**30:.2f} ({details})'
