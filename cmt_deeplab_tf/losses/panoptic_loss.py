@@ -204,7 +204,8 @@ class PanopticLoss:
         [outputs[common.CLASS_LOGITS], mask_logits,
          outputs.get(common.REFERENCE_MASK_LOGITS)],
         enabled=self.recompute)
-    order.previous_terms = tf.add_n(list(losses.values()))
+    if self.recompute:
+      order.previous_terms = tf.add_n(list(losses.values()))
     return losses
 
   def _layer_terms(self, class_logits, mask_logits, reference_logits,
