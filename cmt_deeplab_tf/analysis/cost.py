@@ -184,7 +184,6 @@ def measure_training_step_memory(name: str, num_classes: int, num_clusters: int,
   the loss. `mode` is one of `PROBE_MODES`.
   """
   device = 'GPU:0' if tf.config.list_physical_devices('GPU') else 'CPU:0'
-  tf.config.experimental.reset_memory_stats(device)
   rss_before = _max_rss_bytes()
   model = build(name, num_classes, num_clusters)
   batch = random_training_batch(height, width, num_classes, num_clusters)
