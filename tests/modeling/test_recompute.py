@@ -270,3 +270,29 @@ def test_backward_after_keeps_values_and_orders_the_gradients():
   waiting = [op for op in graph.get_operations()
              if op.name.startswith('zeros_like') and op.control_inputs]
   assert waiting
+
+
+
+def test_every_output_gradient_of_a_recomputed_call_waits_for_all_of_them():
+  # tf.recompute_grad gates the rerun on the gradient of its first output; here
+  # that output ('a') is unused, its gradient a zero constant, and grappler
+  # folds the gate away. Each gradient handed to the rerun must wait for every
+  # upstream gradient.
+  x = tf.constant([1.0, 2.0])
+
+  @tf.function
+  def gradient(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      outputs = recompute.recompute(lambda x: {'a': 2.0 * x, 'b': tf.sin(x)}, [x])
+      loss = tf.reduce_sum(tf.exp(outputs['b']))
+    return tape.gradient(loss, x)
+
+  np.testing.assert_allclose(gradient(x), np.cos(x) * np.exp(np.sin(x)), rtol=1e-6)
+  graph = gradient.get_concrete_function(x).graph
+  # One identity per output gradient, each with the other as a control input.
+  waiting = [op for op in graph.get_operations()
+             if op.type == 'Identity' and op.control_inputs]
+  after = [{op.inputs[0].op.name} | {c.name for c in op.control_inputs}
+           for op in waiting]
+  assert len(waiting) == 2 and after[0] == after[1] and len(after[0]) == 2, after

@@ -78,31 +78,47 @@ class FusedLinearBN(linear_bn.LinearBN):
     parts = [tf.cast(part, parts[0].dtype) for part in parts]
     if normalization.is_inference(training):
       return self._folded_projection(parts)
-    concatenated = tf.concat(parts, axis=-1) if len(parts) > 1 else parts[0]
-    return super().call(concatenated, training=training)
+    if len(parts) == 1:
+      return super().call(parts[0], training=training)
+    # A sum of per-part products: the backward pass keeps the parts, which
+    # their producers keep anyway, instead of a [..., sum C_i] concatenation.
+    x = self._norm(self._project(parts, self._part_kernels(parts)),
+                   training=training)
+    return tf.nn.relu(x) if self._use_relu else x
 
-  def _folded_projection(self, parts):
-    """sum_i parts[i] W'_i + offset, with the inference batch norm folded in."""
+  def _part_kernels(self, parts, scale=None):
+    """The rows of the kernel (times `scale`) that multiply each part."""
     channels = [part.shape[-1] for part in parts]
-    ones = [1] * (parts[0].shape.rank - 1)  # The variables' input rank.
     if not self._dense.built:  # Create the kernel, under the dense's own name.
+      ones = [1] * (parts[0].shape.rank - 1)  # The variables' input rank.
       self._dense(tf.zeros(ones + [sum(channels)], parts[0].dtype))
-    scale, offset = normalization.inference_affine(self._norm,
-                                                   ones + [self._units])
-    kernel = tf.cast(self._dense.kernel, tf.float32) * scale
-    kernels = tf.split(tf.cast(kernel, parts[0].dtype), channels, axis=0)
+    kernel = tf.cast(self._dense.kernel, tf.float32)
+    if scale is not None:
+      kernel = kernel * scale
+    return tf.split(tf.cast(kernel, parts[0].dtype), channels, axis=0)
+
+  def _project(self, parts, kernels, offset=None, relu=False):
+    """[relu](sum_i parts[i] kernels[i] (+ offset)), [..., units]."""
     leading = tf.shape(parts[0])[:-1]
     # grappler's remapper fuses the first MatMul + BiasAdd (+ ReLU), and the
     # Add of a further term, into one oneDNN kernel.
-    projected = tf.nn.bias_add(
-        tf.linalg.matmul(_flatten(parts[0]), kernels[0]),
-        tf.cast(offset, kernels[0].dtype))
+    projected = tf.linalg.matmul(_flatten(parts[0]), kernels[0])
+    if offset is not None:
+      projected = tf.nn.bias_add(projected, tf.cast(offset, kernels[0].dtype))
     for part, part_kernel in zip(parts[1:], kernels[1:]):
       projected += tf.linalg.matmul(_flatten(part), part_kernel)
-    if self._use_relu:
+    if relu:
       projected = (tf.nn.relu(projected) if len(parts) == 1 else
                    _relu_after_add(projected))
     return tf.reshape(projected, tf.concat([leading, [self._units]], axis=0))
+
+  def _folded_projection(self, parts):
+    """sum_i parts[i] W'_i + offset, with the inference batch norm folded in."""
+    ones = [1] * (parts[0].shape.rank - 1)  # The variables' input rank.
+    scale, offset = normalization.inference_affine(self._norm,
+                                                   ones + [self._units])
+    return self._project(parts, self._part_kernels(parts, scale), offset,
+                         relu=self._use_relu)
 
 
 class FusedMultiHeadAttention(attention.MultiHeadAttention):
