@@ -37,9 +37,11 @@ CLASS_LOGITS = 'class_logits'        # float32 [B, N, C + 1]; last index = no-ob
 MASK_LOGITS = 'mask_logits'          # float32 [B, h, w, N].
 PIXEL_EMBEDDINGS = 'pixel_embeddings'    # float32 [B, h, w, D], L2-normalised.
 SEMANTIC_LOGITS = 'semantic_logits'  # float32 [B, h, w, C]; training-only head.
-REFERENCE_MASK_LOGITS = 'reference_mask_logits'  # float32 [B, h, w, N]; CMT, training only.
+# The Gaussian reference mask of every cluster center (CMT, training only):
+# float32 [B, N, 5], decoded by `modeling.layers.reference_mask`.
+REFERENCE_MASK_PARAMETERS = 'reference_mask_parameters'
 # A list with one dict per transformer layer before the last, each holding
-# CLASS_LOGITS, MASK_LOGITS (and REFERENCE_MASK_LOGITS) for deep supervision.
+# CLASS_LOGITS, MASK_LOGITS (and REFERENCE_MASK_PARAMETERS) for deep supervision.
 AUX_OUTPUTS = 'aux_outputs'
 # RFN only: the dict of the first network's outputs (same keys, incl. AUX_OUTPUTS).
 FIRST_NETWORK_OUTPUTS = 'first_network_outputs'

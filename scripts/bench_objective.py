@@ -75,7 +75,7 @@ def make_case(batch, size, num_slots, num_masks, num_pred, seed=0):
                                                            keepdims=True),
       common.SEMANTIC_LOGITS: rng.normal(size=(batch, h, h, NUM_CLASSES)).astype(
           np.float32),
-      common.REFERENCE_MASK_LOGITS: rng.normal(size=(batch, h, h, num_pred)).astype(
+      common.REFERENCE_MASK_PARAMETERS: rng.normal(size=(batch, num_pred, 5)).astype(
           np.float32),
   }
   return ({k: tf.constant(v) for k, v in targets.items()},

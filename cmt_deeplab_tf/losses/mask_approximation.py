@@ -8,6 +8,10 @@ reference mask is compared with the binary ground-truth mask by
 over labelled pixels (void and crowd ignored), averaged over matched masks.
 Dice rewards the overlap regardless of mask size; BCE gives every pixel a
 gradient, also far from the object. Unmatched clusters are not supervised.
+
+The model hands over each center's Gaussian parameters [B, N, 5], not its mask:
+the loss draws only the matched clusters' masks, [B, h*w, M], so no [B, h, w, N]
+map per supervised layer waits in memory for the backward pass.
 """
 import gin
 import tensorflow as tf
@@ -15,10 +19,12 @@ import tensorflow as tf
 from cmt_deeplab_tf.losses import dice
 from cmt_deeplab_tf.losses import loss_targets as loss_targets_lib
 from cmt_deeplab_tf.losses import matching as matching_lib
+from cmt_deeplab_tf.modeling.layers import reference_mask
 
 
 @gin.configurable
-def mask_approximation_loss(reference_mask_logits: tf.Tensor,
+def mask_approximation_loss(reference_parameters: tf.Tensor,
+                            height, width,
                             targets: loss_targets_lib.LossTargets,
                             matching: matching_lib.Matching,
                             dice_weight: float = 1.0,
@@ -26,7 +32,10 @@ def mask_approximation_loss(reference_mask_logits: tf.Tensor,
   """Dice + BCE between matched reference masks and ground-truth masks.
 
   Args:
-    reference_mask_logits: float32 [B, h, w, N]; sigmoid = the reference mask.
+    reference_parameters: float32 [B, N, 5], each center's Gaussian
+      (`reference_mask.gaussian_mask_logits`; sigmoid = the reference mask).
+    height: h, the height of the targets' grid.
+    width: w, its width (h * w pixels).
     targets: the stride-4 `LossTargets`.
     matching: the `Matching` of the clusters to the ground truth.
     dice_weight: weight of the soft Dice loss.
@@ -38,9 +47,12 @@ def mask_approximation_loss(reference_mask_logits: tf.Tensor,
   if dice_weight < 0 or bce_weight < 0:
     raise ValueError(f'dice_weight and bce_weight must be >= 0, got '
                      f'{dice_weight} and {bce_weight}')
-  logits = loss_targets_lib.flatten_pixels(reference_mask_logits)
-  permutation = matching_lib.matched_permutation(matching, logits.shape[-1])
-  matched_logits = tf.einsum('bpn,bmn->bpm', logits, permutation)
+  permutation = matching_lib.matched_permutation(
+      matching, reference_parameters.shape[1])
+  matched_parameters = tf.einsum('bnk,bmn->bmk', reference_parameters,
+                                 permutation)
+  matched_logits = loss_targets_lib.flatten_pixels(  # [B, h*w, M]
+      reference_mask.gaussian_mask_logits(matched_parameters, height, width))
   pixel_valid = targets.pixel_valid
   dice_loss = dice.soft_dice_loss(tf.sigmoid(matched_logits), targets.gt_masks,
                                   pixel_valid)

@@ -121,7 +121,7 @@ class PanopticLoss:
       targets: the pipeline's targets (common.SEMANTIC, MASK_INDEX, PIXEL_WEIGHT,
         GT_CLASSES, GT_IS_THING, GT_VALID).
       outputs: the model's outputs: CLASS_LOGITS and MASK_LOGITS, and optionally
-        PIXEL_EMBEDDINGS, SEMANTIC_LOGITS, REFERENCE_MASK_LOGITS, AUX_OUTPUTS,
+        PIXEL_EMBEDDINGS, SEMANTIC_LOGITS, REFERENCE_MASK_PARAMETERS, AUX_OUTPUTS,
         FIRST_NETWORK_OUTPUTS.
     """
     self._check_shapes(targets, outputs)
@@ -199,16 +199,17 @@ class PanopticLoss:
     if self.recompute and order.previous_terms is not None:
       mask_logits = recompute_lib.backward_after(mask_logits, order.previous_terms)
     losses = recompute_lib.recompute(
-        lambda class_logits, mask_logits, reference_logits: self._layer_terms(
-            class_logits, mask_logits, reference_logits, loss_targets, matching),
+        lambda class_logits, mask_logits, reference_parameters: self._layer_terms(
+            class_logits, mask_logits, reference_parameters, loss_targets,
+            matching),
         [outputs[common.CLASS_LOGITS], mask_logits,
-         outputs.get(common.REFERENCE_MASK_LOGITS)],
+         outputs.get(common.REFERENCE_MASK_PARAMETERS)],
         enabled=self.recompute)
     if self.recompute:
       order.previous_terms = tf.add_n(list(losses.values()))
     return losses
 
-  def _layer_terms(self, class_logits, mask_logits, reference_logits,
+  def _layer_terms(self, class_logits, mask_logits, reference_parameters,
                    loss_targets, matching):
     """The terms of `_layer_losses` from the layer's logits."""
     class_term, mask_term = pq_style.pq_style_loss(
@@ -219,9 +220,12 @@ class PanopticLoss:
         MASK_ID: self._weights['mask_id_weight'] * mask_id.mask_id_cross_entropy(
             mask_logits, loss_targets, matching),
     }
-    if reference_logits is not None:
+    if reference_parameters is not None:
+      height, width = mask_logits.shape[1:3]
+      if height is None or width is None:
+        height, width = tf.unstack(tf.shape(mask_logits)[1:3])
       losses[MASK_APPROXIMATION] = (
           self._weights['mask_approximation_weight'] *
           mask_approximation.mask_approximation_loss(
-              reference_logits, loss_targets, matching))
+              reference_parameters, height, width, loss_targets, matching))
     return losses

@@ -23,8 +23,6 @@ from cmt_deeplab_tf.modeling.decoders import transformer_decoder
 from cmt_deeplab_tf.modeling.heads import mask_transformer_heads
 from cmt_deeplab_tf.modeling.heads import semantic_head as semantic_head_lib
 from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
-from cmt_deeplab_tf.modeling.layers import reference_mask
-from cmt_deeplab_tf.modeling.layers import resize
 
 
 def run_backbone(backbone, images, training=None, after_block=None,
@@ -59,12 +57,11 @@ def run_backbone(backbone, images, training=None, after_block=None,
   return backbone(images, training=training, after_block=hook)
 
 
-def _reference_mask_logits(layer_outputs, height, width):
-  """The layer's reference-mask logits on the stride-4 grid, if it has any."""
-  parameters = layer_outputs.get(ct.REFERENCE_PARAMETERS)
-  if parameters is None:
-    return None
-  return reference_mask.gaussian_mask_logits(parameters, height, width)
+def _add_reference_mask(outputs, layer_outputs):
+  """Adds the layer's REFERENCE_MASK_PARAMETERS to `outputs`, if it has any."""
+  if ct.REFERENCE_PARAMETERS in layer_outputs:
+    outputs[common.REFERENCE_MASK_PARAMETERS] = layer_outputs[
+        ct.REFERENCE_PARAMETERS]
 
 
 class CMTDeepLab(tf_keras.Model):
@@ -129,9 +126,10 @@ class CMTDeepLab(tf_keras.Model):
 
     Returns:
       outputs: dict with CLASS_LOGITS [B, N, C + 1], MASK_LOGITS [B, h, w, N],
-        PIXEL_EMBEDDINGS [B, h, w, D], in training only REFERENCE_MASK_LOGITS
-        [B, h, w, N] (CMT layers with reference masks, for the mask
-        approximation loss), AUX_OUTPUTS (one dict per layer but the last, for
+        PIXEL_EMBEDDINGS [B, h, w, D], in training only
+        REFERENCE_MASK_PARAMETERS [B, N, 5] (CMT layers with reference masks,
+        for the mask-approximation loss, which draws the masks it
+        supervises), AUX_OUTPUTS (one dict per layer but the last, for
         deep supervision) and SEMANTIC_LOGITS [B, h, w, C], and with
         `return_visualization` CLUSTERING_MAPS / ATTENTION_MAPS (lists of
         [B, h', w', N] per layer that computes them). h = ceil(H / 4).
@@ -165,21 +163,15 @@ class CMTDeepLab(tf_keras.Model):
   def _predict(self, features, state, training):
     """Heads on the final and on every intermediate layer's centers."""
     embeddings = self.heads.embed_pixels(features, training=training)
-    height, width = resize.spatial_size(embeddings)
     outputs = self.heads(embeddings, state.centers, training=training)
     outputs[common.PIXEL_EMBEDDINGS] = embeddings
     if not training:  # Reference masks, deep supervision and the semantic head
       return outputs  # only train the model.
-    final_reference = _reference_mask_logits(state.layer_outputs[-1], height,
-                                             width)
-    if final_reference is not None:
-      outputs[common.REFERENCE_MASK_LOGITS] = final_reference
+    _add_reference_mask(outputs, state.layer_outputs[-1])
     aux_outputs = []
     for layer_outputs in state.layer_outputs[:-1]:
       aux = self.heads(embeddings, layer_outputs[ct.CENTERS], training=training)
-      reference = _reference_mask_logits(layer_outputs, height, width)
-      if reference is not None:
-        aux[common.REFERENCE_MASK_LOGITS] = reference
+      _add_reference_mask(aux, layer_outputs)
       aux_outputs.append(aux)
     outputs[common.AUX_OUTPUTS] = aux_outputs
     if self.semantic_head is not None:

@@ -44,7 +44,7 @@ def make_outputs(batch, seed=0, with_optional=True):
     outputs[common.PIXEL_EMBEDDINGS] = embeddings / np.linalg.norm(
         embeddings, axis=-1, keepdims=True)
     outputs[common.SEMANTIC_LOGITS] = rng.normal(size=(batch, h, w, NUM_CLASSES))
-    outputs[common.REFERENCE_MASK_LOGITS] = rng.normal(size=(batch, h, w, NUM_PRED))
+    outputs[common.REFERENCE_MASK_PARAMETERS] = rng.normal(size=(batch, NUM_PRED, 5))
   return {k: tf.constant(v, tf.float32) for k, v in outputs.items()}
 
 
@@ -205,7 +205,7 @@ def test_recompute_gives_the_same_losses_and_gradients(traced):
   aux = [make_outputs(2, seed=seed) for seed in (1, 2)]
   outputs[common.AUX_OUTPUTS] = [  # What a layer's deep supervision reads.
       {k: a[k] for k in (common.CLASS_LOGITS, common.MASK_LOGITS,
-                         common.REFERENCE_MASK_LOGITS)} for a in aux]
+                         common.REFERENCE_MASK_PARAMETERS)} for a in aux]
   leaves = tf.nest.flatten(outputs)
 
   def losses_and_gradients(recompute):

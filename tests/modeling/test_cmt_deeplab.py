@@ -37,8 +37,7 @@ def test_output_shapes_at_odd_sizes(model, height, width):
   assert outputs[common.CLASS_LOGITS].shape == (2, NUM_CLUSTERS,
                                                 NUM_CLASSES + 1)
   assert outputs[common.MASK_LOGITS].shape == (2, h, w, NUM_CLUSTERS)
-  assert outputs[common.REFERENCE_MASK_LOGITS].shape == (2, h, w,
-                                                         NUM_CLUSTERS)
+  assert outputs[common.REFERENCE_MASK_PARAMETERS].shape == (2, NUM_CLUSTERS, 5)
   assert outputs[common.SEMANTIC_LOGITS].shape == (2, h, w, NUM_CLASSES)
   embeddings = outputs[common.PIXEL_EMBEDDINGS].numpy()
   np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0,
@@ -47,7 +46,7 @@ def test_output_shapes_at_odd_sizes(model, height, width):
   assert len(outputs[common.AUX_OUTPUTS]) == 2
   for aux in outputs[common.AUX_OUTPUTS]:
     assert aux[common.MASK_LOGITS].shape == (2, h, w, NUM_CLUSTERS)
-    assert aux[common.REFERENCE_MASK_LOGITS].shape == (2, h, w, NUM_CLUSTERS)
+    assert aux[common.REFERENCE_MASK_PARAMETERS].shape == (2, NUM_CLUSTERS, 5)
     assert aux[common.CLASS_LOGITS].shape == (2, NUM_CLUSTERS,
                                               NUM_CLASSES + 1)
 
@@ -55,7 +54,7 @@ def test_output_shapes_at_odd_sizes(model, height, width):
 def test_semantic_head_and_deep_supervision_run_only_in_training(model):
   outputs = model(_images(33, 33), training=False)
   assert common.SEMANTIC_LOGITS not in outputs
-  assert common.REFERENCE_MASK_LOGITS not in outputs
+  assert common.REFERENCE_MASK_PARAMETERS not in outputs
   assert common.AUX_OUTPUTS not in outputs
   assert common.CLUSTERING_MAPS not in outputs
 
@@ -135,7 +134,7 @@ def test_mixed_bfloat16_outputs_float32():
   finally:
     tf_keras.mixed_precision.set_global_policy('float32')
   for key in (common.CLASS_LOGITS, common.MASK_LOGITS,
-              common.PIXEL_EMBEDDINGS, common.REFERENCE_MASK_LOGITS,
+              common.PIXEL_EMBEDDINGS, common.REFERENCE_MASK_PARAMETERS,
               common.SEMANTIC_LOGITS):
     assert outputs[key].dtype == tf.float32
     assert np.all(np.isfinite(outputs[key].numpy()))

@@ -28,7 +28,7 @@ def test_tiny_max_deeplab_runs_dual_path_layers_in_the_backbone():
   assert len(outputs[common.AUX_OUTPUTS]) == 3
   assert [m.shape[1:3] for m in outputs[common.ATTENTION_MAPS]] == [(4, 3)] * 4
   assert outputs[common.CLUSTERING_MAPS] == []
-  assert common.REFERENCE_MASK_LOGITS not in outputs
+  assert common.REFERENCE_MASK_PARAMETERS not in outputs
   with tf.GradientTape() as tape:
     loss = cmt_test_utils.sum_of_outputs(model(tf.zeros([1, 33, 33, 3]),
                                                training=True))

@@ -61,7 +61,7 @@ def test_first_network_outputs_are_exposed_for_supervision(model):
   outputs = model(_images(), training=True)
   first = outputs[common.FIRST_NETWORK_OUTPUTS]
   for key in (common.CLASS_LOGITS, common.MASK_LOGITS, common.AUX_OUTPUTS,
-              common.REFERENCE_MASK_LOGITS, common.SEMANTIC_LOGITS):
+              common.REFERENCE_MASK_PARAMETERS, common.SEMANTIC_LOGITS):
     assert key in first
   assert first[common.MASK_LOGITS].shape == outputs[common.MASK_LOGITS].shape
 
