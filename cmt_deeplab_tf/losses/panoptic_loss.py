@@ -14,8 +14,8 @@ class probability) come from that layer's own predictions.
 With `recompute`, each layer's terms are recomputed in the backward pass from the
 layer's logits (`recompute.recompute`): the [B, h*w, N] softmaxes, products and
 Dice / cross-entropy intermediates of the (up to 16) supervised layers are not
-kept until the backward pass reaches them, and the layers' reruns come one after
-another (`recompute.backward_after`), not side by side.
+kept until the backward pass reaches them, and the layers' terms are computed,
+and rerun, one after another (`recompute.after`), not side by side.
 
 Per-image losses are summed and divided by the GLOBAL batch size, so that summing
 the per-replica losses of a distribution strategy (what an optimizer's gradient
@@ -35,6 +35,7 @@ from cmt_deeplab_tf.losses import matching as matching_lib
 from cmt_deeplab_tf.losses import pq_style
 from cmt_deeplab_tf.losses import semantic
 from cmt_deeplab_tf.modeling.layers import recompute as recompute_lib
+from cmt_deeplab_tf.modeling.layers import resize
 
 # Names of the loss terms in the returned dict. Intermediate layers' terms are
 # summed under AUX_PREFIX + name, the RFN first network's under
@@ -197,7 +198,7 @@ class PanopticLoss:
     """Per-image weighted terms [B] of one transformer layer's predictions."""
     mask_logits = outputs[common.MASK_LOGITS]
     if self.recompute and order.previous_terms is not None:
-      mask_logits = recompute_lib.backward_after(mask_logits, order.previous_terms)
+      mask_logits = recompute_lib.after(mask_logits, order.previous_terms)
     losses = recompute_lib.recompute(
         lambda class_logits, mask_logits, reference_parameters: self._layer_terms(
             class_logits, mask_logits, reference_parameters, loss_targets,
@@ -221,9 +222,7 @@ class PanopticLoss:
             mask_logits, loss_targets, matching),
     }
     if reference_parameters is not None:
-      height, width = mask_logits.shape[1:3]
-      if height is None or width is None:
-        height, width = tf.unstack(tf.shape(mask_logits)[1:3])
+      height, width = resize.spatial_size(mask_logits)
       losses[MASK_APPROXIMATION] = (
           self._weights['mask_approximation_weight'] *
           mask_approximation.mask_approximation_loss(

@@ -26,12 +26,13 @@ backward pass, side by side with everything else (at 1025x1025, 0.6 GiB more
 peak memory for CMT-DeepLab-S). `recompute` therefore hands `tf.recompute_grad`
 each output gradient only once all of them exist (`_gradients_together`).
 
-Reruns whose upstream gradients all exist at once (the loss terms of every
-supervised layer) would otherwise run side by side: TensorFlow's executor starts
-each as soon as it can. `backward_after(inputs, earlier)` chains them: the gradient
-of `earlier` (an output of one recomputed call) is only complete once the gradients
-of `inputs` (the inputs of the next one) exist, so the first call's rerun waits for
-the next one's backward to finish.
+Calls that do not depend on each other (the loss terms of every supervised
+layer) would otherwise run side by side, in the forward pass and in their reruns,
+each with its own transient memory: TensorFlow's executor starts each as soon as
+it can. `after(inputs, earlier)` chains two of them: the next call's `inputs` are
+only available once `earlier` (an output of the previous call) is, and the
+gradient of `earlier` is only complete once the gradients of `inputs` exist, so
+the previous call's rerun waits for the next one's backward to finish.
 
 Variables read inside `fn` receive gradients through `tf.recompute_grad`'s
 `variables` argument. Variables must exist before the first recomputed call:
@@ -173,12 +174,13 @@ def _gradients_together(tensors: List[tf.Tensor]) -> List[tf.Tensor]:
   return together(*tensors)
 
 
-def backward_after(inputs: tf.Tensor, earlier: tf.Tensor) -> tf.Tensor:
-  """Returns `inputs`; in the backward pass `earlier`'s gradient waits for theirs.
+def after(inputs: tf.Tensor, earlier: tf.Tensor) -> tf.Tensor:
+  """Returns `inputs` once `earlier` exists; `earlier`'s gradient waits for theirs.
 
-  The value and every gradient are unchanged: `earlier` receives an extra zero
-  gradient that is computed after the gradient of `inputs` (a control dependency,
-  which the graph executor honours; XLA schedules on its own).
+  The value and every gradient are unchanged: `inputs` pass through an identity
+  that waits for `earlier`, and `earlier` receives an extra zero gradient that is
+  computed after the gradient of `inputs` (control dependencies, which the graph
+  executor honours; XLA schedules on its own).
 
   Args:
     inputs: A float tensor, e.g. the input of a recomputed call.
@@ -190,7 +192,8 @@ def backward_after(inputs: tf.Tensor, earlier: tf.Tensor) -> tf.Tensor:
     def gradient(upstream):
       with tf.control_dependencies([upstream]):
         return tf.identity(upstream), tf.zeros_like(earlier)
-    return tf.identity(inputs), gradient
+    with tf.control_dependencies([earlier]):
+      return tf.identity(inputs), gradient
   return tie(inputs, earlier)
 
 
