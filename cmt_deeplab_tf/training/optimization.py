@@ -5,6 +5,10 @@ smaller learning rate for the (ImageNet-pretrained) backbone. Adam is invariant 
 a rescaling of the gradients, so the backbone multiplier cannot be a gradient
 scale: the backbone gets its own optimizer whose schedule is the main one times
 the multiplier (DeepLab2 does the same with a multi-optimizer).
+
+The optimizer is Model Garden's AdamW (`legacy_adamw.AdamWeightDecay`) with one
+change of schedule, not of values: a variable's weight decay waits for its gradient
+(`AdamWeightDecayAfterGradient`).
 """
 import dataclasses
 from typing import List, Optional, Tuple
@@ -13,6 +17,7 @@ import gin
 import tensorflow as tf
 import tf_keras
 
+from official.modeling.optimization import legacy_adamw
 from official.modeling.optimization import optimizer_factory
 from official.modeling.optimization.configs import optimization_config
 
@@ -58,9 +63,29 @@ class OptimizerConfig:
       raise ValueError('OptimizerConfig.backbone_learning_rate_multiplier must be >= 0.')
 
 
-def _factory(config: OptimizerConfig, scale: float) -> optimizer_factory.OptimizerFactory:
+class AdamWeightDecayAfterGradient(legacy_adamw.AdamWeightDecay):
+  """Model Garden's AdamW, whose weight decay of a variable waits for its gradient.
+
+  The decoupled decay, var -= lr * weight_decay * var, reads no gradient, so the
+  executor would run it as soon as the forward pass has read the variable, while
+  the backward pass still holds that value: the assignment then copies the
+  variable (copy-on-write), one extra copy of every decayed weight at the step's
+  peak. A control dependency on the variable's gradient moves the decay after the
+  backward pass's use of the value; the update is the same.
+  """
+
+  def _resource_apply_dense(self, grad, var, apply_state=None):
+    with tf.control_dependencies([grad]):
+      return super()._resource_apply_dense(grad, var, apply_state)
+
+  def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
+    with tf.control_dependencies([grad]):
+      return super()._resource_apply_sparse(grad, var, indices, apply_state)
+
+
+def _params(config: OptimizerConfig, scale: float) -> optimization_config.OptimizationConfig:
   learning_rate = config.learning_rate * scale
-  params = optimization_config.OptimizationConfig({
+  return optimization_config.OptimizationConfig({
       'optimizer': {'type': 'adamw', 'adamw': {
           'weight_decay_rate': config.weight_decay,
           'exclude_from_weight_decay': NO_WEIGHT_DECAY,
@@ -75,14 +100,20 @@ def _factory(config: OptimizerConfig, scale: float) -> optimizer_factory.Optimiz
           'warmup_steps': config.warmup_steps, 'warmup_learning_rate': 0.0}}
                  if config.warmup_steps else {}),
   })
-  return optimizer_factory.OptimizerFactory(params)
 
 
 def build_optimizer(config: OptimizerConfig, scale: float = 1.0
-                    ) -> tf_keras.optimizers.Optimizer:
-  """An AdamW optimizer whose learning-rate schedule is scaled by `scale`."""
-  factory = _factory(config, scale)
-  return factory.build_optimizer(factory.build_learning_rate())
+                    ) -> AdamWeightDecayAfterGradient:
+  """An AdamW optimizer whose learning-rate schedule is scaled by `scale`.
+
+  The learning rate comes from Model Garden's factory; the optimizer takes the
+  arguments the factory would give its AdamW.
+  """
+  params = _params(config, scale)
+  arguments = {name: value for name, value in params.optimizer.get().as_dict().items()
+               if value is not None}
+  learning_rate = optimizer_factory.OptimizerFactory(params).build_learning_rate()
+  return AdamWeightDecayAfterGradient(learning_rate=learning_rate, **arguments)
 
 
 def split_backbone_variables(model: tf_keras.Model

@@ -1,4 +1,5 @@
 """Tests of the optimizer's split of backbone and other variables."""
+import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
@@ -53,3 +54,60 @@ def test_model_without_backbone_variables_is_rejected_by_name():
   model(tf.zeros([1, 3]))
   with pytest.raises(TypeError, match="'plain'.*backbone_variables"):
     optimization.split_backbone_variables(model)
+
+
+def _factory_adamw(config):
+  """What Model Garden's factory builds from the same settings (the reference)."""
+  from official.modeling.optimization import optimizer_factory  # pylint: disable=g-import-not-at-top
+  factory = optimizer_factory.OptimizerFactory(optimization._params(config, 1.0))  # pylint: disable=protected-access
+  return factory.build_optimizer(factory.build_learning_rate())
+
+
+def test_updates_equal_model_gardens_adamw():
+  config = optimization.OptimizerConfig(train_steps=10, warmup_steps=2,
+                                        learning_rate=0.1, weight_decay=0.5)
+  initial = {'kernel': [[1.0, -2.0], [0.5, 3.0]], 'bias': [0.25, -0.75]}
+  gradients = [[[0.3, -0.1], [0.2, 0.4]], [0.5, -0.5]]
+  results = []
+  for optimizer in (optimization.build_optimizer(config), _factory_adamw(config)):
+    variables = [tf.Variable(initial[name], name=name) for name in ('kernel', 'bias')]
+
+    @tf.function
+    def step(optimizer=optimizer, variables=variables):
+      optimizer.apply_gradients(zip([tf.constant(g) for g in gradients], variables))
+    for _ in range(3):
+      step()
+    results.append([v.numpy() for v in variables])
+  for ours, reference in zip(*results):
+    np.testing.assert_allclose(ours, reference, rtol=1e-6)
+  # The kernel is decayed, the bias not: the decay was applied (and only there).
+  assert not np.allclose(results[0][0], initial['kernel'])
+
+
+def test_weight_decay_waits_for_the_gradient():
+  config = optimization.OptimizerConfig(train_steps=10, warmup_steps=0, weight_decay=0.5)
+  optimizer = optimization.build_optimizer(config)
+  kernel = tf.Variable([[1.0, 2.0]], name='kernel')
+  x = tf.constant([[3.0], [4.0]])
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.matmul(x, kernel))
+    gradient = tape.gradient(loss, kernel)
+    optimizer.apply_gradients([(gradient, kernel)])
+    return gradient
+
+  graph = step.get_concrete_function().graph
+  decays = [op for op in graph.get_operations()
+            if op.type == 'AssignSubVariableOp' and 'update' in op.name]
+  assert decays
+  for decay in decays:  # Each decay (var -= lr * wd * var) waits for the gradient.
+    upstream, frontier = set(), [decay]
+    while frontier:
+      op = frontier.pop()
+      for parent in [t.op for t in op.inputs] + list(op.control_inputs):
+        if parent not in upstream:
+          upstream.add(parent)
+          frontier.append(parent)
+    assert any(op.name.startswith('gradient_tape') for op in upstream), decay.name
