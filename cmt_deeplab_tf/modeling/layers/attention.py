@@ -162,8 +162,8 @@ class MultiHeadAttention(tf_keras.layers.Layer):
     weights = tf.cast(weights, value_heads.dtype)
     retrieved = tf.linalg.matmul(weights, value_heads,
                                  transpose_a=transpose_weights)
-    return self._activation(self._value_norm(merge_heads(retrieved),
-                                             training=training))
+    return self._activation(normalization.normalize_last_axis(
+        self._value_norm, merge_heads(retrieved), training=training))
 
   def _to_heads(self, inputs, dtype=None):
     """[B, L, D] (or a list concatenated along L) -> [B, heads, L, D / heads].

@@ -82,8 +82,9 @@ class FusedLinearBN(linear_bn.LinearBN):
       return super().call(parts[0], training=training)
     # A sum of per-part products: the backward pass keeps the parts, which
     # their producers keep anyway, instead of a [..., sum C_i] concatenation.
-    x = self._norm(self._project(parts, self._part_kernels(parts)),
-                   training=training)
+    x = normalization.normalize_last_axis(
+        self._norm, self._project(parts, self._part_kernels(parts)),
+        training=training)
     return tf.nn.relu(x) if self._use_relu else x
 
   def _part_kernels(self, parts, scale=None):
@@ -175,7 +176,8 @@ class FusedMultiHeadAttention(attention.MultiHeadAttention):
       shape = tf.shape(retrieved)
       retrieved = tf.reshape(tf.transpose(retrieved, [0, 3, 1, 2]),
                              [shape[0], shape[3], depth])
-      return self._activation(self._value_norm(retrieved, training=training))
+      return self._activation(normalization.normalize_last_axis(
+          self._value_norm, retrieved, training=training))
     # Each row of the weights sums to one, so the inference batch norm (an
     # affine map per channel) of the retrieved values equals the weighted sum
     # of normalised values: it then runs on the Lk (e.g. 128 center) values
@@ -192,7 +194,8 @@ class FusedMultiHeadAttention(attention.MultiHeadAttention):
       value_heads = value_heads * scale + offset
     retrieved = attention.merge_heads(tf.linalg.matmul(weights, value_heads))
     if not norm_values_first:
-      retrieved = self._value_norm(retrieved, training=training)
+      retrieved = normalization.normalize_last_axis(self._value_norm, retrieved,
+                                                    training=training)
     return self._activation(retrieved)
 
   def call(self, query, key, value, logit_bias=None, training=None):

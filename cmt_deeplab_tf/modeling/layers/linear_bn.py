@@ -49,5 +49,6 @@ class LinearBN(tf_keras.layers.Layer):
     Returns:
       [..., units].
     """
-    x = self._norm(self._dense(inputs), training=training)
+    x = normalization.normalize_last_axis(self._norm, self._dense(inputs),
+                                          training=training)
     return tf.nn.relu(x) if self._use_relu else x

@@ -61,6 +61,28 @@ def get_norm_layer(name=None, momentum=0.99, epsilon=1e-3, synchronized=None,
       **kwargs)
 
 
+def normalize_last_axis(norm, inputs, training=None):
+  """`norm(inputs)` over the last axis; a [B, L, C] input runs as [B, L, 1, C].
+
+  At rank 4 Keras uses TensorFlow's fused batch-norm kernel: one op forward and one
+  backward, instead of the moments, normalisation and gradient ops of its generic
+  path and their [B, L, C] temporaries (for flattened stride-4 pixels, the largest
+  tensors of a recomputed CMT layer). Statistics, moving averages and variables are
+  the same.
+
+  Args:
+    norm: A batch norm over the last axis, built (or to be built) by this function.
+    inputs: [..., C]; rank 3 is viewed as rank 4.
+    training: Training mode.
+
+  Returns:
+    The normalised [..., C].
+  """
+  if inputs.shape.rank != 3:
+    return norm(inputs, training=training)
+  return tf.squeeze(norm(inputs[:, :, tf.newaxis, :], training=training), axis=2)
+
+
 def is_inference(training):
   """Whether `training` (None, a bool or a tensor) is statically inference.
 
@@ -81,7 +103,7 @@ def inference_affine(norm, input_shape):
     float32 (scale, offset), each [channels] of the norm's axis.
   """
   if not norm.built:
-    norm(tf.zeros(input_shape), training=False)
+    normalize_last_axis(norm, tf.zeros(input_shape), training=False)
   scale = tf.math.rsqrt(norm.moving_variance + norm.epsilon)
   if norm.scale:
     scale *= norm.gamma
