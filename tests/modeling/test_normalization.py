@@ -109,3 +109,36 @@ def test_inference_affine_builds_a_fresh_norm_at_identity():
 def test_is_inference(training, expected):
   assert normalization.is_inference(training) == expected
   assert not normalization.is_inference(tf.constant(False))
+
+
+def test_rank_3_view_runs_the_fused_kernel_with_the_generic_results():
+  # A [B, L, C] input normalised through the [B, L, 1, C] view gives the generic
+  # (rank-3) batch norm's outputs, gradients and moving mean; its moving variance
+  # moves towards the unbiased batch variance (the fused kernel's), the generic
+  # one's towards the biased.
+  rng = np.random.default_rng(3)
+  x = tf.constant(rng.normal(2.0, 3.0, size=(2, 50, 4)), tf.float32)
+  generic, viewed = (normalization.get_norm_layer(name='bn') for _ in range(2))
+  results = []
+  for norm, run in ((generic, lambda v: generic(v, training=True)),
+                    (viewed, lambda v: normalization.normalize_last_axis(
+                        viewed, v, training=True))):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = run(x)
+      loss = tf.reduce_sum(y * tf.range(4, dtype=tf.float32))
+    results.append((y, tape.gradient(loss, [x, norm.gamma]),
+                    norm.moving_mean.numpy(), norm.moving_variance.numpy()))
+  assert not generic.fused and viewed.fused
+  (y_a, grads_a, mean_a, var_a), (y_b, grads_b, mean_b, var_b) = results
+  assert y_b.shape == x.shape
+  np.testing.assert_allclose(y_b, y_a, atol=1e-5)
+  for a, b in zip(grads_a, grads_b):
+    np.testing.assert_allclose(b, a, atol=1e-4)
+  np.testing.assert_allclose(mean_b, mean_a, rtol=1e-5)
+  flat = x.numpy().reshape(-1, 4)
+  momentum = generic.momentum
+  np.testing.assert_allclose(var_a, momentum + (1 - momentum) * flat.var(0, ddof=0),
+                             rtol=1e-5)
+  np.testing.assert_allclose(var_b, momentum + (1 - momentum) * flat.var(0, ddof=1),
+                             rtol=1e-5)

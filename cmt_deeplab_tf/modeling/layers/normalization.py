@@ -67,8 +67,11 @@ def normalize_last_axis(norm, inputs, training=None):
   At rank 4 Keras uses TensorFlow's fused batch-norm kernel: one op forward and one
   backward, instead of the moments, normalisation and gradient ops of its generic
   path and their [B, L, C] temporaries (for flattened stride-4 pixels, the largest
-  tensors of a recomputed CMT layer). Statistics, moving averages and variables are
-  the same.
+  tensors of a recomputed CMT layer). Outputs, gradients, the moving mean and the
+  variables are the generic path's; the moving variance moves towards the
+  unbiased batch variance, as for every rank-4 (conv) norm, n / (n - 1) times the
+  generic path's biased one, n = B * L (0.8% for 128 centers at batch 1, under
+  0.01% for stride-4 pixels).
 
   Args:
     norm: A batch norm over the last axis, built (or to be built) by this function.
