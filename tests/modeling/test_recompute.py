@@ -124,10 +124,11 @@ def test_recompute_gives_the_same_step_under_xla():
   model = tiny_model(drop_path=False)
   batch = cost.random_training_batch(SIZE, SIZE, NUM_CLASSES, NUM_CLUSTERS)
   # XLA fuses the recomputed forward pass differently from the stored one, and
-  # its rounding grows through the batch norms back to the stem (up to 1e-4 of
-  # a gradient's scale); a wrong mask or a second statistics update is far larger.
+  # its rounding grows through the batch norms back to the stem (up to 5e-4 of
+  # a gradient's scale with the fused batch-norm kernel); a wrong mask or a
+  # second statistics update is far larger.
   assert_same_steps(model, one_step(model, batch, False, jit_compile=True),
-                    one_step(model, batch, True, jit_compile=True), gradient_tolerance=3e-4)
+                    one_step(model, batch, True, jit_compile=True), gradient_tolerance=1e-3)
 
 
 @pytest.mark.slow
