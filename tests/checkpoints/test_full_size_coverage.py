@@ -40,20 +40,11 @@ def full_size():
 
 
 @pytest.fixture(scope='module')
-def max_deeplab_s(full_size):
-  """Our full-size MaX-DeepLab-S with the memory widths the JSON records.
-
-  The JSON's MaX-DeepLab-S entry has memory 32, dual-path feed-forward 256 and
-  class / mask features 32 (the fixture's 1/8 memory settings); DeepLab2's
-  MaX-DeepLab-S (and our `max_deeplab_s`) has 256, 2048 and 256. Every other
-  width is the published one. So the model takes those three widths from the
-  JSON; `test_memory_widths_are_the_only_deviation` pins them.
-  """
-  shapes = _normalised(full_size[fixtures.MAX_DEEPLAB_S_COCO])
+def max_deeplab_s():
+  """Our full-size MaX-DeepLab-S at its default (published) widths."""
   model = max_deeplab.build_max_deeplab(
       axial_resnet.axial_r50(), num_classes=133, num_clusters=128,
-      transformer_filters=max_deeplab.TRANSFORMER_FILTERS,
-      **_memory_widths(shapes))
+      transformer_filters=max_deeplab.TRANSFORMER_FILTERS)
   model(_BUILD_INPUT, training=False)
   return model
 
@@ -107,11 +98,12 @@ def test_resnet50_maps_onto_the_cmt_deeplab_r50_backbone(full_size):
   assert not plan.kept_initial
 
 
-def test_memory_widths_are_the_only_deviation(full_size):
+def test_max_deeplab_s_layout_has_the_published_widths(full_size):
+  # DeepLab2's MaX-DeepLab-S: memory 256, dual-path feed-forward 2048, class and
+  # mask features 256; stem, stage 5 and pixel-space head at full width.
   shapes = _normalised(full_size[fixtures.MAX_DEEPLAB_S_COCO])
   assert _memory_widths(shapes) == dict(
-      memory_channels=32, feed_forward_channels=256, head_feature_channels=32)
-  # Everything else is full size: stem, stage 5 and the pixel-space head.
+      memory_channels=256, feed_forward_channels=2048, head_feature_channels=256)
   assert shapes['encoder/_stem/_conv1_bn_act/_conv/kernel'] == (3, 3, 3, 64)
   assert shapes['encoder/_stage5/_block1/_conv3_bn/_conv/kernel'] == (
       1, 1, 1024, 2048)
