@@ -463,6 +463,8 @@ def _dtype_policy(name: Optional[str]):
 
 def _run(mode, model_dir, strategy, config, return_trainer, submission_format):
   """`run` after its checks, under the configured dtype policy."""
+  if config.seed is not None:  # Initialisers and every unseeded random op.
+    tf_keras.utils.set_random_seed(config.seed)
   info = resolve_dataset_info(config)
   chief = _is_chief(strategy)
   if chief:  # Refuses a model dir trained for other classes, before any restore.
