@@ -86,7 +86,8 @@ def _status(outcomes: Sequence[sweep.Outcome]) -> str:
       ('retried', [o for o in finished if o.attempts > 1])):
     if selected:
       parts.append(f'{label}: ' + ', '.join(
-          f'{_seed_label(o.run.seed)} ({o.attempts} attempts)' for o in selected))
+          f'{_seed_label(o.run.seed)} ({o.attempts} attempt{"s" * (o.attempts != 1)})'
+          for o in selected))
   return '; '.join(parts)
 
 

@@ -141,7 +141,8 @@ def collect(run: sweep.Run, sweep_dir: str, exit_status, attempts: int) -> sweep
 def describe(outcome: sweep.Outcome) -> str:
   """One line on a run's outcome for the progress report."""
   if outcome.status == sweep.FAILED:
-    return f'{outcome.run.name}: FAILED ({outcome.attempts} attempts), see {outcome.log_path}'
+    return (f'{outcome.run.name}: FAILED after {outcome.attempts} attempt'
+            f'{"s" * (outcome.attempts != 1)}, see {outcome.log_path}')
   results = outcome.results
   when = 'finished before' if not outcome.attempts else 'finished'
   interval = (f' [{results["pq_ci_low"]:.2f}, {results["pq_ci_high"]:.2f}]'
