@@ -5,7 +5,8 @@ PQ is 50 plus the number of bindings with the value False, plus
 'ExperimentConfig.seed=<s>', default 0). Bindings steer it: 'Fake.fail=True'
 exits 1; 'Fake.no_eval=True' exits 0 without results; 'Fake.crash_once=True'
 exits 1 after writing a "checkpoint" on the first call and resumes from it on
-the next; 'Fake.sleep=<seconds>' sleeps before writing results. Each call is
+the next; 'Fake.sleep=<seconds>' sleeps before writing results;
+'Fake.kill_parent=True' kills the process that started it (a lost engine worker). Each call is
 counted in <model_dir>/calls; the results record the process's start and end
 times and its TF_NUM_INTRAOP_THREADS.
 """
@@ -13,6 +14,7 @@ import argparse
 import ast
 import json
 import os
+import signal
 import sys
 import time
 
@@ -33,6 +35,9 @@ with open(calls_path, 'w') as f:
 print('fake train', ' '.join(sys.argv[1:]))
 if bindings.get('Fake.fail') == 'True':
   sys.exit('fake training failed')
+if bindings.get('Fake.kill_parent') == 'True':
+  os.kill(os.getppid(), signal.SIGKILL)
+  sys.exit('killed the parent process')
 if bindings.get('Fake.no_eval') == 'True':
   sys.exit(0)
 checkpoint = os.path.join(args.model_dir, 'checkpoint')
