@@ -181,30 +181,37 @@ def run_sweep(points: Sequence[sweep.Point], settings: sweep.Settings,
       outcomes[run] = outcome
       report(describe(outcome))
 
-  def write():
+  def record(outcome):
+    outcomes[outcome.run] = outcome
+    report(describe(outcome))
     done = [outcomes[run] for run in all_runs if run in outcomes]
     sweep_report.write(points, done, settings.sweep_dir, baseline)
 
-  attempts = {}
-  with runner or LocalRunner() as engine:
-    pending = {}
-    for run in all_runs:
-      if run not in outcomes:
-        pending[engine.submit(run, settings)] = run
-    report(f'{len(pending)} of {len(all_runs)} runs to do, '
-           f'{len(all_runs) - len(pending)} finished before.')
-    while pending:
-      handle, exit_status = engine.next_finished(list(pending))
-      run = pending.pop(handle)
-      attempts[run] = attempts.get(run, 0) + 1
-      outcome = collect(run, settings.sweep_dir, exit_status, attempts[run])
-      if outcome.status == sweep.FAILED and attempts[run] <= max_retries:
-        report(f'{run.name}: failed (attempt {attempts[run]}), retrying; '
-               f'see {outcome.log_path}')
-        pending[engine.submit(run, settings)] = run
-        continue
-      outcomes[run] = outcome
-      report(describe(outcome))
-      write()
-  write()
+  todo = [run for run in all_runs if run not in outcomes]
+  report(f'{len(todo)} of {len(all_runs)} runs to do, '
+         f'{len(all_runs) - len(todo)} finished before.')
+  if todo:
+    with runner or LocalRunner() as engine:
+      _execute(todo, settings, engine, max_retries, record, report)
+  sweep_report.write(points, [outcomes[run] for run in all_runs], settings.sweep_dir,
+                     baseline)
   return [outcomes[run] for run in all_runs]
+
+
+def _execute(todo: Sequence[sweep.Run], settings: sweep.Settings, engine,
+             max_retries: int, record: Callable[[sweep.Outcome], None],
+             report: Callable[[str], None]) -> None:
+  """Runs `todo` on `engine`, restarting failed runs; `record`s each final outcome."""
+  attempts = {}
+  pending = {engine.submit(run, settings): run for run in todo}
+  while pending:
+    handle, exit_status = engine.next_finished(list(pending))
+    run = pending.pop(handle)
+    attempts[run] = attempts.get(run, 0) + 1
+    outcome = collect(run, settings.sweep_dir, exit_status, attempts[run])
+    if outcome.status == sweep.FAILED and attempts[run] <= max_retries:
+      report(f'{run.name}: failed (attempt {attempts[run]}), retrying; '
+             f'see {outcome.log_path}')
+      pending[engine.submit(run, settings)] = run
+    else:
+      record(outcome)

@@ -128,10 +128,17 @@ def test_each_run_trains_in_its_own_dir_and_the_tables_hold_its_results(tmp_path
   assert rows[3]['log'] == str(tmp_path / 'logs' / 'no_update-seed-1.log')
 
 
-def test_running_again_skips_finished_runs(tmp_path):
+class _UnusableRunner:
+  """A runner that must not be started (e.g. no Ray instance for nothing to do)."""
+
+  def __enter__(self):
+    raise AssertionError('the runner was started with nothing to run')
+
+
+def test_running_again_skips_finished_runs_without_starting_the_runner(tmp_path):
   points = sweep.grid_points([f'{UPDATE}=[True,False]'])
   _run(points, tmp_path)
-  outcomes = _run(points, tmp_path)
+  outcomes = _run(points, tmp_path, runner=_UnusableRunner())
   assert all(o.attempts == 0 and o.status == sweep.FINISHED for o in outcomes)
   assert [_calls(tmp_path, p.name) for p in points] == [1, 1]
   assert [r['status'] for r in _csv_rows(tmp_path, sweep_report.RUNS_CSV_FILE)] == [
