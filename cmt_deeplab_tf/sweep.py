@@ -37,9 +37,10 @@ from cmt_deeplab_tf.analysis import sweep
 from cmt_deeplab_tf.analysis import sweep_report
 from cmt_deeplab_tf.analysis import sweep_runner
 
-# The file names `convert_coco` writes, and the config fields they bind.
-_SPLIT_PATTERNS = (('ExperimentConfig.train_file_pattern', 'train-*'),
-                   ('ExperimentConfig.eval_file_pattern', 'val-*'))
+# The config fields --tfrecord_dir binds, the file names `convert_coco` writes for
+# them, and the modes that read them.
+_SPLIT_PATTERNS = (('ExperimentConfig.train_file_pattern', 'train-*', ('train_and_eval',)),
+                   ('ExperimentConfig.eval_file_pattern', 'val-*', sweep.MODES))
 _DETERMINISTIC = 'ExperimentConfig.deterministic'
 
 
@@ -104,11 +105,10 @@ def common_bindings(flag_values: flags.FlagValues):
   bindings = list(flag_values.gin_param)
   if flag_values.tfrecord_dir:
     directory = os.path.abspath(flag_values.tfrecord_dir)
-    sweep.check_unbound(bindings, [name for name, _ in _SPLIT_PATTERNS],
+    sweep.check_unbound(bindings, [name for name, _, _ in _SPLIT_PATTERNS],
                         '--tfrecord_dir', '--gin_param')
-    for name, pattern in _SPLIT_PATTERNS:
-      if (flag_values.mode == 'train_and_eval' or 'eval' in name) and not glob.glob(
-          os.path.join(directory, pattern)):
+    for name, pattern, modes in _SPLIT_PATTERNS:
+      if flag_values.mode in modes and not glob.glob(os.path.join(directory, pattern)):
         raise ValueError(f'--tfrecord_dir={flag_values.tfrecord_dir} holds no {pattern} '
                          'shards (make demo, or convert_coco, writes them).')
       bindings.append(f"{name}='{os.path.join(directory, pattern)}'")
