@@ -33,6 +33,8 @@ setuptools.setup(
         'absl-py',
         'gin-config',
         'pillow',
+        'matplotlib',
+        'ray>=2.40',  # Sweeps run as Ray tasks; tested with 2.60.
     ],
     extras_require={'test': ['pytest', 'pytest-xdist', 'cityscapesscripts']},
     entry_points={'console_scripts': [f'{k}={v}' for k, v in _CLIS.items()]},

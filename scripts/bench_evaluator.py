@@ -3,7 +3,9 @@
 Synthetic images at COCO size (640x480) and Cityscapes size (1024x2048) with
 about 40 segments each (10 stuff bands, 30 thing rectangles, 2% void); the
 prediction shifts every segment by a few pixels and relabels some. Compares
-with tf-models-official's numpy PanopticQuality on the same maps. The
+with tf-models-official's numpy PanopticQuality on the same maps. A second table
+times the bootstrap interval of PQ (`bootstrap.pq_interval`, 1000 resamples) at
+the val-set sizes of COCO and Cityscapes. The
 benchmarks' harness (`analysis.timing.interleaved`) gives every candidate the
 same image in each round (one image per round), so all meet the same load.
 
@@ -19,12 +21,15 @@ import numpy as np
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf.analysis import timing
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
+from cmt_deeplab_tf.evaluation import bootstrap
 from cmt_deeplab_tf.evaluation import mean_iou
 from cmt_deeplab_tf.evaluation import panoptic_evaluator
 from cmt_deeplab_tf.evaluation import panoptic_quality
 from cmt_deeplab_tf.evaluation import submission
 
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 10, 'Timed images (rounds).')
+_INTERVAL_IMAGES = flags.DEFINE_list('interval_images', ['coco:5000', 'cityscapes:500'],
+                                      'dataset:images of the bootstrap interval rows.')
 _SIZES = flags.DEFINE_list('sizes', ['coco:480x640', 'cityscapes:1024x2048'],
                            'dataset:HxW image sizes.')
 _WRITERS = {'coco': submission.CocoPanopticWriter,
@@ -127,6 +132,14 @@ def main(_):
   print('|---|---|---|---|')
   for size, segments, label, speed in rows:
     print(f'| {size} | {segments} | {label} | {speed:.1f} |')
+  print('\n| data set | images | classes | bootstrap interval of PQ, 1000 resamples (s) |')
+  print('|---|---|---|---|')
+  for spec in _INTERVAL_IMAGES.value:
+    name, _, count = spec.partition(':')
+    info = dataset_info_lib.get_dataset_info(name)
+    per_image = rng.integers(0, 4, (int(count), 4, info.num_classes)).astype(np.float64)
+    timings = timing.interleaved({'interval': lambda: bootstrap.pq_interval(per_image)}, 3)
+    print(f'| {name} | {count} | {info.num_classes} | {timings.median("interval"):.3f} |')
 
 
 if __name__ == '__main__':

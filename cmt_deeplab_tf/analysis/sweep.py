@@ -1,40 +1,31 @@
-"""Gin ablation sweeps: one train + eval process and model dir per point.
+"""Gin ablation sweeps: the points, their seeded runs, and the train process of a run.
 
 A sweep is a list of `Point`s, each a name and a list of gin bindings applied on
 top of a base gin file and common bindings. Points come either from a grid (the
 cross product of `Param=[v1, v2, ...]` axes) or from named override sets
-(`name:binding;binding`, one point at a time).
+(`name:binding;binding`, one point at a time). Each point runs once per seed
+(`ExperimentConfig.seed=<s>` bound last), or once with the config's own seed
+when the sweep has no seeds.
 
-Every point runs the train CLI in its own subprocess with its own model dir,
-`<sweep_dir>/<point name>`; its output goes to `<sweep_dir>/logs/<name>.log`.
-When the process exits cleanly, the last `eval/results-<step>.json` of the point
-is copied into `<sweep_dir>/<name>/sweep_result.json`, which marks the point as
-finished. Running the sweep again skips finished points and re-runs unfinished
-ones in the same model dir, so the trainer resumes from their checkpoints.
+A `Run` (point, seed) trains in its own process and model dir,
+`<sweep_dir>/<point>/seed-<s>` (`<sweep_dir>/<point>` without seeds), its output
+in `<sweep_dir>/logs/<point>-seed-<s>.log` (`<point>.log`). This module has no
+TensorFlow import: `launch` is what a worker of a distributed engine runs.
+`sweep_runner` schedules the runs, skips finished ones and collects results.
 """
 import ast
-import csv
 import dataclasses
 import itertools
-import json
 import os
 import re
 import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from cmt_deeplab_tf.analysis import paper_tables
-
-TRAIN_COMMAND = (sys.executable, '-m', 'cmt_deeplab_tf.train')
+TRAIN_MODULE = 'cmt_deeplab_tf.train'
 RESULT_FILE = 'sweep_result.json'
 LOG_DIR = 'logs'
-MARKDOWN_FILE = 'results.md'
-CSV_FILE = 'results.csv'
-# (results JSON key, column title), percentages as the train CLI writes them.
-METRICS = (('pq', 'PQ'), ('pq_th', 'PQ^Th'), ('pq_st', 'PQ^St'), ('sq', 'SQ'),
-           ('rq', 'RQ'))
-HEADER = ['point', *(title for _, title in METRICS), 'step', 'status', 'bindings', 'log']
-FINISHED, FAILED = 'finished', 'failed'
+SEED_PARAMETER = 'ExperimentConfig.seed'
 # Train CLI modes that end with eval results to tabulate.
 MODES = ('train_and_eval', 'eval')
 _UNSAFE_NAME_CHARACTERS = re.compile(r'[^A-Za-z0-9._-]+')
@@ -48,13 +39,65 @@ class Point:
 
 
 @dataclasses.dataclass(frozen=True)
-class Outcome:
-  """What a point produced: its status, eval results (if any) and log path."""
+class Run:
+  """One point trained with one seed (None: the config's own seed)."""
   point: Point
+  seed: Optional[int] = None
+
+  @property
+  def name(self) -> str:
+    return self.point.name if self.seed is None else f'{self.point.name}/seed-{self.seed}'
+
+  @property
+  def bindings(self) -> tuple:
+    seed = () if self.seed is None else (f'{SEED_PARAMETER}={self.seed}',)
+    return (*self.point.bindings, *seed)
+
+  def model_dir(self, sweep_dir: str) -> str:
+    return os.path.join(sweep_dir, *self.name.split('/'))
+
+  def log_path(self, sweep_dir: str) -> str:
+    return os.path.join(sweep_dir, LOG_DIR, self.name.replace('/', '-') + '.log')
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How every run of a sweep calls the train CLI.
+
+  Attributes:
+    sweep_dir: absolute; holds the model dirs, logs and tables.
+    base_gin: absolute path of the gin file every run starts from.
+    common_bindings: bindings of every run, before the point's own.
+    mode: the train CLI's --mode (`MODES`).
+    command_prefix: the train CLI call; None: this Python's `-m cmt_deeplab_tf.train`
+      on the machine that runs it.
+  """
+  sweep_dir: str
+  base_gin: str
+  common_bindings: tuple = ()
+  mode: str = 'train_and_eval'
+  command_prefix: Optional[tuple] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """What a run produced.
+
+  Attributes:
+    run: the run.
+    status: FINISHED or FAILED.
+    results: its eval results (the highest step's), or None.
+    log_path: its log.
+    attempts: train processes started for it by this sweep (0: finished before).
+  """
+  run: Run
   status: str
-  results: Optional[Dict[str, float]]
+  results: Optional[Dict[str, object]]
   log_path: str
-  skipped: bool = False
+  attempts: int = 1
+
+
+FINISHED, FAILED = 'finished', 'failed'
 
 
 def _safe_name(text: str) -> str:
@@ -124,92 +167,65 @@ def _check_unique(points: List[Point], flag: str) -> List[Point]:
   return points
 
 
-def final_results(model_dir: str) -> Optional[Dict[str, float]]:
-  """The eval results of the highest step in a model dir, or None if it has none."""
-  try:
-    return paper_tables.load_results(model_dir, [key for key, _ in METRICS],
-                                     f'sweep point {model_dir}')
-  except ValueError:
-    return None
+def runs(points: Sequence[Point], seeds: Sequence[int] = ()) -> List[Run]:
+  """Every point with every seed (point-major); one run per point without seeds.
+
+  Raises:
+    ValueError: naming --seeds, if a seed repeats or a point binds the seed itself.
+  """
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f'--seeds={",".join(map(str, seeds))} repeats a seed.')
+  if seeds:
+    for point in points:
+      check_unbound(point.bindings, (SEED_PARAMETER,), '--seeds',
+                    f'point {point.name!r}')
+  return [Run(point, seed) for point in points for seed in (seeds or (None,))]
 
 
-def train_command(point: Point, model_dir: str, base_gin: str,
-                  common_bindings: Sequence[str], mode: str,
-                  command_prefix: Sequence[str] = TRAIN_COMMAND) -> List[str]:
-  """The train CLI call of one point: base gin, common bindings, then the point's."""
-  return [*command_prefix, f'--mode={mode}', f'--model_dir={model_dir}',
-          f'--gin_file={base_gin}',
-          *(f'--gin_param={b}' for b in (*common_bindings, *point.bindings))]
+def check_baseline(points: Sequence[Point], baseline: Optional[str]) -> None:
+  """Raises ValueError naming --baseline if it is given and not a point's name."""
+  names = [point.name for point in points]
+  if baseline is not None and baseline not in names:
+    raise ValueError(f'--baseline={baseline} is not one of the points {names}.')
 
 
-def run_point(point: Point, sweep_dir: str, base_gin: str,
-              common_bindings: Sequence[str], mode: str,
-              command_prefix: Sequence[str] = TRAIN_COMMAND) -> Outcome:
-  """Runs one point in its own process unless it has finished before."""
-  model_dir = os.path.join(sweep_dir, point.name)
-  result_path = os.path.join(model_dir, RESULT_FILE)
-  log_path = os.path.join(sweep_dir, LOG_DIR, f'{point.name}.log')
-  if os.path.exists(result_path):
-    with open(result_path) as f:
-      return Outcome(point, FINISHED, json.load(f), log_path, skipped=True)
+def check_unbound(bindings: Sequence[str], parameters: Sequence[str], flag: str,
+                  where: str) -> None:
+  """Raises ValueError if a binding sets one of `parameters`, which `flag` sets."""
+  for binding in bindings:
+    if binding.partition('=')[0].strip() in parameters:
+      raise ValueError(f'{flag} sets {binding.partition("=")[0].strip()}; {where} '
+                       f'binds it too ({binding!r}).')
+
+
+def train_command(run: Run, settings: Settings) -> List[str]:
+  """The train CLI call of a run: base gin, common bindings, then the run's."""
+  prefix = settings.command_prefix or (sys.executable, '-m', TRAIN_MODULE)
+  return [*prefix, f'--mode={settings.mode}',
+          f'--model_dir={run.model_dir(settings.sweep_dir)}',
+          f'--gin_file={settings.base_gin}',
+          *(f'--gin_param={b}' for b in (*settings.common_bindings, *run.bindings))]
+
+
+def launch(run: Run, settings: Settings, threads: Optional[int] = None) -> int:
+  """Runs the train CLI of `run` in its own process, appending to its log.
+
+  Args:
+    run: the run.
+    settings: the sweep's settings.
+    threads: TensorFlow's intra-op threads in the process
+      (TF_NUM_INTRAOP_THREADS, unless set here); None: TensorFlow's default.
+
+  Returns:
+    The process's exit code.
+  """
+  log_path = run.log_path(settings.sweep_dir)
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
-  command = train_command(point, model_dir, base_gin, common_bindings, mode,
-                          command_prefix)
+  command = train_command(run, settings)
+  environment = dict(os.environ)
+  if threads:
+    environment.setdefault('TF_NUM_INTRAOP_THREADS', str(threads))
   with open(log_path, 'a') as log:
     log.write(f'$ {subprocess.list2cmdline(command)}\n')
     log.flush()
-    return_code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-  results = final_results(model_dir)
-  if return_code != 0 or results is None:
-    return Outcome(point, FAILED, results, log_path)
-  with open(result_path, 'w') as f:
-    json.dump(results, f, indent=2)
-  return Outcome(point, FINISHED, results, log_path)
-
-
-def run_sweep(points: Sequence[Point], sweep_dir: str, base_gin: str,
-              common_bindings: Sequence[str] = (), mode: str = 'train_and_eval',
-              command_prefix: Sequence[str] = TRAIN_COMMAND,
-              report=print) -> List[Outcome]:
-  """Runs every point in turn, writes the tables and returns the outcomes."""
-  os.makedirs(sweep_dir, exist_ok=True)
-  outcomes = []
-  for index, point in enumerate(points, 1):
-    report(f'[{index}/{len(points)}] {point.name}: {" ".join(point.bindings) or "(base)"}')
-    outcome = run_point(point, sweep_dir, base_gin, common_bindings, mode,
-                        command_prefix)
-    report(f'  {_describe(outcome)}')
-    outcomes.append(outcome)
-    write_tables(outcomes, sweep_dir)
-  return outcomes
-
-
-def _describe(outcome: Outcome) -> str:
-  if outcome.status == FAILED:
-    return f'FAILED, see {outcome.log_path}'
-  pq = outcome.results['pq']
-  return f'{"skipped, finished before" if outcome.skipped else "finished"}: PQ {pq:.2f}'
-
-
-def _row(outcome: Outcome) -> List[str]:
-  results = outcome.results if outcome.status == FINISHED else None
-  metrics = [f'{results[key]:.2f}' if results else '-' for key, _ in METRICS]
-  step = str(results.get('step', '-')) if results else '-'
-  return [outcome.point.name, *metrics, step, outcome.status,
-          '; '.join(outcome.point.bindings), outcome.log_path]
-
-
-
-def markdown_table(outcomes: Sequence[Outcome]) -> str:
-  """The results as a Markdown table (failed points show '-' and their log)."""
-  return paper_tables.markdown_table(HEADER, [_row(o) for o in outcomes]) + '\n'
-
-
-def write_tables(outcomes: Sequence[Outcome], sweep_dir: str) -> None:
-  """Writes results.md and results.csv into the sweep dir."""
-  with open(os.path.join(sweep_dir, MARKDOWN_FILE), 'w') as f:
-    f.write(markdown_table(outcomes))
-  with open(os.path.join(sweep_dir, CSV_FILE), 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(HEADER)
-    writer.writerows(_row(outcome) for outcome in outcomes)
+    return subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=environment)

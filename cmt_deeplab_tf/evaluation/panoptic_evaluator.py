@@ -3,7 +3,8 @@
 Takes the ground-truth and prediction dicts of the shared contract
 (`cmt_deeplab_tf.common`), batched or not, crops them to `VALID_SIZE` when the
 ground truth carries it (padding is not part of the image), and forwards each
-image to `PanopticQuality` (panoptic maps) and `MeanIoU` (semantic maps).
+image to `PanopticQuality` (panoptic maps) and `MeanIoU` (semantic maps); the
+result also carries the bootstrap interval of PQ over the images (`bootstrap`).
 """
 from typing import Dict, Mapping
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
+from cmt_deeplab_tf.evaluation import bootstrap
 from cmt_deeplab_tf.evaluation import mean_iou
 from cmt_deeplab_tf.evaluation import panoptic_quality
 
@@ -77,8 +79,13 @@ class PanopticEvaluator:
 
     Returns:
       `PanopticQuality.result()` ('pq', 'sq', 'rq', '*_th', '*_st', 'n*',
-      'per_class') merged with `MeanIoU.result()` ('miou', 'iou_per_class').
+      'per_class') merged with `MeanIoU.result()` ('miou', 'iou_per_class'),
+      'num_images', and 'pq_ci_low', 'pq_ci_high': the 95% bootstrap interval
+      of PQ over the images (`bootstrap.pq_interval`, 1000 seeded resamples).
     """
     results = self._panoptic_quality.result()
+    per_image = self._panoptic_quality.per_image_statistics()
+    results['num_images'] = per_image.shape[0]
+    results['pq_ci_low'], results['pq_ci_high'] = bootstrap.pq_interval(per_image)
     results.update(self._mean_iou.result())
     return results

@@ -10,8 +10,8 @@ truth FN_c,
 
 PQ, SQ and RQ average these over the classes with |TP_c| + |FP_c| + |FN_c| > 0
 (all classes, things only, stuff only). The per-class sums are accumulated over
-the whole data set before dividing, so the memory does not grow with the number
-of images.
+the whole data set before dividing. The per-image sums are kept too (4C numbers
+per image, e.g. 2 MB for COCO val) for the bootstrap interval (`bootstrap`).
 
 Matching rules of the official evaluator (COCO panopticapi `evaluation.py`,
 identical in cityscapesscripts' `evalPanopticSemanticLabeling.py`):
@@ -169,11 +169,36 @@ def image_statistics(gt: Segments, pred: Segments,
   return tp, fp, fn, iou_sum
 
 
+def per_class_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
+                     iou_sum: np.ndarray):
+  """Per-class PQ, SQ, RQ (percent) from summed statistics.
+
+  Args:
+    tp, fp, fn, iou_sum: [..., C] sums over images.
+
+  Returns:
+    (pq, sq, rq, counted): float [..., C] scores and the bool [..., C] mask of the
+    classes that count (TP + FP + FN > 0).
+  """
+  denominator = tp + 0.5 * fp + 0.5 * fn
+  counted = denominator > 0
+  safe = np.where(counted, denominator, 1.0)
+  return (100.0 * iou_sum / safe, 100.0 * iou_sum / np.maximum(tp, 1),
+          100.0 * tp / safe, counted)
+
+
+def class_average(values: np.ndarray, selected: np.ndarray) -> np.ndarray:
+  """Mean of `values` [..., C] over the `selected` classes; 0 where none is."""
+  count = selected.sum(axis=-1)
+  total = np.where(selected, values, 0.0).sum(axis=-1)
+  return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
 class PanopticQuality:
   """Streaming PQ / SQ / RQ: feed one image at a time, read `result()` at the end.
 
-  The state is four per-class arrays (TP, FP, FN counts and the TP IoU sum),
-  so memory does not depend on the number of images.
+  The state is four per-class arrays (TP, FP, FN counts and the TP IoU sum)
+  and the same four per image (`per_image_statistics`).
 
   Usage:
     metric = PanopticQuality(dataset_info.get_dataset_info('coco'))
@@ -193,6 +218,7 @@ class PanopticQuality:
     self.fp = np.zeros(num_classes, np.int64)
     self.fn = np.zeros(num_classes, np.int64)
     self.iou_sum = np.zeros(num_classes, np.float64)
+    self._per_image = []
 
   def update(self, gt_panoptic: np.ndarray, pred_panoptic: np.ndarray) -> None:
     """Accumulates one image.
@@ -215,6 +241,13 @@ class PanopticQuality:
     self.fp += fp
     self.fn += fn
     self.iou_sum += iou_sum
+    self._per_image.append(np.stack([tp, fp, fn, iou_sum]).astype(np.float64))
+
+  def per_image_statistics(self) -> np.ndarray:
+    """float64 [N, 4, C]: per image in update order, the TP, FP, FN and IoU sums."""
+    if not self._per_image:
+      return np.zeros((0, 4, self._info.num_classes), np.float64)
+    return np.stack(self._per_image)
 
   def result(self) -> Dict[str, object]:
     """PQ, SQ, RQ in percent (0..100), as in the papers' tables.
@@ -226,20 +259,14 @@ class PanopticQuality:
       no class is 0); and 'per_class', mapping the name of every averaged class
       to a dict of its 'pq', 'sq', 'rq' (percent) and 'tp', 'fp', 'fn' counts.
     """
-    denominator = self.tp + 0.5 * self.fp + 0.5 * self.fn
-    counted = denominator > 0
-    safe = np.where(counted, denominator, 1.0)
-    pq = 100.0 * self.iou_sum / safe
-    sq = 100.0 * self.iou_sum / np.maximum(self.tp, 1)
-    rq = 100.0 * self.tp / safe
+    pq, sq, rq, counted = per_class_scores(self.tp, self.fp, self.fn, self.iou_sum)
     is_thing = np.asarray(self._info.is_thing, bool)
     results = {}
     for suffix, subset in (('', np.ones_like(is_thing)), ('_th', is_thing),
                            ('_st', ~is_thing)):
       selected = counted & subset
       for metric_name, per_class in (('pq', pq), ('sq', sq), ('rq', rq)):
-        value = per_class[selected].mean() if selected.any() else 0.0
-        results[metric_name + suffix] = float(value)
+        results[metric_name + suffix] = float(class_average(per_class, selected))
       results['n' + suffix] = int(selected.sum())
     results['per_class'] = {
         self._info.class_names[c]: {

@@ -358,8 +358,10 @@ class EvalRecorder:
     path = os.path.join(self._dir, f'results-{step}.json')
     with tf.io.gfile.GFile(path, 'w') as f:
       json.dump({'step': step, **_jsonable(results)}, f, indent=1)
-    logging.info('step %d: PQ %.2f SQ %.2f RQ %.2f mIoU %.2f -> %s', step, results['pq'],
-                 results['sq'], results['rq'], results['miou'], path)
+    logging.info('step %d: PQ %.2f (95%% bootstrap interval %.2f-%.2f over %d images) '
+                 'SQ %.2f RQ %.2f mIoU %.2f -> %s', step, results['pq'], results['pq_ci_low'],
+                 results['pq_ci_high'], results['num_images'], results['sq'], results['rq'],
+                 results['miou'], path)
     batch = self._trainer.last_eval_batch
     if batch is not None:
       with self._writer.as_default(step=step):

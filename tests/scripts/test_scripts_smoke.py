@@ -27,8 +27,8 @@ SMOKE_RUNS = (
      '| component | op time (s) |'),
     ('bench_layers.py', ['--baseline=HEAD', '--models=tiny', '--size=65', '--rounds=1']
      + _TINY_MODEL, '| tiny | decoder_stage2_block0 | 17x17x'),
-    ('bench_evaluator.py', ['--num_images=1', '--sizes=coco:48x64,cityscapes:64x128'],
-     '| cityscapes 64x128 |'),
+    ('bench_evaluator.py', ['--num_images=1', '--sizes=coco:48x64,cityscapes:64x128',
+                            '--interval_images=coco:20'], '| coco | 20 | 133 |'),
     ('bench_input_pipeline.py', ['--num_images=2', '--num_batches=1',
                                  '--warmup_batches=1', '--batch_size=1',
                                  '--max_num_masks=8', '--num_workers=1',
