@@ -16,9 +16,9 @@ train ids; with `--use_train_id` the JSON already holds train ids 0..18.
 """
 import os
 
-from absl import app
 from absl import flags
 
+from cmt_deeplab_tf import cli
 from cmt_deeplab_tf.data import dataset_info
 from cmt_deeplab_tf.data import panoptic_converter
 from cmt_deeplab_tf.data import panoptic_format
@@ -77,7 +77,7 @@ def run():
   _define_flags()
   for name in ('cityscapes_root', 'split', 'output_dir'):
     flags.mark_flag_as_required(name)
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == '__main__':

@@ -25,9 +25,9 @@ import dataclasses
 import os
 from typing import Dict
 
-from absl import app
 from absl import flags
 
+from cmt_deeplab_tf import cli
 from cmt_deeplab_tf.data import dataset_info
 from cmt_deeplab_tf.data import panoptic_converter
 from cmt_deeplab_tf.data import panoptic_format
@@ -107,7 +107,7 @@ def run():
   _define_flags()
   for name in ('split', 'image_dir', 'panoptic_json', 'output_dir'):
     flags.mark_flag_as_required(name)
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == '__main__':

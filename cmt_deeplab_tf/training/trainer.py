@@ -99,6 +99,10 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     self.backbone_variables, self.other_variables = (
         optimization.split_backbone_variables(model))
     self.gradient_clip_norm = optimizer_config.gradient_clip_norm
+    # Model Garden's AdamW logs its own gradient_clip_norm, 0: it does not clip.
+    logging.info('Gradient clipping: %s, applied in the train step over the gradients '
+                 'of all variables.', f'global norm {self.gradient_clip_norm:g}'
+                 if self.gradient_clip_norm else 'off')
     self.gradient_accumulation_steps = gradient_accumulation_steps
     self.loss_scaling = tf_keras.mixed_precision.global_policy().compute_dtype == 'float16'
     if self.loss_scaling:
