@@ -26,6 +26,7 @@ from cmt_deeplab_tf.checkpoints import deeplab2
 from cmt_deeplab_tf.data import class_table
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.data import pipeline
+from cmt_deeplab_tf.data import record_errors
 from cmt_deeplab_tf.data import tfds_source as tfds_source_lib
 from cmt_deeplab_tf.evaluation import panoptic_evaluator
 from cmt_deeplab_tf.evaluation import submission
@@ -507,19 +508,23 @@ def _run(mode, model_dir, strategy, config, return_trainer, submission_format):
       eval_summary_dir=os.path.join(model_dir, 'eval') if chief else None,
       eval_actions=([EvalRecorder(trainer, model_dir, info)] +
                     ([submissions] if submissions else [])) if chief else None)
+  with record_errors.named_record_errors():
+    output = _run_mode(mode, config, trainer, manager, controller)
+  return trainer if return_trainer else output
+
+
+def _run_mode(mode, config, trainer, manager, controller):
   if mode == 'train':
     _until_preempted(trainer, manager, controller.train, config.train_steps)
-    output = trainer.loss_averages()
-  elif mode == 'eval':
-    output = controller.evaluate(config.eval_steps)
-  elif mode == 'train_and_eval':
-    output = _until_preempted(trainer, manager, controller.train_and_evaluate,
-                              config.train_steps, config.eval_steps, config.eval_interval)
-  else:
-    output = controller.evaluate_continuously(
-        config.eval_steps, timeout=config.continuous_eval_timeout,
-        timeout_fn=lambda: int(trainer.global_step.numpy()) >= config.train_steps)
-  return trainer if return_trainer else output
+    return trainer.loss_averages()
+  if mode == 'eval':
+    return controller.evaluate(config.eval_steps)
+  if mode == 'train_and_eval':
+    return _until_preempted(trainer, manager, controller.train_and_evaluate,
+                            config.train_steps, config.eval_steps, config.eval_interval)
+  return controller.evaluate_continuously(
+      config.eval_steps, timeout=config.continuous_eval_timeout,
+      timeout_fn=lambda: int(trainer.global_step.numpy()) >= config.train_steps)
 
 
 def _newest_good_checkpoint(checkpoint_dir: str) -> Optional[str]:
