@@ -26,6 +26,8 @@ from cmt_deeplab_tf.data import targets as targets_lib
 from cmt_deeplab_tf.data import tfds_source as tfds_source_lib
 from cmt_deeplab_tf.data import tfrecord_format
 
+_LABEL_DIVISOR = 'label_divisor'
+
 
 def check_crop_size(crop_size: Sequence[int], stride: int = 32,
                     flag: str = 'crop_size') -> None:
@@ -179,11 +181,6 @@ def panoptic_dataset(file_pattern: Optional[str] = None,
 
   def prepare(example, example_seed):
     decoded = decode(example)
-    with tf.control_dependencies([tf.debugging.assert_equal(
-        decoded['label_divisor'], info.label_divisor,
-        message=f'Examples have another label divisor than the class table of '
-                f'{info.name!r} ({info.label_divisor}).')]):
-      decoded['panoptic'] = tf.identity(decoded['panoptic'])
     if is_training:
       example = _train_example(decoded, example_seed, crop_size, min_scale, max_scale,
                                scale_step, void_value)
@@ -196,6 +193,18 @@ def panoptic_dataset(file_pattern: Optional[str] = None,
     features[common.IMAGE] = augment.normalize_image(example['image'])
     features[common.PANOPTIC] = panoptic
     features[common.IMAGE_ID] = decoded['image_id']
+    features[_LABEL_DIVISOR] = decoded['label_divisor']
+    return features
+
+  def check_label_divisor(features):
+    # Outside `prepare`: a bad record is skipped or named there, this is the data
+    # set's mismatch with the class table.
+    features = dict(features)
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        features.pop(_LABEL_DIVISOR), info.label_divisor,
+        message=f'Examples have another label divisor than the class table of '
+                f'{info.name!r} ({info.label_divisor}).')]):
+      features[common.PANOPTIC] = tf.identity(features[common.PANOPTIC])
     return features
 
   seeds = tf.data.Dataset.random(seed=seed).batch(2).map(lambda s: tf.cast(s, tf.int32))
@@ -209,5 +218,6 @@ def panoptic_dataset(file_pattern: Optional[str] = None,
     dataset = record_errors.map_records(
         dataset, prepare, max_bad_fraction if skip_bad_records and is_training else 0.0,
         deterministic=deterministic or not is_training)
+  dataset = dataset.map(check_label_divisor)
   dataset = dataset.batch(local_batch, drop_remainder=is_training)
   return dataset.prefetch(tf.data.AUTOTUNE)

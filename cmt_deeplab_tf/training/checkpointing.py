@@ -52,7 +52,9 @@ def checkpoint_problem(prefix: str) -> Optional[str]:
     reader = tf.train.load_checkpoint(prefix)
     for name in reader.get_variable_to_dtype_map():
       reader.get_tensor(name)
-  except (tf.errors.OpError, ValueError) as e:
+  # The reader turns TensorFlow's status codes into assorted Python errors
+  # (IndexError for a short read, ValueError, tf.errors.*): any means unusable.
+  except Exception as e:  # pylint: disable=broad-except
     return cli.one_line(getattr(e, 'message', e))[:300]
   return None
 
@@ -62,22 +64,28 @@ def _step(prefix: str) -> int:
   return int(match.group(1)) if match else -1
 
 
+def _read_state(directory: str):
+  """The `checkpoint` state proto, or None if absent or unreadable (with a warning)."""
+  path = os.path.join(directory, STATE_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  try:
+    return tf.train.get_checkpoint_state(directory)
+  except (text_format.ParseError, tf.errors.OpError) as e:
+    logging.warning('The checkpoint state file %s is unreadable (%s); using the '
+                    'checkpoint files found beside it.', path, e)
+    return None
+
+
 def _candidates(directory: str) -> List[str]:
   """Checkpoint prefixes in `directory`, newest first: those with an index file
   and those the state file names (which may lack files)."""
   prefixes = {p[:-len('.index')] for p in tf.io.gfile.glob(
       os.path.join(directory, 'ckpt-*.index'))}
-  state_path = os.path.join(directory, STATE_FILE)
-  if tf.io.gfile.exists(state_path):
-    try:
-      state = tf.train.get_checkpoint_state(directory)
-    except (text_format.ParseError, tf.errors.OpError) as e:
-      logging.warning('The checkpoint state file %s is unreadable (%s); using the '
-                      'checkpoint files found beside it.', state_path, e)
-      state = None
-    if state is not None:
-      prefixes.update(os.path.join(directory, os.path.basename(p))
-                      for p in state.all_model_checkpoint_paths)
+  state = _read_state(directory)
+  if state is not None:
+    prefixes.update(os.path.join(directory, os.path.basename(p))
+                    for p in state.all_model_checkpoint_paths)
   return sorted((p for p in prefixes if _step(p) >= 0), key=_step, reverse=True)
 
 
@@ -117,10 +125,13 @@ def recover_latest(directory: str) -> Optional[str]:
                          overwrite=True)
     logging.warning('Checkpoint %s is unusable (%s): moved to %s; resuming from %s.',
                     prefix, problem, target, good or 'scratch')
-  if bad or (good and tf.train.latest_checkpoint(directory) != good):
-    kept = [p for p in reversed(_candidates(directory)) if _step(p) <= _step(good or '')]
+  state = _read_state(directory)
+  if bad or good != (state and os.path.join(
+      directory, os.path.basename(state.model_checkpoint_path))):
+    kept = [p for p in reversed(_candidates(directory))
+            if _step(p) <= _step(good or '') and tf.io.gfile.exists(p + '.index')]
     if good:
-      tf.train.update_checkpoint_state(directory, good, all_model_checkpoint_paths=kept)
+      tf.compat.v1.train.update_checkpoint_state(directory, good, all_model_checkpoint_paths=kept)
     elif tf.io.gfile.exists(os.path.join(directory, STATE_FILE)):
       tf.io.gfile.remove(os.path.join(directory, STATE_FILE))
   return good
