@@ -36,7 +36,8 @@ def _assert_one_line_error(result, expected):
 
 
 CASES = [
-    ('train', ['--model_dir=/tmp/unused', '--mode=bogus'], '--mode: value should be one of'),
+    ('train', ['--model_dir=/tmp/unused', '--mode=bogus'],
+     'flag --mode=bogus: value should be one of'),
     ('train', ['--mode=train'], '--model_dir must have a value'),
     ('train', ['--model_dir=/tmp/unused', '--gin_param=ExperimentConfig.no_such = 1'],
      "--gin_param='ExperimentConfig.no_such = 1'"),
@@ -51,7 +52,7 @@ CASES = [
     ('export', ['--model_dir=/nonexistent', '--export_dir=/tmp/unused'],
      '--model_dir=/nonexistent does not exist'),
     ('predict', ['--image_dir=/nonexistent', '--output_dir=/tmp/unused'],
-     'Pass exactly one of --saved_model and --model_dir'),
+     '--image_dir=/nonexistent is not a directory'),
     ('import_deeplab2', ['--checkpoint=/nonexistent/ckpt-1', '--model_dir=/tmp/unused_import',
                          "--gin_param=ExperimentConfig.dataset_name='synthetic'"],
      '/nonexistent/ckpt-1'),
@@ -74,12 +75,25 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize('module, args, expected', CASES,
-                         ids=[f'{c[0]}-{i}' for i, c in enumerate(CASES)])
+# Each case starts TensorFlow (seconds): the default suite runs one case per kind
+# of check, the slow suite all.
+_DEFAULT = {'train-0', 'train-3', 'train-4', 'export-6', 'data.convert_coco-13',
+            'data.verify-16'}
+
+
+def _cases():
+  for i, (module, args, expected) in enumerate(CASES):
+    name = f'{module}-{i}'
+    yield pytest.param(module, args, expected, id=name,
+                       marks=() if name in _DEFAULT else pytest.mark.slow)
+
+
+@pytest.mark.parametrize('module, args, expected', _cases())
 def test_bad_input_is_one_line_and_exit_status_1(module, args, expected):
   _assert_one_line_error(run_cli(module, args), expected)
 
 
+@pytest.mark.slow
 def test_verbosity_1_keeps_the_traceback():
   result = run_cli('render_tables', ['--tables=9', '--verbosity=1'])
   assert result.returncode == 1 and 'Traceback' in result.stderr

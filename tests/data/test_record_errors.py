@@ -1,12 +1,7 @@
-"""Corrupt TFRecords: named by shard and record index, found by verify, skipped on request.
-
-The corruptions are made at byte offsets computed here from the TFRecord framing
-(8-byte length, 4-byte CRC, data, 4-byte CRC), independently of the reader.
-"""
+"""Corrupt TFRecords: named by shard and record index, found by verify, skipped on request."""
 import glob
 import os
 import shutil
-import struct
 
 import gin
 import numpy as np
@@ -20,6 +15,7 @@ from cmt_deeplab_tf.data import pipeline
 from cmt_deeplab_tf.data import record_errors
 from cmt_deeplab_tf.data import tfrecord_format
 from cmt_deeplab_tf.data import verify
+from tests.data.corrupt_records import flip_bytes, replace_image, truncate_in
 
 INFO = dataset_info.get_dataset_info('synthetic')
 
@@ -31,16 +27,6 @@ def clean_gin():
   gin.clear_config()
 
 
-def record_spans(path):
-  """[(start, end)] byte range of each record's data, from the framing."""
-  data, spans, offset = open(path, 'rb').read(), [], 0
-  while offset < len(data):
-    (length,) = struct.unpack('<Q', data[offset:offset + 8])
-    spans.append((offset + 12, offset + 12 + length))
-    offset += length + 16
-  return spans
-
-
 @pytest.fixture()
 def shards(tfrecord_dir, tmp_path):
   """A copy of the synthetic val shards (2 shards, 2 records each) + class table."""
@@ -50,32 +36,6 @@ def shards(tfrecord_dir, tmp_path):
     shutil.copy(path, target)
   shutil.copy(os.path.join(tfrecord_dir, class_table.CLASS_TABLE_FILE), target)
   return sorted(glob.glob(str(target / 'val-*')))
-
-
-def flip_bytes(path, record, count=64):
-  start, end = record_spans(path)[record]
-  data = bytearray(open(path, 'rb').read())
-  middle = (start + end - count) // 2
-  data[middle:middle + count] = bytes(b ^ 0xFF for b in data[middle:middle + count])
-  open(path, 'wb').write(bytes(data))
-
-
-def truncate_in(path, record):
-  start, end = record_spans(path)[record]
-  with open(path, 'r+b') as f:
-    f.truncate((start + end) // 2)
-
-
-def replace_image(path, record, image_bytes=b'this is not an image'):
-  """Rewrites the shard with record `record`'s encoded image replaced."""
-  records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
-  example = tf.train.Example.FromString(records[record])
-  example.features.feature[tfrecord_format.IMAGE_ENCODED].bytes_list.value[:] = [
-      image_bytes]
-  records[record] = example.SerializeToString()
-  with tf.io.TFRecordWriter(path) as writer:
-    for serialized in records:
-      writer.write(serialized)
 
 
 def _reasons(reports):
