@@ -131,7 +131,7 @@ def test_ctrl_c_on_continuous_eval_is_one_line_and_130(tfrecord_dir, tmp_path):
   lines = []
   for line in process.stderr:  # Waits until the evaluator waits for checkpoints.
     lines.append(line)
-    if 'Waiting for new checkpoint' in line:
+    if 'Evaluating each new checkpoint' in line:
       break
   time.sleep(1)
   process.send_signal(signal.SIGINT)

@@ -229,6 +229,7 @@ class Controller(orbit.Controller):
 
   def evaluate_continuously(self, steps: int = -1, timeout=None, timeout_fn=None):
     output = None
+    logging.info('Evaluating each new checkpoint of %s.', self.checkpoint_manager.directory)
     for checkpoint_path in tf.train.checkpoints_iterator(
         self.checkpoint_manager.directory, timeout=timeout, timeout_fn=timeout_fn):
       if not self._readable(checkpoint_path):
