@@ -147,7 +147,7 @@ def panoptic_dataset(file_pattern: Optional[str] = None,
   Returns:
     A dataset of dicts keyed by `common` names: IMAGE [B, H, W, 3] float32 in
     [-1, 1], IMAGE_ID, PANOPTIC, the targets of `targets.build_targets`, and for
-    evaluation VALID_SIZE and ORIGINAL_SIZE.
+    evaluation VALID_SIZE and ORIGINAL_SIZE; from TFRecords SKIPPED_RECORDS [B].
   """
   crop_size = tuple(int(s) for s in crop_size)
   check_crop_size(crop_size)

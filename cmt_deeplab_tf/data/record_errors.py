@@ -135,6 +135,7 @@ def map_records(dataset: tf.data.Dataset,
 
 
 def shard_sizes(files: Sequence[str]) -> Sequence[int]:
+  """Byte size of each file (`read_shard` detects a read that stops short)."""
   return [tf.io.gfile.stat(f).length for f in files]
 
 
