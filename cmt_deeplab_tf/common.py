@@ -31,6 +31,8 @@ GT_VALID = 'gt_valid'                # float32 [B, M]; 1 for real masks, 0 for p
 # its size on disk, to map predictions back to the original image.
 VALID_SIZE = 'valid_size'            # int32 [B, 2] (height, width).
 ORIGINAL_SIZE = 'original_size'      # int32 [B, 2] (height, width).
+# Bad records the input pipeline skipped so far (`data/record_errors.py`).
+SKIPPED_RECORDS = 'skipped_records'  # int64 [B].
 
 # ---- Model outputs (keys of the dict a model returns). ----
 CLASS_LOGITS = 'class_logits'        # float32 [B, N, C + 1]; last index = no-object.

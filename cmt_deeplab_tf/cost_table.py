@@ -16,6 +16,7 @@ import os
 from absl import app
 from absl import flags
 
+from cmt_deeplab_tf import cli
 from cmt_deeplab_tf.analysis import cost
 from cmt_deeplab_tf.modeling import builder
 
@@ -50,11 +51,11 @@ def main(argv):
   device = cost.device_name()
   load_before = os.getloadavg()[0]
   measurements = []
-  for name in FLAGS.models:
+  for i, name in enumerate(FLAGS.models, 1):
     measurements.append(cost.measure(name, FLAGS.num_classes, FLAGS.num_clusters,
                                      FLAGS.height, FLAGS.width, FLAGS.fps_runs,
                                      FLAGS.memory))
-    print(f'measured {name}: {measurements[-1]}', flush=True)
+    print(f'measured {name} ({i}/{len(FLAGS.models)})', flush=True)
   for measurement in measurements:
     if measurement.memory_error:
       print(f'\n{measurement.memory_error}', flush=True)
@@ -69,7 +70,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == '__main__':

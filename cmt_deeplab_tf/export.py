@@ -15,10 +15,10 @@ TensorFlow, without this package:
 
 See `cmt_deeplab_tf.serving.export_lib` for the exact contract.
 """
-from absl import app
 from absl import flags
 from absl import logging
 
+from cmt_deeplab_tf import cli
 from cmt_deeplab_tf.serving import export_lib
 
 
@@ -40,7 +40,7 @@ def main(argv):
 def run():
   _define_flags()
   flags.mark_flags_as_required(['model_dir', 'export_dir'])
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == '__main__':

@@ -16,11 +16,11 @@ training-only heads) and our variables that keep their initial values; a shape
 mismatch, an unknown layout or a checkpoint variable that maps nowhere stops it
 with an error naming the variable.
 """
-from absl import app
 from absl import flags
 from absl import logging
 import tensorflow as tf
 
+from cmt_deeplab_tf import cli
 from cmt_deeplab_tf import run_dir
 from cmt_deeplab_tf.checkpoints import deeplab2
 from cmt_deeplab_tf.modeling import builder
@@ -85,7 +85,7 @@ def main(argv):
 def run():
   _define_flags()
   flags.mark_flags_as_required(['checkpoint', 'model_dir'])
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == '__main__':

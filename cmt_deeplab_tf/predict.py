@@ -39,13 +39,13 @@ import json
 import os
 from typing import Callable, Dict, List, Optional, Tuple
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from cmt_deeplab_tf import cli
 from cmt_deeplab_tf.data import class_table
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.data import panoptic_format
@@ -247,7 +247,7 @@ def main(argv):
 def run():
   _define_flags()
   flags.mark_flags_as_required(['image_dir', 'output_dir'])
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == '__main__':

@@ -13,10 +13,10 @@ always listed below ours (source 'paper'). Prints to stdout unless --output.
 """
 from typing import Optional, Sequence
 
-from absl import app
 from absl import flags
 import tensorflow as tf
 
+from cmt_deeplab_tf import cli
 from cmt_deeplab_tf.analysis import paper_tables
 
 TABLES = ('1', '4')
@@ -61,7 +61,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == '__main__':

@@ -33,6 +33,7 @@ import sys
 from absl import app
 from absl import flags
 
+from cmt_deeplab_tf import cli
 from cmt_deeplab_tf.analysis import sweep
 from cmt_deeplab_tf.analysis import sweep_report
 from cmt_deeplab_tf.analysis import sweep_runner
@@ -171,7 +172,7 @@ def flush_print(message: str) -> None:
 def run():
   define_flags()
   flags.mark_flags_as_required(['base_gin', 'sweep_dir'])
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == '__main__':

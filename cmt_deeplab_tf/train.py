@@ -11,10 +11,10 @@ multi_worker_mirrored (several machines; set TF_CONFIG on each), tpu (--tpu=NAME
 With --submission_format=coco|cityscapes, every evaluation also writes its
 predictions in that benchmark's layout to <model_dir>/eval/submission-<step>/.
 """
-from absl import app
 from absl import flags
 from absl import logging
 
+from cmt_deeplab_tf import cli
 from cmt_deeplab_tf.evaluation import submission
 from cmt_deeplab_tf.training import train_lib
 from official.common import distribute_utils
@@ -57,7 +57,7 @@ def main(argv):
 def run():
   _define_flags()
   flags.mark_flag_as_required('model_dir')
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == '__main__':

@@ -29,13 +29,13 @@ import collections
 import os
 from typing import List, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from cmt_deeplab_tf import cli
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf import predict
 from cmt_deeplab_tf.analysis import figures
@@ -229,7 +229,7 @@ def main(argv):
 def run():
   _define_flags()
   flags.mark_flags_as_required(['model_dir', 'output_dir'])
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Lowest first; the modules of one layer may import each other.
 LAYERS = (
-    ('common',),
+    ('common', 'cli'),
     ('data',),
     ('modeling',),
     ('losses', 'ops', 'checkpoints'),

@@ -16,12 +16,13 @@ train ids; with `--use_train_id` the JSON already holds train ids 0..18.
 """
 import os
 
-from absl import app
 from absl import flags
 
+from cmt_deeplab_tf import cli
 from cmt_deeplab_tf.data import dataset_info
 from cmt_deeplab_tf.data import panoptic_converter
 from cmt_deeplab_tf.data import panoptic_format
+from cmt_deeplab_tf.data import verify
 
 FLAGS = flags.FLAGS
 
@@ -60,6 +61,8 @@ def main(argv):
                         FLAGS.num_shards, FLAGS.num_workers, FLAGS.use_train_id,
                         FLAGS.overwrite)
   print(f'Wrote {len(paths)} shards to {FLAGS.output_dir}')
+  if FLAGS.verify:
+    verify.check(','.join(paths), num_workers=FLAGS.num_workers)
 
 
 def _define_flags():
@@ -71,13 +74,15 @@ def _define_flags():
   flags.DEFINE_integer('num_shards', 32, 'Number of shards.')
   flags.DEFINE_integer('num_workers', 2, 'Parallel writer processes.')
   flags.DEFINE_bool('overwrite', False, 'Replace existing shards of this split.')
+  flags.DEFINE_bool('verify', False, 'Then read back and check every record written '
+                    '(`cmt_deeplab_tf.data.verify`); exit status 1 if one is bad.')
 
 
 def run():
   _define_flags()
   for name in ('cityscapes_root', 'split', 'output_dir'):
     flags.mark_flag_as_required(name)
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == '__main__':

@@ -25,12 +25,13 @@ import dataclasses
 import os
 from typing import Dict
 
-from absl import app
 from absl import flags
 
+from cmt_deeplab_tf import cli
 from cmt_deeplab_tf.data import dataset_info
 from cmt_deeplab_tf.data import panoptic_converter
 from cmt_deeplab_tf.data import panoptic_format
+from cmt_deeplab_tf.data import verify
 
 FLAGS = flags.FLAGS
 
@@ -83,6 +84,8 @@ def main(argv):
                         FLAGS.panoptic_dir, FLAGS.output_dir, FLAGS.num_shards,
                         FLAGS.num_workers, FLAGS.overwrite, FLAGS.label_divisor)
   print(f'Wrote {len(paths)} shards to {FLAGS.output_dir}')
+  if FLAGS.verify:
+    verify.check(','.join(paths), num_workers=FLAGS.num_workers)
 
 
 def _define_flags():
@@ -101,13 +104,15 @@ def _define_flags():
   flags.DEFINE_integer('num_shards', 8, 'Number of shards.')
   flags.DEFINE_integer('num_workers', 2, 'Parallel writer processes.')
   flags.DEFINE_bool('overwrite', False, 'Replace existing shards of this split.')
+  flags.DEFINE_bool('verify', False, 'Then read back and check every record written '
+                    '(`cmt_deeplab_tf.data.verify`); exit status 1 if one is bad.')
 
 
 def run():
   _define_flags()
   for name in ('split', 'image_dir', 'panoptic_json', 'output_dir'):
     flags.mark_flag_as_required(name)
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == '__main__':

@@ -21,9 +21,12 @@ import tensorflow as tf
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf.data import augment
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
+from cmt_deeplab_tf.data import record_errors
 from cmt_deeplab_tf.data import targets as targets_lib
 from cmt_deeplab_tf.data import tfds_source as tfds_source_lib
 from cmt_deeplab_tf.data import tfrecord_format
+
+_LABEL_DIVISOR = 'label_divisor'
 
 
 def check_crop_size(crop_size: Sequence[int], stride: int = 32,
@@ -80,11 +83,12 @@ def _tfrecord_examples(file_pattern: str, is_training: bool, cycle_length: int,
       raise ValueError(f'file_pattern {file_pattern!r} has {len(files)} shards, fewer '
                        f'than the {input_context.num_input_pipelines} input pipelines.')
     files = files[input_context.input_pipeline_id::input_context.num_input_pipelines]
-  dataset = tf.data.Dataset.from_tensor_slices(files)
+  dataset = tf.data.Dataset.from_tensor_slices(
+      (files, record_errors.shard_sizes(files)))
   if is_training:
     dataset = dataset.shuffle(len(files), seed=seed).repeat()
   return dataset.interleave(
-      tf.data.TFRecordDataset, cycle_length=min(cycle_length, len(files)),
+      record_errors.read_shard, cycle_length=min(cycle_length, len(files)),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not is_training)
 
 
@@ -108,7 +112,9 @@ def panoptic_dataset(file_pattern: Optional[str] = None,
                      seed: Optional[int] = None,
                      tfds_source: Optional[tfds_source_lib.TfdsSource] = None,
                      skip_batches: int = 0,
-                     input_context: Optional[tf.distribute.InputContext] = None
+                     input_context: Optional[tf.distribute.InputContext] = None,
+                     skip_bad_records: bool = False,
+                     max_bad_fraction: float = 0.01
                      ) -> tf.data.Dataset:
   """Builds the training or evaluation dataset.
 
@@ -131,11 +137,17 @@ def panoptic_dataset(file_pattern: Optional[str] = None,
       skipped records are read but not decoded; with `deterministic` and a
       seed, the batches that follow are those of an uninterrupted run.
     input_context: from `strategy.distribute_datasets_from_function`.
+    skip_bad_records: training from TFRecords: skip records that cannot be read
+      or decoded (logged, counted in SKIPPED_RECORDS) until more than
+      `max_bad_fraction` of the records read are bad. Otherwise, and always in
+      evaluation, the first bad record stops the pipeline. Either way the error
+      names the shard and record index (`record_errors`).
+    max_bad_fraction: see `skip_bad_records`.
 
   Returns:
     A dataset of dicts keyed by `common` names: IMAGE [B, H, W, 3] float32 in
     [-1, 1], IMAGE_ID, PANOPTIC, the targets of `targets.build_targets`, and for
-    evaluation VALID_SIZE and ORIGINAL_SIZE.
+    evaluation VALID_SIZE and ORIGINAL_SIZE; from TFRecords SKIPPED_RECORDS [B].
   """
   crop_size = tuple(int(s) for s in crop_size)
   check_crop_size(crop_size)
@@ -161,16 +173,14 @@ def panoptic_dataset(file_pattern: Optional[str] = None,
     dataset = _tfrecord_examples(file_pattern, is_training, cycle_length, deterministic,
                                  seed, input_context)
     decode = tfrecord_format.decode_example
+  if not 0 <= max_bad_fraction < 1:
+    raise ValueError('panoptic_dataset.max_bad_fraction must be in [0, 1), got '
+                     f'{max_bad_fraction}.')
   if is_training:
     dataset = dataset.shuffle(shuffle_buffer_size, seed=seed)
 
   def prepare(example, example_seed):
     decoded = decode(example)
-    with tf.control_dependencies([tf.debugging.assert_equal(
-        decoded['label_divisor'], info.label_divisor,
-        message=f'Examples have another label divisor than the class table of '
-                f'{info.name!r} ({info.label_divisor}).')]):
-      decoded['panoptic'] = tf.identity(decoded['panoptic'])
     if is_training:
       example = _train_example(decoded, example_seed, crop_size, min_scale, max_scale,
                                scale_step, void_value)
@@ -183,13 +193,31 @@ def panoptic_dataset(file_pattern: Optional[str] = None,
     features[common.IMAGE] = augment.normalize_image(example['image'])
     features[common.PANOPTIC] = panoptic
     features[common.IMAGE_ID] = decoded['image_id']
+    features[_LABEL_DIVISOR] = decoded['label_divisor']
+    return features
+
+  def check_label_divisor(features):
+    # Outside `prepare`: a bad record is skipped or named there, this is the data
+    # set's mismatch with the class table.
+    features = dict(features)
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        features.pop(_LABEL_DIVISOR), info.label_divisor,
+        message=f'Examples have another label divisor than the class table of '
+                f'{info.name!r} ({info.label_divisor}).')]):
+      features[common.PANOPTIC] = tf.identity(features[common.PANOPTIC])
     return features
 
   seeds = tf.data.Dataset.random(seed=seed).batch(2).map(lambda s: tf.cast(s, tf.int32))
   dataset = tf.data.Dataset.zip((dataset, seeds))
   if skip_batches:
     dataset = dataset.skip(skip_batches * local_batch)
-  dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=deterministic or not is_training)
+  if tfds_source:
+    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=deterministic or not is_training)
+  else:
+    dataset = record_errors.map_records(
+        dataset, prepare, max_bad_fraction if skip_bad_records and is_training else 0.0,
+        deterministic=deterministic or not is_training)
+  dataset = dataset.map(check_label_divisor)
   dataset = dataset.batch(local_batch, drop_remainder=is_training)
   return dataset.prefetch(tf.data.AUTOTUNE)

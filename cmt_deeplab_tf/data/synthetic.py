@@ -26,6 +26,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
+from cmt_deeplab_tf import cli
 from cmt_deeplab_tf.data import dataset_info
 from cmt_deeplab_tf.data import panoptic_format
 
@@ -270,7 +271,7 @@ def _define_flags():
 def run():
   _define_flags()
   flags.mark_flag_as_required('output_dir')
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == '__main__':

@@ -17,7 +17,6 @@ from typing import Dict, Optional, Sequence, Tuple
 from absl import logging
 import gin
 import numpy as np
-import orbit
 import tensorflow as tf
 import tf_keras
 
@@ -27,6 +26,7 @@ from cmt_deeplab_tf.checkpoints import deeplab2
 from cmt_deeplab_tf.data import class_table
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.data import pipeline
+from cmt_deeplab_tf.data import record_errors
 from cmt_deeplab_tf.data import tfds_source as tfds_source_lib
 from cmt_deeplab_tf.evaluation import panoptic_evaluator
 from cmt_deeplab_tf.evaluation import submission
@@ -34,6 +34,8 @@ from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.ops import colors
 from cmt_deeplab_tf.ops import post_processing
+from cmt_deeplab_tf.training import checkpointing
+from cmt_deeplab_tf.training import config_checks
 from cmt_deeplab_tf.training import optimization
 from cmt_deeplab_tf.training import preemption
 from cmt_deeplab_tf.training import trainer as trainer_lib
@@ -332,7 +334,7 @@ def _restore_all_but_class_logits(model: tf_keras.Model, path: str) -> None:
 def check_checkpoint_matches(checkpoint: tf.train.Checkpoint, path: str) -> None:
   """Restores `path`, failing clearly if it was written by another architecture."""
   try:
-    checkpoint.restore(path).assert_existing_objects_matched()
+    checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
   except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
     raise ValueError(
         f'Checkpoint {path} does not match the configured model (was it written by '
@@ -446,6 +448,7 @@ def run(mode: str, model_dir: str, strategy: tf.distribute.Strategy,
     raise ValueError(f'--submission_format={submission_format!r} needs an evaluating '
                      f'--mode and one of {submission.FORMATS} (got --mode={mode}).')
   config = config or ExperimentConfig()
+  config_checks.check_experiment(config)
   check_model_dir(model_dir)
   with _dtype_policy(config.mixed_precision):
     return _run(mode, model_dir, strategy, config, return_trainer, submission_format)
@@ -475,17 +478,23 @@ def _run(mode, model_dir, strategy, config, return_trainer, submission_format):
                  if submission_format and chief else None)
   checkpoint_dir = model_dir if chief else os.path.join(
       model_dir, f'.worker_{strategy.cluster_resolver.task_id}')
+  trains = mode in ('train', 'train_and_eval')
+  # Training moves bad checkpoints aside; evaluation only skips them.
+  latest = (checkpointing.recover_latest(checkpoint_dir) if trains and chief
+            else _newest_good_checkpoint(checkpoint_dir))
   trainer = build_trainer(config, strategy, mode, info,
                           submissions.add if submissions else None,
-                          start_step=checkpoint_step(checkpoint_dir))
+                          start_step=checkpoint_step(checkpoint_dir) if trains else 0)
   if submissions:
     submissions.global_step = trainer.global_step
-  checkpoint = tf.train.Checkpoint(**trainer.checkpoint_items())
-  manager = tf.train.CheckpointManager(
+  checkpoint = tf.train.Checkpoint(**(trainer.checkpoint_items() if trains else dict(
+      model=trainer.model, global_step=trainer.global_step)))
+  manager = checkpointing.CheckpointManager(
       checkpoint, checkpoint_dir, max_to_keep=config.max_checkpoints,
-      step_counter=trainer.global_step, checkpoint_interval=config.checkpoint_interval)
-  if manager.latest_checkpoint:
-    check_checkpoint_matches(checkpoint, manager.latest_checkpoint)
+      step_counter=trainer.global_step, checkpoint_interval=config.checkpoint_interval,
+      restore_from=latest, partial_restore=not trains)
+  if latest:
+    check_checkpoint_matches(checkpoint, latest)
   elif mode == 'eval':
     raise ValueError(f'--mode=eval: no checkpoint in --model_dir={model_dir}.')
   elif config.init_checkpoint:
@@ -494,7 +503,7 @@ def _run(mode, model_dir, strategy, config, return_trainer, submission_format):
                             config.init_checkpoint_format)
   if chief:
     run_dir.write_operative_config(model_dir)
-  controller = orbit.Controller(
+  controller = checkpointing.Controller(
       strategy=strategy, trainer=trainer if mode in ('train', 'train_and_eval') else None,
       evaluator=trainer if mode != 'train' else None, global_step=trainer.global_step,
       steps_per_loop=config.steps_per_loop, checkpoint_manager=manager,
@@ -503,19 +512,30 @@ def _run(mode, model_dir, strategy, config, return_trainer, submission_format):
       eval_summary_dir=os.path.join(model_dir, 'eval') if chief else None,
       eval_actions=([EvalRecorder(trainer, model_dir, info)] +
                     ([submissions] if submissions else [])) if chief else None)
+  with record_errors.named_record_errors():
+    output = _run_mode(mode, config, trainer, manager, controller)
+  return trainer if return_trainer else output
+
+
+def _run_mode(mode, config, trainer, manager, controller):
   if mode == 'train':
     _until_preempted(trainer, manager, controller.train, config.train_steps)
-    output = trainer.loss_averages()
-  elif mode == 'eval':
-    output = controller.evaluate(config.eval_steps)
-  elif mode == 'train_and_eval':
-    output = _until_preempted(trainer, manager, controller.train_and_evaluate,
-                              config.train_steps, config.eval_steps, config.eval_interval)
-  else:
-    output = controller.evaluate_continuously(
-        config.eval_steps, timeout=config.continuous_eval_timeout,
-        timeout_fn=lambda: int(trainer.global_step.numpy()) >= config.train_steps)
-  return trainer if return_trainer else output
+    return trainer.loss_averages()
+  if mode == 'eval':
+    return controller.evaluate(config.eval_steps)
+  if mode == 'train_and_eval':
+    return _until_preempted(trainer, manager, controller.train_and_evaluate,
+                            config.train_steps, config.eval_steps, config.eval_interval)
+  return controller.evaluate_continuously(
+      config.eval_steps, timeout=config.continuous_eval_timeout,
+      timeout_fn=lambda: int(trainer.global_step.numpy()) >= config.train_steps)
+
+
+def _newest_good_checkpoint(checkpoint_dir: str) -> Optional[str]:
+  good, bad = checkpointing.newest_good_checkpoint(checkpoint_dir)
+  for prefix, problem in bad:
+    logging.warning('Checkpoint %s is unusable (%s); using %s.', prefix, problem, good)
+  return good
 
 
 def checkpoint_step(checkpoint_dir: str) -> int:
@@ -551,15 +571,30 @@ def _until_preempted(trainer: trainer_lib.PanopticTrainer,
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _search_repository_root_first() -> None:
+  """Makes gin resolve relative includes against the repository root first.
+
+  gin tries its search paths in order, the working directory first; from another
+  folder its Python-package reader then logged an E-level "Path not found" for
+  every include before the root resolved it (or crashed when `gin_configs` was
+  importable as a namespace package). gin can only append a search path, so the
+  root is moved to the front of its list.
+  """
+  prefixes = gin.config._LOCATION_PREFIXES  # pylint: disable=protected-access
+  if REPOSITORY_ROOT in prefixes:
+    prefixes.remove(REPOSITORY_ROOT)
+  prefixes.insert(0, REPOSITORY_ROOT)
+
+
 def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
   """Parses gin files and bindings, naming the flag of any bad one."""
-  gin.add_config_file_search_path(REPOSITORY_ROOT)
+  _search_repository_root_first()
   for path in gin_files:
     if not tf.io.gfile.exists(path):
       raise ValueError(f'--gin_file={path} does not exist.')
   try:
     gin.parse_config_files_and_bindings(gin_files, None, finalize_config=False)
-  except (ValueError, KeyError, SyntaxError) as e:
+  except (ValueError, KeyError, SyntaxError, OSError) as e:
     raise ValueError(f'--gin_file {list(gin_files)}: {e}') from e
   for param in gin_params:
     try:

@@ -33,6 +33,7 @@ from cmt_deeplab_tf.training import preemption
 LEARNING_RATE = 'learning_rate'
 LOSS_SCALE = 'loss_scale'
 SKIPPED_UPDATES = 'skipped_updates'
+SKIPPED_RECORDS = common.SKIPPED_RECORDS
 
 _EVAL_KEYS = (common.PANOPTIC, common.SEMANTIC, common.VALID_SIZE)
 _PRED_KEYS = (common.PANOPTIC_PRED, common.SEMANTIC_PRED)
@@ -99,6 +100,10 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     self.backbone_variables, self.other_variables = (
         optimization.split_backbone_variables(model))
     self.gradient_clip_norm = optimizer_config.gradient_clip_norm
+    # Model Garden's AdamW logs its own gradient_clip_norm, 0: it does not clip.
+    logging.info('Gradient clipping: %s, applied in the train step over the gradients '
+                 'of all variables.', f'global norm {self.gradient_clip_norm:g}'
+                 if self.gradient_clip_norm else 'off')
     self.gradient_accumulation_steps = gradient_accumulation_steps
     self.loss_scaling = tf_keras.mixed_precision.global_policy().compute_dtype == 'float16'
     if self.loss_scaling:
@@ -109,6 +114,11 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     self.loss_sums: Dict[str, tf.Variable] = {}
     with strategy.scope():
       self.loss_steps = tf.Variable(0.0, trainable=False, name='loss_steps')
+      # Bad input records skipped by this replica's pipeline (read: all replicas').
+      self.skipped_records = tf.Variable(
+          0, dtype=tf.int64, trainable=False, name='skipped_records',
+          synchronization=tf.VariableSynchronization.ON_READ,
+          aggregation=tf.VariableAggregation.SUM)
       self.skipped_updates = tf.Variable(
           0.0, trainable=False, name='skipped_updates',
           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -122,6 +132,7 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     self._compute = (tf.function(self._losses_and_gradients, jit_compile=True)
                      if jit_compile else self._losses_and_gradients)
     self._progress = None
+    self._skipped_records_logged = 0
     self._total_steps = optimizer_config.train_steps
     # Polled after every train step (e.g. `preemption.SigtermWatcher.requested`).
     self.stop_requested: Callable[[], bool] = lambda: False
@@ -173,8 +184,11 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     return losses, gradients
 
   def _replica_losses_and_gradients(self, features):
+    if common.SKIPPED_RECORDS in features:
+      self.skipped_records.assign(tf.reduce_max(features[common.SKIPPED_RECORDS]))
     # Strings (image ids) cannot enter an XLA cluster and the loss does not use them.
-    features = {k: v for k, v in features.items() if v.dtype != tf.string}
+    features = {k: v for k, v in features.items()
+                if v.dtype != tf.string and k != common.SKIPPED_RECORDS}
     losses, gradients = self._compute(features)
     replicas = tf.distribute.get_replica_context().num_replicas_in_sync
     return {name: value * replicas for name, value in losses.items()}, gradients
@@ -290,7 +304,17 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
                  _format_seconds(remaining), results.get(panoptic_loss.TOTAL, float('nan')))
     if self.loss_scaling:
       self._log_loss_scale(results, step)
+    self._log_skipped_records(results, step)
     return results
+
+  def _log_skipped_records(self, results: Dict[str, float], step: int) -> None:
+    skipped = int(self.skipped_records.numpy())
+    if skipped:
+      results[SKIPPED_RECORDS] = float(skipped)
+    if skipped > self._skipped_records_logged:
+      logging.warning('step %d: %d bad input records skipped so far (each named in the '
+                      'log; panoptic_dataset.skip_bad_records).', step, skipped)
+      self._skipped_records_logged = skipped
 
   def _log_loss_scale(self, results: Dict[str, float], step: int) -> None:
     skipped = int(self.skipped_updates.numpy())

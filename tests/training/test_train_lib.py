@@ -1,8 +1,11 @@
 """End-to-end tests of the training system on the synthetic set, and its errors."""
+import gc
 import glob
 import json
 import logging
 import os
+import re
+import shutil
 
 import gin
 import pytest
@@ -10,9 +13,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from cmt_deeplab_tf.data import record_errors
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.training import optimization
 from cmt_deeplab_tf.training import train_lib
+from tests.data import corrupt_records
 
 GIN_CONFIGS = sorted(glob.glob(os.path.join(train_lib.REPOSITORY_ROOT, 'gin_configs', '**',
                                             '*.gin'), recursive=True))
@@ -74,10 +79,12 @@ def test_file_pattern_matching_nothing_is_named(tfrecord_dir, tmp_path):
     train_lib.run('train', str(tmp_path / 'run'), tf.distribute.get_strategy(), config)
 
 
-def test_train_eval_resume_and_reject_another_architecture(tfrecord_dir, tmp_path, caplog):
+def test_train_eval_resume_and_reject_another_architecture(tfrecord_dir, tmp_path, caplog,
+                                                          capsys):
   model_dir = str(tmp_path / 'run')
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   train_lib.run('train_and_eval', model_dir, strategy, _tiny_config(tfrecord_dir))
+  assert 'train | step' not in capsys.readouterr().out  # Orbit's lines: the log only.
   assert tf.train.latest_checkpoint(model_dir).endswith('ckpt-4')
   with open(os.path.join(model_dir, 'eval', 'results-4.json')) as f:
     results = json.load(f)
@@ -92,11 +99,13 @@ def test_train_eval_resume_and_reject_another_architecture(tfrecord_dir, tmp_pat
   # Resuming restores step 4 and trains only the two missing steps.
   gin.clear_config()
   reader = tf.train.load_checkpoint(os.path.join(model_dir, 'ckpt-4'))
+  config = _tiny_config(tfrecord_dir, train_steps=6)
+  gin.bind_parameter('OptimizerConfig.gradient_clip_norm', 2.5)
   with caplog.at_level(logging.INFO):
-    output = train_lib.run('train', model_dir, strategy,
-                           _tiny_config(tfrecord_dir, train_steps=6))
+    output = train_lib.run('train', model_dir, strategy, config)
   assert any('ckpt-4' in r.getMessage() and 'restor' in r.getMessage().lower()
              for r in caplog.records)
+  assert 'Gradient clipping: global norm 2.5, applied in the train step' in caplog.text
   assert tf.train.latest_checkpoint(model_dir).endswith('ckpt-6')
   assert reader.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE') == 4
   assert set(output) >= {'total', 'pq_style_class', 'mask_id'}
@@ -105,10 +114,15 @@ def test_train_eval_resume_and_reject_another_architecture(tfrecord_dir, tmp_pat
   gin.clear_config()
   for stale in glob.glob(os.path.join(model_dir, 'eval', 'results-*.json')):
     os.remove(stale)
-  train_lib.run('continuous_eval', model_dir, strategy,
-                _tiny_config(tfrecord_dir, train_steps=6, continuous_eval_timeout=1))
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    train_lib.run('continuous_eval', model_dir, strategy,
+                  _tiny_config(tfrecord_dir, train_steps=6, continuous_eval_timeout=1))
+    gc.collect()  # Unmatched checkpoint values are reported when the status is deleted.
   assert [os.path.basename(p) for p in glob.glob(os.path.join(model_dir, 'eval', '*.json'))
           ] == ['results-6.json']
+  # Evaluation restores the model only, and says nothing about the optimizer's slots.
+  assert 'could not be found in the restored object' not in caplog.text
 
   # A model with another number of clusters cannot load these checkpoints.
   gin.clear_config()
@@ -159,3 +173,38 @@ def test_warmup_longer_than_training_is_rejected():
   with pytest.raises(ValueError, match=r'warmup_steps \(5000\) must be smaller than '
                                        r'train_steps \(100\)'):
     optimization.OptimizerConfig(train_steps=100, warmup_steps=5000)
+
+
+def _corrupt_copy(tfrecord_dir, target):
+  """The synthetic train shards with record 1 of the first one undecodable."""
+  os.makedirs(target)
+  for path in glob.glob(os.path.join(tfrecord_dir, 'train-*')) + [
+      os.path.join(tfrecord_dir, 'class_table.json')]:
+    shutil.copy(path, target)
+  bad_shard = sorted(glob.glob(os.path.join(target, 'train-*')))[0]
+  corrupt_records.replace_image(bad_shard, 1)
+  return os.path.join(target, 'train-*'), bad_shard
+
+
+def test_a_bad_training_record_stops_the_run_naming_it(tfrecord_dir, tmp_path):
+  pattern, bad_shard = _corrupt_copy(tfrecord_dir, str(tmp_path / 'records'))
+  config = _tiny_config(tfrecord_dir, train_file_pattern=pattern)
+  with pytest.raises(record_errors.BadRecordsError,
+                     match=f'{re.escape(bad_shard)}#1 undecodable'):
+    train_lib.run('train', str(tmp_path / 'run'), tf.distribute.get_strategy(), config)
+  assert not tf.train.latest_checkpoint(str(tmp_path / 'run'))
+
+
+@pytest.mark.slow
+def test_skipped_training_records_are_counted(tfrecord_dir, tmp_path):
+  pattern, _ = _corrupt_copy(tfrecord_dir, str(tmp_path / 'records'))
+  config = _tiny_config(tfrecord_dir, train_file_pattern=pattern, train_steps=6)
+  gin.bind_parameter('panoptic_dataset.skip_bad_records', True)
+  gin.bind_parameter('panoptic_dataset.shuffle_buffer_size', 1)  # 12 examples: a pass.
+  trainer = train_lib.run('train', str(tmp_path / 'run'), tf.distribute.get_strategy(),
+                          config, return_trainer=True)
+  assert int(trainer.skipped_records.numpy()) >= 1
+  events = glob.glob(os.path.join(str(tmp_path / 'run'), 'train', 'events.*'))
+  tags = {value.tag for path in events for event in tf.compat.v1.train.summary_iterator(path)
+          for value in event.summary.value}
+  assert 'skipped_records' in tags
