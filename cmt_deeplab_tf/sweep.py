@@ -2,14 +2,14 @@ r"""Runs a gin ablation sweep: train + eval per point, each in its own process.
 
 A grid (cross product of the axes):
 
-  python -m cmt_deeplab_tf.sweep --base_gin=gin_configs/synthetic/demo.gin \
+  python -m cmt_deeplab_tf.sweep --base_gin=synthetic/demo.gin \
       --grid='ClusteringTransformerLayer.update_pixels=[True,False]' \
       --grid='ClusteringTransformerLayer.use_assignment_residual=[True,False]' \
       --sweep_dir=runs/sweep --gin_param="ExperimentConfig.train_steps=600"
 
 Named points, one change at a time ('name:binding;binding'):
 
-  python -m cmt_deeplab_tf.sweep --base_gin=gin_configs/synthetic/demo.gin \
+  python -m cmt_deeplab_tf.sweep --base_gin=synthetic/demo.gin \
       --points='baseline:' \
       --points='no_pixel_update:ClusteringTransformerLayer.update_pixels=False' \
       --sweep_dir=runs/sweep
@@ -25,6 +25,7 @@ import sys
 from absl import app
 from absl import flags
 
+from cmt_deeplab_tf import config_files
 from cmt_deeplab_tf.analysis import sweep
 
 
@@ -51,14 +52,16 @@ def points_from_flags(grid, named):
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  if not os.path.isfile(FLAGS.base_gin):
-    raise app.UsageError(f'--base_gin={FLAGS.base_gin} is not a file.')
+  try:
+    base_gin = os.path.abspath(config_files.resolve(FLAGS.base_gin, '--base_gin'))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   try:
     points = points_from_flags(FLAGS.grid, FLAGS.points)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   outcomes = sweep.run_sweep(points, os.path.abspath(FLAGS.sweep_dir),
-                             os.path.abspath(FLAGS.base_gin), FLAGS.gin_param,
+                             base_gin, FLAGS.gin_param,
                              FLAGS.mode, report=flush_print)
   print('\n' + sweep.markdown_table(outcomes))
   failed = [o for o in outcomes if o.status == sweep.FAILED]
