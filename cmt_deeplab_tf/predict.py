@@ -185,7 +185,7 @@ def write_prediction(image: np.ndarray, outputs: Dict[str, np.ndarray],
 
 
 def override_dataset_info(model_info: dataset_info_lib.DatasetInfo,
-                         dataset: Optional[str]) -> dataset_info_lib.DatasetInfo:
+                          dataset: Optional[str]) -> dataset_info_lib.DatasetInfo:
   """The model's class table, or the --dataset override if it fits the model."""
   if not dataset:
     return model_info

@@ -48,7 +48,8 @@ _DEEPLAB2_PATH = flags.DEFINE_string(
     'Folder holding the `deeplab2` package with compiled protos.')
 _OUTPUT_DIR = flags.DEFINE_string(
     'output_dir', 'tests/fixtures/deeplab2', 'Where the fixtures go.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the weights and images.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the weights and images: the same '
+                             'seed and DeepLab2 give the same fixtures.')
 
 # Layout folder names (as `tests/checkpoints/fixtures.py` names them).
 MAX_DEEPLAB_S_COCO = 'max_deeplab_s_coco'
@@ -104,15 +105,19 @@ def _import_deeplab2(path):
 
 
 def _max_deeplab_s(dl2, path, width, expansion, input_size):
-  """DeepLab2's COCO MaX-DeepLab-S at `width`: (model, items, options)."""
+  """DeepLab2's COCO MaX-DeepLab-S: (model, checkpoint items, options).
+
+  Every width of its COCO textproto and of its `MaXDeepLabS` instance is the
+  published one times `width`; the dual-path layers' 128 filters are scaled by
+  `expansion`.
+  """
   with open(os.path.join(path, 'deeplab2', _CONFIG)) as f:
     config = dl2['text_format'].Parse(f.read(), dl2['config_pb2'].ExperimentOptions())
   model_options = config.model_options
   model_options.backbone.stem_width_multiplier = width
   model_options.backbone.backbone_width_multiplier = width
-  for options in (model_options.decoder,):
-    options.decoder_channels = int(_HEAD * width)
-    options.aspp_channels = int(_HEAD * width)
+  model_options.decoder.decoder_channels = int(_HEAD * width)
+  model_options.decoder.aspp_channels = int(_HEAD * width)
   heads = model_options.max_deeplab
   heads.pixel_space_head.head_channels = int(_HEAD * width)
   heads.pixel_space_head.output_channels = int(_PIXEL_SPACE_OUTPUT * width)
@@ -170,7 +175,9 @@ def _backbone(dl2, layout, width):
 
 
 def build(dl2, path, layout, width, expansion, input_size):
-  """Builds a layout's DeepLab2 model on an input: (call, items, options).
+  """Builds a layout's DeepLab2 model on a square input: (call, items, options).
+
+  `width` and `expansion` as in `_max_deeplab_s` (the backbones take `width`).
 
   `call(images, training=False)` maps normalised images to DeepLab2's named
   outputs (`encoder/<endpoint>`, `decoder/<key>`).
@@ -292,6 +299,8 @@ def main(argv):
   if not path:
     raise app.UsageError('--deeplab2_path is required.')
   dl2 = _import_deeplab2(path)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.keras.utils.set_random_seed(_SEED.value)  # DeepLab2's initialisers.
   rng = np.random.default_rng(_SEED.value)
   for layout in LAYOUTS:
     write_fixture(dl2, path, layout, _OUTPUT_DIR.value, rng)

@@ -104,7 +104,8 @@ def test_installed_copy_trains_exports_and_predicts_the_demo(installed):
          '--gin_param=ExperimentConfig.train_batch_size=2',
          '--gin_param=ExperimentConfig.train_crop_size=(65, 65)',
          '--gin_param=ExperimentConfig.train_steps=2',
-         '--gin_param=ExperimentConfig.steps_per_loop=2')
+         '--gin_param=ExperimentConfig.steps_per_loop=2',
+         '--gin_param=OptimizerConfig.warmup_steps=0')
   assert os.path.exists(os.path.join(work, 'run', 'ckpt-2.index'))
   module('cmt_deeplab_tf.export', '--model_dir=run', '--export_dir=exported')
   module('cmt_deeplab_tf.predict', '--saved_model=exported',
