@@ -4,6 +4,7 @@ Remaking them needs a DeepLab2 source checkout with compiled protos: set
 DEEPLAB2_PATH to the folder holding `deeplab2/` (the script's docstring says how
 to get one); without it that test is skipped.
 """
+import functools
 import importlib.util
 import json
 import os
@@ -20,7 +21,9 @@ _SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'scripts', 'make_deeplab2_fixtures.py')
 
 
+@functools.lru_cache(maxsize=None)
 def _load_script():
+  """The script as a module (once: it defines absl flags)."""
   spec = importlib.util.spec_from_file_location('make_deeplab2_fixtures', _SCRIPT)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
