@@ -20,7 +20,12 @@ setuptools.setup(
     version='0.1.0',
     description='CMT-DeepLab: Clustering Mask Transformers for Panoptic '
                 'Segmentation, in TensorFlow 2.',
-    packages=setuptools.find_packages(include=['cmt_deeplab_tf', 'cmt_deeplab_tf.*']),
+    packages=setuptools.find_packages(include=['cmt_deeplab_tf', 'cmt_deeplab_tf.*'])
+    + ['cmt_deeplab_tf.gin_configs'],
+    # The gin configs stay at the top of the source tree and install as
+    # cmt_deeplab_tf/gin_configs (found by name: cmt_deeplab_tf/config_files.py).
+    package_dir={'cmt_deeplab_tf.gin_configs': 'gin_configs'},
+    package_data={'cmt_deeplab_tf.gin_configs': ['*/*.gin']},
     python_requires='>=3.9',
     install_requires=[
         'tensorflow==2.20.*',

@@ -2,7 +2,7 @@ r"""Imports a DeepLab2 checkpoint into a run directory of this package.
 
   python -m cmt_deeplab_tf.import_deeplab2 \
       --checkpoint=max_deeplab_s_os16_res641_400k_coco_train/ckpt-400000 \
-      --model_dir=runs/max_s_deeplab2 --gin_file=gin_configs/coco/max_deeplab_s.gin
+      --model_dir=runs/max_s_deeplab2 --gin_file=coco/max_deeplab_s.gin
 
 Builds the model the gin configuration describes (`build_model`, with the
 classes of the run's class table: `ExperimentConfig`'s shards or `dataset_name`), maps the checkpoint onto it
@@ -57,7 +57,7 @@ def import_checkpoint(checkpoint_path: str, model_dir: str,
     raise ValueError(f'--model_dir={model_dir} already holds a checkpoint; '
                      'import into a new directory.')
   checkpoint = deeplab2.DeepLab2Checkpoint(checkpoint_path)
-  info = train_lib.resolve_dataset_info(train_lib.ExperimentConfig())
+  info = train_lib.experiment_dataset_info(train_lib.ExperimentConfig())
   strategy = tf.distribute.get_strategy()
   model = builder.build_model(num_classes=info.num_classes)
   train_lib.create_all_variables(model, strategy)  # Training-only heads too.

@@ -184,8 +184,8 @@ def write_prediction(image: np.ndarray, outputs: Dict[str, np.ndarray],
   return paths
 
 
-def resolve_dataset_info(model_info: dataset_info_lib.DatasetInfo,
-                         dataset: Optional[str]) -> dataset_info_lib.DatasetInfo:
+def override_dataset_info(model_info: dataset_info_lib.DatasetInfo,
+                          dataset: Optional[str]) -> dataset_info_lib.DatasetInfo:
   """The model's class table, or the --dataset override if it fits the model."""
   if not dataset:
     return model_info
@@ -214,7 +214,7 @@ def predict_images(image_dir: str, output_dir: str, saved_model: Optional[str] =
     raise ValueError(f'--format={output_format!r} is not one of {FORMATS}.')
   image_paths = list_images(image_dir)
   predictor, model_info = load_predictor(saved_model, model_dir, checkpoint)
-  info = resolve_dataset_info(model_info, dataset)
+  info = override_dataset_info(model_info, dataset)
   tf.io.gfile.makedirs(output_dir)
   writer = (None if output_format == VISUAL
             else submission.make_writer(output_format, output_dir, info))

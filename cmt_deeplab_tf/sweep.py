@@ -4,7 +4,7 @@ After `make demo` (its TFRecords in demo_output/tfrecords): five seeds of two
 points, each compared with the baseline paired by seed, as tasks of a local Ray
 instance (one CPU each):
 
-  python -m cmt_deeplab_tf.sweep --base_gin=gin_configs/synthetic/demo.gin \
+  python -m cmt_deeplab_tf.sweep --base_gin=synthetic/demo.gin \
       --tfrecord_dir=demo_output/tfrecords --sweep_dir=runs/sweep \
       --points='baseline:' \
       --points='no_pixel_update:ClusteringTransformerLayer.update_pixels=False' \
@@ -13,7 +13,7 @@ instance (one CPU each):
 
 A grid (cross product of the axes), the config's own seed, one run after the other:
 
-  python -m cmt_deeplab_tf.sweep --base_gin=gin_configs/synthetic/demo.gin \
+  python -m cmt_deeplab_tf.sweep --base_gin=synthetic/demo.gin \
       --tfrecord_dir=demo_output/tfrecords --sweep_dir=runs/grid --runner=local \
       --grid='ClusteringTransformerLayer.update_pixels=[True,False]' \
       --grid='ClusteringTransformerLayer.use_assignment_residual=[True,False]'
@@ -34,6 +34,7 @@ from absl import app
 from absl import flags
 
 from cmt_deeplab_tf import cli
+from cmt_deeplab_tf import config_files
 from cmt_deeplab_tf.analysis import sweep
 from cmt_deeplab_tf.analysis import sweep_report
 from cmt_deeplab_tf.analysis import sweep_runner
@@ -125,8 +126,10 @@ def plan_from_flags(flag_values: flags.FlagValues):
   Raises:
     app.UsageError: naming the flag, on any bad flag.
   """
-  if not os.path.isfile(flag_values.base_gin):
-    raise app.UsageError(f'--base_gin={flag_values.base_gin} is not a file.')
+  try:
+    base_gin = os.path.abspath(config_files.resolve(flag_values.base_gin, '--base_gin'))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   seeds = _parse_seeds(flag_values.seeds)
   try:
     points = points_from_flags(flag_values.grid, flag_values.points)
@@ -138,7 +141,7 @@ def plan_from_flags(flag_values: flags.FlagValues):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   settings = sweep.Settings(os.path.abspath(flag_values.sweep_dir),
-                            os.path.abspath(flag_values.base_gin), tuple(bindings),
+                            base_gin, tuple(bindings),
                             flag_values.mode)
   return points, seeds, settings
 

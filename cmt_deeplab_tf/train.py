@@ -1,20 +1,25 @@
 r"""Trains and evaluates CMT-DeepLab / MaX-DeepLab models.
 
   python -m cmt_deeplab_tf.train --mode=train_and_eval --model_dir=runs/cmt_s \
-      --gin_file=gin_configs/coco/cmt_deeplab_s.gin \
+      --gin_file=coco/cmt_deeplab_s.gin \
       --gin_param="ClusteringTransformerLayer.update_pixels=False" \
       --strategy=mirrored --num_gpus=8
 
 Strategies: one_device (CPU or one GPU), mirrored (GPUs of one machine),
 multi_worker_mirrored (several machines; set TF_CONFIG on each), tpu (--tpu=NAME).
 
+--gin_file takes a path or the name of a shipped config; --list_configs lists
+the shipped configs with the paper row each reproduces.
+
 With --submission_format=coco|cityscapes, every evaluation also writes its
 predictions in that benchmark's layout to <model_dir>/eval/submission-<step>/.
 """
+from absl import app
 from absl import flags
 from absl import logging
 
 from cmt_deeplab_tf import cli
+from cmt_deeplab_tf import config_files
 from cmt_deeplab_tf.evaluation import submission
 from cmt_deeplab_tf.training import train_lib
 from official.common import distribute_utils
@@ -23,7 +28,11 @@ STRATEGIES = ('one_device', 'mirrored', 'multi_worker_mirrored', 'tpu')
 
 
 def _define_flags():
-  flags.DEFINE_multi_string('gin_file', [], 'Gin config files, applied in order.')
+  flags.DEFINE_multi_string('gin_file', [], 'Gin config files (paths, or names of '
+                            'shipped configs such as coco/cmt_deeplab_s.gin), '
+                            'applied in order.')
+  flags.DEFINE_bool('list_configs', False, 'Print the shipped configs with their '
+                    'paper rows and exit.')
   flags.DEFINE_multi_string('gin_param', [], 'Gin bindings, applied after the files.')
   flags.DEFINE_string('model_dir', None, 'Checkpoints, summaries and results.')
   flags.DEFINE_enum('mode', 'train_and_eval', train_lib.MODES, 'What to run.')
@@ -43,9 +52,20 @@ def make_strategy(name: str, num_gpus: int = 0, tpu: str = None):
       distribution_strategy=name, num_gpus=num_gpus, tpu_address=tpu)
 
 
+def print_configs() -> None:
+  """Prints every shipped config's name and description (its paper row)."""
+  for name, description in config_files.list_configs():
+    print(f'{name}\n    {description}')
+
+
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
+  if FLAGS.list_configs:
+    print_configs()
+    return
+  if not FLAGS.model_dir:
+    raise app.UsageError('--model_dir is required.')
   train_lib.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
   strategy = make_strategy(FLAGS.strategy, FLAGS.num_gpus, FLAGS.tpu)
   logging.info('Strategy %s with %d replicas.', type(strategy).__name__,
@@ -56,7 +76,6 @@ def main(argv):
 
 def run():
   _define_flags()
-  flags.mark_flag_as_required('model_dir')
   cli.run_main(main)
 
 

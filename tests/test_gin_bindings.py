@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cmt_deeplab_tf import config_files
 from cmt_deeplab_tf.data import augment
 from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.modeling import builder
@@ -24,7 +25,7 @@ from cmt_deeplab_tf.training import optimization
 from cmt_deeplab_tf.training import train_lib
 from tests.modeling import cmt_test_utils
 
-_GIN_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'gin_configs'
+_GIN_CONFIGS = pathlib.Path(config_files.config_root())
 _BINDING = re.compile(r'^(\w+)\.(\w+)\s*=', re.M)
 
 
@@ -108,7 +109,7 @@ def _post_processor(parameter, value):
 
 def _training_dataset(config):
   """The training dataset as train_lib builds it."""
-  info = train_lib.resolve_dataset_info(config)
+  info = train_lib.experiment_dataset_info(config)
   return train_lib._dataset_fn(config, info, True)()  # pylint: disable=protected-access
 
 

@@ -143,7 +143,7 @@ def _identity(value):
 
 
 @dataclasses.dataclass(frozen=True)
-class Assignment:
+class VariableMapping:
   """One of our variables and the checkpoint tensor it is set from."""
   variable: tf.Variable
   key: str
@@ -154,7 +154,7 @@ class Assignment:
 class ImportPlan:
   """What an import sets, skips and leaves at its initial value."""
   layout: str
-  assignments: List[Assignment]
+  mappings: List[VariableMapping]
   skipped: Dict[str, str]          # checkpoint key -> reason
   kept_initial: List[tf.Variable]  # our variables no key is mapped to
 
@@ -525,8 +525,8 @@ def _max_deeplab_units(model, num_classes):
 
 
 def _plan_units(units, checkpoint, layout):
-  """Assignments of every unit variable that a rule maps to a stored key."""
-  assignments, unmatched = [], []
+  """Mappings of every unit variable that a rule maps to a stored key."""
+  mappings, unmatched = [], []
   for layer, rule in units:
     variables = (_own_weights(layer) if isinstance(
         layer, transformer_decoder.TransformerDecoder) else layer.weights)
@@ -536,14 +536,14 @@ def _plan_units(units, checkpoint, layout):
         unmatched.append((variable, converted and converted[0]))
         continue
       key, transform = converted
-      assignments.append(Assignment(variable, key, transform))
+      mappings.append(VariableMapping(variable, key, transform))
   if unmatched:
     variable, key = unmatched[0]
     raise ValueError(
         f'{len(unmatched)} variables of ours have no key in the {layout} '
         f'checkpoint {checkpoint.path}, e.g. {variable.name} '
         f'(looked for {key!r}).')
-  return assignments
+  return mappings
 
 
 def plan_import(model, checkpoint: CheckpointKeys,
@@ -559,8 +559,8 @@ def plan_import(model, checkpoint: CheckpointKeys,
       keeps its initial value: fine-tuning on another class set).
 
   Returns:
-    The `ImportPlan`: every assignment, the skipped checkpoint keys with their
-    reason, and our variables that keep their initial values.
+    The `ImportPlan`: every variable mapping, the skipped checkpoint keys with
+    their reason, and our variables that keep their initial values.
 
   Raises:
     ValueError: On an unknown layout or `modules`, a model the layout does not
@@ -584,12 +584,12 @@ def plan_import(model, checkpoint: CheckpointKeys,
   if whole:
     num_classes = checkpoint.shapes['transformer_class_head/_conv/bias'][0] - 1
     units += _max_deeplab_units(model, num_classes)
-  assignments = _plan_units(units, checkpoint, layout)
+  mappings = _plan_units(units, checkpoint, layout)
   if skip_class_head:
-    assignments = [a for a in assignments
+    mappings = [a for a in mappings
                    if not a.key.startswith('transformer_class_head/')]
-  _check_shapes(assignments, checkpoint, whole and not skip_class_head)
-  mapped = {a.key for a in assignments}
+  _check_shapes(mappings, checkpoint, whole and not skip_class_head)
+  mapped = {a.key for a in mappings}
   skipped = {}
   unmapped = []
   for key in sorted(checkpoint.shapes):
@@ -605,9 +605,9 @@ def plan_import(model, checkpoint: CheckpointKeys,
         f'{len(unmapped)} inference variables of the {layout} checkpoint '
         f'{checkpoint.path} map onto no variable of {model.name}, e.g. '
         f'{unmapped[:3]}.')
-  assigned = {id(a.variable) for a in assignments}
-  kept = [v for v in model.variables if id(v) not in assigned]
-  return ImportPlan(layout, assignments, skipped, kept)
+  mapped_ids = {id(a.variable) for a in mappings}
+  kept = [v for v in model.variables if id(v) not in mapped_ids]
+  return ImportPlan(layout, mappings, skipped, kept)
 
 
 def _check_stem(backbone, layout, path):
@@ -630,14 +630,14 @@ def _skip_reason(key, layout, modules, whole):
   return None
 
 
-def _check_shapes(assignments, checkpoint, class_count_matters):
-  """Raises on the first assignment whose transformed shape differs."""
-  for assignment in assignments:
-    stored = checkpoint.shapes[assignment.key]
-    shape = _transformed_shape(assignment, stored)
-    if shape != tuple(assignment.variable.shape):
+def _check_shapes(mappings, checkpoint, class_count_matters):
+  """Raises on the first mapping whose transformed shape differs."""
+  for mapping in mappings:
+    stored = checkpoint.shapes[mapping.key]
+    shape = _transformed_shape(mapping, stored)
+    if shape != tuple(mapping.variable.shape):
       hint = ''
-      if class_count_matters and assignment.key.startswith(
+      if class_count_matters and mapping.key.startswith(
           'transformer_class_head/'):
         hint = (" The class counts differ: use init_checkpoint_modules="
                 "'all_but_class_head' to re-initialise the class-logit layer.")
@@ -646,25 +646,25 @@ def _check_shapes(assignments, checkpoint, class_count_matters):
                 'x as wide as the model\'s: it was trained at another width; set '
                 'build_model.width_multiplier to its width.')
       raise ValueError(
-          f'Shape mismatch: {assignment.variable.name} '
-          f'{tuple(assignment.variable.shape)} <- {assignment.key} {stored} '
+          f'Shape mismatch: {mapping.variable.name} '
+          f'{tuple(mapping.variable.shape)} <- {mapping.key} {stored} '
           f'(as {shape}) in {checkpoint.path}.{hint}')
 
 
-def _transformed_shape(assignment, stored_shape):
+def _transformed_shape(mapping, stored_shape):
   """The shape of `transform(tensor)` for a tensor of `stored_shape`."""
-  return tuple(assignment.transform(np.zeros(stored_shape, np.float32)).shape)
+  return tuple(mapping.transform(np.zeros(stored_shape, np.float32)).shape)
 
 
 def apply_plan(plan: ImportPlan, checkpoint: DeepLab2Checkpoint) -> None:
   """Assigns every planned variable its (transformed) checkpoint tensor."""
   cache = {}
-  for assignment in plan.assignments:
-    if assignment.key not in cache:
-      cache[assignment.key] = checkpoint.read(assignment.key)
-    value = assignment.transform(cache[assignment.key])
-    assignment.variable.assign(value.astype(
-        assignment.variable.dtype.as_numpy_dtype))
+  for mapping in plan.mappings:
+    if mapping.key not in cache:
+      cache[mapping.key] = checkpoint.read(mapping.key)
+    value = mapping.transform(cache[mapping.key])
+    mapping.variable.assign(value.astype(
+        mapping.variable.dtype.as_numpy_dtype))
 
 
 def summary(plan: ImportPlan) -> str:
@@ -672,9 +672,9 @@ def summary(plan: ImportPlan) -> str:
   reasons = collections.defaultdict(list)
   for key, reason in plan.skipped.items():
     reasons[reason].append(key)
-  lines = [f'Layout {plan.layout}: mapped {len(plan.assignments)} variables.']
-  for assignment in plan.assignments:
-    lines.append(f'  mapped  {assignment.key} -> {assignment.variable.name}')
+  lines = [f'Layout {plan.layout}: mapped {len(plan.mappings)} variables.']
+  for mapping in plan.mappings:
+    lines.append(f'  mapped  {mapping.key} -> {mapping.variable.name}')
   for reason, keys in sorted(reasons.items()):
     lines.append(f'Skipped {len(keys)} keys ({reason}):')
     lines.extend(f'  skipped {key}' for key in keys)

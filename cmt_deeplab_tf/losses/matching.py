@@ -10,7 +10,7 @@ optimal one-to-one matching is found with the Hungarian algorithm; CMT-DeepLab
 (Yu et al., CVPR 2022) keeps this matching. Two TF-native exact solvers, both
 XLA-compilable (they run inside a TPU step), are available:
 - 'shortest_path' (default): our batched shortest-augmenting-path solver
-  (`linear_assignment`), 7-300x faster than 'tf_models' on CPU
+  (`hungarian`), 7-300x faster than 'tf_models' on CPU
   (scripts/bench_objective.py);
 - 'tf_models': tf-models-official's `hungarian_matching`, which needs square
   problems, so the [M, N] problem is padded.
@@ -26,7 +26,7 @@ import gin
 import tensorflow as tf
 from official.projects.detr.ops import matchers
 
-from cmt_deeplab_tf.losses import linear_assignment
+from cmt_deeplab_tf.losses import hungarian
 
 _SOLVERS = ('shortest_path', 'tf_models')
 
@@ -101,12 +101,12 @@ def _pad_to_square(cost: tf.Tensor, gt_valid: tf.Tensor) -> tf.Tensor:
 def _tf_models_gt_to_pred(cost: tf.Tensor, gt_valid: tf.Tensor) -> tf.Tensor:
   """int32 [B, M] by tf-models-official's square Hungarian solver."""
   num_gt, num_pred = cost.shape[1], cost.shape[2]
-  _, assignment = matchers.hungarian_matching(_pad_to_square(cost, gt_valid))
-  return linear_assignment.index_of_true(assignment[:, :num_gt, :num_pred], axis=2)
+  _, matched = matchers.hungarian_matching(_pad_to_square(cost, gt_valid))
+  return hungarian.index_of_true(matched[:, :num_gt, :num_pred], axis=2)
 
 
-_compiled_linear_sum_assignment = tf.function(
-    linear_assignment.linear_sum_assignment, jit_compile=True)
+_compiled_min_cost_matching = tf.function(
+    hungarian.min_cost_matching, jit_compile=True)
 
 
 def _shortest_path_gt_to_pred(cost: tf.Tensor, gt_valid: tf.Tensor,
@@ -118,8 +118,8 @@ def _shortest_path_gt_to_pred(cost: tf.Tensor, gt_valid: tf.Tensor,
   cost 1, more than any real cost (<= 0), so they are only used when the valid
   masks are fewer than the predictions.
   """
-  solve = (_compiled_linear_sum_assignment if compile_solver else
-           linear_assignment.linear_sum_assignment)
+  solve = (_compiled_min_cost_matching if compile_solver else
+           hungarian.min_cost_matching)
   num_gt, num_pred = cost.shape[1], cost.shape[2]
   if num_gt <= num_pred:
     return solve(cost, gt_valid > 0)
@@ -127,7 +127,7 @@ def _shortest_path_gt_to_pred(cost: tf.Tensor, gt_valid: tf.Tensor,
                         tf.transpose(cost, [0, 2, 1]), 1.0)
   all_rows = tf.ones(tf.shape(transposed)[:2], tf.bool)
   pred_to_gt = solve(transposed, all_rows)
-  return linear_assignment.first_position(pred_to_gt, num_gt)
+  return hungarian.first_position(pred_to_gt, num_gt)
 
 
 @gin.configurable
@@ -159,7 +159,7 @@ def hungarian_match(similarity: tf.Tensor, gt_valid: tf.Tensor,
     gt_to_pred = _tf_models_gt_to_pred(cost, gt_valid)
   gt_to_pred = tf.where(gt_valid > 0, gt_to_pred, -1)
   return Matching(gt_to_pred=gt_to_pred,
-                  pred_to_gt=linear_assignment.first_position(gt_to_pred, num_pred))
+                  pred_to_gt=hungarian.first_position(gt_to_pred, num_pred))
 
 
 def pq_style_similarity(class_probs: tf.Tensor, mask_probs: tf.Tensor,

@@ -24,7 +24,8 @@ DeepLab2's rounding int(round(c * w)): stem, stages, decoder, centers,
 feed-forward networks and heads. The transformer layers keep DeepLab2's 128
 filters at stride 16 (`128 * transformer_expansion`, which DeepLab2's width
 multipliers do not scale either), so `max_deeplab_s` at 0.125 has the shapes of
-DeepLab2's 1/8-width MaX-DeepLab-S.
+DeepLab2's 1/8-width MaX-DeepLab-S; `build_model(transformer_expansion=e)`
+scales those 128 filters as DeepLab2's `base_transformer_expansion` does.
 """
 import gin
 
@@ -36,22 +37,22 @@ from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.layers import stems
 
 CMT_DECODER_BLOCKS = (4, 2, 2)
-_TRANSFORMER_FILTERS = max_deeplab.TRANSFORMER_FILTERS
 _TINY_BACKBONE_WIDTH = 0.125
 _TINY_HEAD_WIDTH = 0.25
 _TINY_HEADS = 4
 
 
 def _cmt_network(backbone, num_classes, num_clusters, decoder_blocks,
-                 width_multiplier, name, **kwargs):
+                 width_multiplier, transformer_expansion, name, **kwargs):
   return cmt_deeplab.build_network(
       backbone, num_classes, num_clusters, decoder_blocks,
       width_multiplier=width_multiplier,
-      transformer_filters=_TRANSFORMER_FILTERS, name=name, **kwargs)
+      transformer_filters=max_deeplab.transformer_filters(transformer_expansion),
+      name=name, **kwargs)
 
 
 def cmt_deeplab_s(num_classes, num_clusters, decoder_blocks=CMT_DECODER_BLOCKS,
-                  width_multiplier=1.0):
+                  width_multiplier=1.0, transformer_expansion=1.0):
   """CMT-DeepLab-S: Axial-R50 backbone.
 
   ReLU by default; with `AxialResNet.activation = 'gelu'` it is the backbone of
@@ -60,11 +61,13 @@ def cmt_deeplab_s(num_classes, num_clusters, decoder_blocks=CMT_DECODER_BLOCKS,
   """
   return _cmt_network(
       axial_resnet.axial_r50(width_multiplier=width_multiplier), num_classes,
-      num_clusters, decoder_blocks, width_multiplier, 'cmt_deeplab_s')
+      num_clusters, decoder_blocks, width_multiplier, transformer_expansion,
+      'cmt_deeplab_s')
 
 
 def cmt_deeplab_r50(num_classes, num_clusters,
-                    decoder_blocks=CMT_DECODER_BLOCKS, width_multiplier=1.0):
+                    decoder_blocks=CMT_DECODER_BLOCKS, width_multiplier=1.0,
+                    transformer_expansion=1.0):
   """CMT-DeepLab with ResNet-50 (supplement Table 3).
 
   The original 7x7 ResNet stem, as the other methods' ResNet-50 in the
@@ -74,26 +77,30 @@ def cmt_deeplab_r50(num_classes, num_clusters,
       axial_resnet.resnet50(width_multiplier=width_multiplier,
                             stem_type=stems.RESNET),
       num_classes, num_clusters, decoder_blocks, width_multiplier,
-      'cmt_deeplab_r50')
+      transformer_expansion, 'cmt_deeplab_r50')
 
 
 def cmt_deeplab_l(num_classes, num_clusters, decoder_blocks=CMT_DECODER_BLOCKS,
-                  width_multiplier=1.0):
+                  width_multiplier=1.0, transformer_expansion=1.0):
   """CMT-DeepLab-L: Axial-R104 backbone."""
   return _cmt_network(
       axial_resnet.axial_r104(width_multiplier=width_multiplier), num_classes,
-      num_clusters, decoder_blocks, width_multiplier, 'cmt_deeplab_l')
+      num_clusters, decoder_blocks, width_multiplier, transformer_expansion,
+      'cmt_deeplab_l')
 
 
 def cmt_deeplab_l_rfn(num_classes, num_clusters,
-                      decoder_blocks=CMT_DECODER_BLOCKS, width_multiplier=1.0):
+                      decoder_blocks=CMT_DECODER_BLOCKS, width_multiplier=1.0,
+                      transformer_expansion=1.0):
   """CMT-DeepLab-L-RFN: two Axial-R104 networks sharing their centers."""
   first = _cmt_network(
       axial_resnet.axial_r104(width_multiplier=width_multiplier), num_classes,
-      num_clusters, decoder_blocks, width_multiplier, 'first_network')
+      num_clusters, decoder_blocks, width_multiplier, transformer_expansion,
+      'first_network')
   second = _cmt_network(
       axial_resnet.axial_r104(width_multiplier=width_multiplier), num_classes,
-      num_clusters, decoder_blocks, width_multiplier, 'second_network',
+      num_clusters, decoder_blocks, width_multiplier, transformer_expansion,
+      'second_network',
       learn_initial_centers=False)
   return rfn.RecursiveFeatureNetwork(first, second, name='cmt_deeplab_l_rfn')
 
@@ -146,7 +153,8 @@ def num_classes_for(num_classes: int) -> int:
 
 @gin.configurable
 def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
-                decoder_blocks=None, width_multiplier=1.0):
+                decoder_blocks=None, width_multiplier=1.0,
+                transformer_expansion=1.0):
   """Builds a named model.
 
   Args:
@@ -157,15 +165,18 @@ def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
       CMT configs (one CMT layer per block); default: the config's own.
     width_multiplier: Scales every width of the config (see the module
       docstring); 1.0 is the published model.
+    transformer_expansion: Scales the transformer layers' 128 filters at
+      stride 16 (DeepLab2's `base_transformer_expansion`); 1.0 is the
+      published model. `tiny` has its own transformer width and takes only 1.0.
 
   Returns:
     A `tf_keras.Model` whose call(images, training=..., return_visualization=...)
     returns the output dict of `cmt_deeplab_tf.common`.
 
   Raises:
-    ValueError: On an unknown name, non-positive sizes or width, or
-      decoder_blocks given for max_deeplab_s (its decoder is fixed by
-      MaX-DeepLab-S).
+    ValueError: On an unknown name, non-positive sizes, width or expansion,
+      an expansion for `tiny`, or decoder_blocks given for max_deeplab_s (its
+      decoder is fixed by MaX-DeepLab-S).
   """
   if name not in MODELS:
     raise ValueError(f'Unknown model name={name!r}; expected one of '
@@ -173,14 +184,20 @@ def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
   if num_classes < 1 or num_clusters < 1:
     raise ValueError(f'num_classes and num_clusters must be positive, got '
                      f'num_classes={num_classes}, num_clusters={num_clusters}.')
-  if width_multiplier <= 0:
-    raise ValueError('build_model.width_multiplier must be positive, got '
-                     f'{width_multiplier}.')
+  if width_multiplier <= 0 or transformer_expansion <= 0:
+    raise ValueError('build_model.width_multiplier and transformer_expansion '
+                     f'must be positive, got {width_multiplier} and '
+                     f'{transformer_expansion}.')
+  widths = dict(width_multiplier=width_multiplier)
+  if name == 'tiny':
+    if transformer_expansion != 1.0:
+      raise ValueError("build_model.transformer_expansion cannot be set for "
+                       f"name='tiny', got {transformer_expansion}.")
+  else:
+    widths['transformer_expansion'] = transformer_expansion
   if decoder_blocks is None:
-    return MODELS[name](num_classes, num_clusters,
-                        width_multiplier=width_multiplier)
+    return MODELS[name](num_classes, num_clusters, **widths)
   if name == 'max_deeplab_s':
     raise ValueError('decoder_blocks cannot be set for max_deeplab_s, got '
                      f'decoder_blocks={decoder_blocks}.')
-  return MODELS[name](num_classes, num_clusters, tuple(decoder_blocks),
-                      width_multiplier=width_multiplier)
+  return MODELS[name](num_classes, num_clusters, tuple(decoder_blocks), **widths)

@@ -64,16 +64,22 @@ def build_max_deeplab(backbone, num_classes, num_clusters,
       transformer_filters=transformer_filters, name=name, **widths)
 
 
-def max_deeplab_s(num_classes, num_clusters, width_multiplier=1.0):
+def transformer_filters(transformer_expansion=1.0):
+  """DeepLab2's stride-16 transformer width: int(128 * transformer_expansion)."""
+  return int(TRANSFORMER_FILTERS * transformer_expansion)
+
+
+def max_deeplab_s(num_classes, num_clusters, width_multiplier=1.0,
+                  transformer_expansion=1.0):
   """MaX-DeepLab-S: Axial-R50 pixel path with dual-path layers.
 
   `width_multiplier` scales every width as DeepLab2's backbone and stem width
   multipliers with the memory, feed-forward and head widths scaled alike; the
-  dual-path layers keep DeepLab2's 128 filters (`128 * transformer_expansion`).
-  At 0.125 the variables have the shapes of the DeepLab2 fixture
-  `max_deeplab_s_coco`.
+  dual-path layers keep DeepLab2's 128 filters times `transformer_expansion`
+  (DeepLab2's `base_transformer_expansion`). At width 0.125 the variables have
+  the shapes of DeepLab2's 1/8-width MaX-DeepLab-S.
   """
   return build_max_deeplab(
       axial_resnet.axial_r50(width_multiplier=width_multiplier), num_classes,
       num_clusters, width_multiplier=width_multiplier,
-      transformer_filters=TRANSFORMER_FILTERS)
+      transformer_filters=transformer_filters(transformer_expansion))

@@ -21,6 +21,7 @@ import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf import common
+from cmt_deeplab_tf import config_files
 from cmt_deeplab_tf import run_dir
 from cmt_deeplab_tf.checkpoints import deeplab2
 from cmt_deeplab_tf.data import class_table
@@ -119,7 +120,7 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
       'chief' not in resolver.cluster_spec().as_dict())
 
 
-def resolve_dataset_info(config: ExperimentConfig) -> dataset_info_lib.DatasetInfo:
+def experiment_dataset_info(config: ExperimentConfig) -> dataset_info_lib.DatasetInfo:
   """The run's class table: the TFDS source's, the shards', or the built-in one.
 
   Raises:
@@ -211,12 +212,12 @@ def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy, mo
     config: the experiment.
     strategy: the distribution strategy.
     mode: one of `MODES`.
-    info: the class table; default `resolve_dataset_info(config)`.
+    info: the class table; default `experiment_dataset_info(config)`.
     prediction_callback: passed to the trainer (see `PanopticTrainer`).
     start_step: the step a resumed run restores; its training data skips the
       batches of the steps before.
   """
-  info = info or resolve_dataset_info(config)
+  info = info or experiment_dataset_info(config)
   trains, evaluates = mode in ('train', 'train_and_eval'), mode != 'train'
   with strategy.scope():
     model = builder.build_model(num_classes=builder.num_classes_for(info.num_classes))
@@ -265,7 +266,7 @@ def restore_init_checkpoint(model: tf_keras.Model, path: str, modules: str,
     deeplab2.apply_plan(plan, checkpoint)
     logging.info('Initialised %s from the DeepLab2 checkpoint %s (%s): %d variables '
                  'mapped, %d keys skipped, %d variables kept initial.', modules, path,
-                 plan.layout, len(plan.assignments), len(plan.skipped),
+                 plan.layout, len(plan.mappings), len(plan.skipped),
                  len(plan.kept_initial))
     return
   if modules == deeplab2.ALL:
@@ -470,7 +471,7 @@ def _run(mode, model_dir, strategy, config, return_trainer, submission_format):
   """`run` after its checks, under the configured dtype policy."""
   if config.seed is not None:  # Initialisers and every unseeded random op.
     tf_keras.utils.set_random_seed(config.seed)
-  info = resolve_dataset_info(config)
+  info = experiment_dataset_info(config)
   chief = _is_chief(strategy)
   if chief:  # Refuses a model dir trained for other classes, before any restore.
     run_dir.record_class_table(model_dir, info)
@@ -567,31 +568,29 @@ def _until_preempted(trainer: trainer_lib.PanopticTrainer,
       trainer.stop_requested = lambda: False
 
 
-# gin_configs/ includes its own files by paths relative to the repository root.
-REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+def _search_shipped_configs_first() -> None:
+  """Makes gin resolve `include`s against the shipped configs first.
 
-
-def _search_repository_root_first() -> None:
-  """Makes gin resolve relative includes against the repository root first.
-
-  gin tries its search paths in order, the working directory first; from another
-  folder its Python-package reader then logged an E-level "Path not found" for
-  every include before the root resolved it (or crashed when `gin_configs` was
-  importable as a namespace package). gin can only append a search path, so the
-  root is moved to the front of its list.
+  gin tries its search paths in order, the working directory first; its
+  Python-package reader then logged an E-level "Path not found" for every
+  include before the shipped configs resolved it. gin can only append a search
+  path, so the config root is moved to the front of its list.
   """
+  root = config_files.config_root()
   prefixes = gin.config._LOCATION_PREFIXES  # pylint: disable=protected-access
-  if REPOSITORY_ROOT in prefixes:
-    prefixes.remove(REPOSITORY_ROOT)
-  prefixes.insert(0, REPOSITORY_ROOT)
+  if root in prefixes:
+    prefixes.remove(root)
+  prefixes.insert(0, root)
 
 
 def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
-  """Parses gin files and bindings, naming the flag of any bad one."""
-  _search_repository_root_first()
-  for path in gin_files:
-    if not tf.io.gfile.exists(path):
-      raise ValueError(f'--gin_file={path} does not exist.')
+  """Parses gin files and bindings, naming the flag of any bad one.
+
+  A gin file is a path or the name of a shipped config (`coco/cmt_deeplab_s.gin`);
+  `include` statements name shipped configs the same way.
+  """
+  _search_shipped_configs_first()
+  gin_files = [config_files.resolve(path) for path in gin_files]
   try:
     gin.parse_config_files_and_bindings(gin_files, None, finalize_config=False)
   except (ValueError, KeyError, SyntaxError, OSError) as e:

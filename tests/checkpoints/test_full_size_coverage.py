@@ -1,13 +1,13 @@
 """Every key of the published (full-size) DeepLab2 checkpoints maps onto our models.
 
-`full_size_variables.json` lists each key and shape of the four full-size
-layouts (no weights). Each key must land, element for element, in variables of
+`full_size_variables.json` (written by scripts/make_deeplab2_fixtures.py with
+DeepLab2's code; in each fixture set) lists each key and shape of the four
+full-size layouts (no weights). Each key must land, element for element, in variables of
 our full-size model, except the keys listed in `EXCEPTIONS` with their reason.
 The variables are built on a 17x17 input: the relative positional encodings of
 axial attention have a fixed span, so no shape depends on the input size.
 """
 import json
-import os
 
 import numpy as np
 import pytest
@@ -32,11 +32,14 @@ EXCEPTIONS = {
 _BUILD_INPUT = tf.zeros([1, 17, 17, 3])
 
 
-@pytest.fixture(scope='module')
-def full_size():
-  fixtures.require_fixtures()
-  with open(os.path.join(fixtures.FIXTURES, 'full_size_variables.json')) as f:
+def _listing(fixture_set):
+  with open(fixture_set.file(fixtures.FULL_SIZE_VARIABLES)) as f:
     return json.load(f)
+
+
+@pytest.fixture(scope='module')
+def full_size(fixture_set):
+  return _listing(fixture_set)
 
 
 @pytest.fixture(scope='module')
@@ -64,15 +67,15 @@ def _memory_widths(shapes):
 def _assert_covered(model, full_size, layout_folder, modules=deeplab2.ALL):
   keys = deeplab2.CheckpointKeys(full_size[layout_folder], layout_folder)
   plan = deeplab2.plan_import(model, keys, modules)
-  assigned = {}
-  for assignment in plan.assignments:
-    assigned[assignment.key] = assigned.get(assignment.key, 0) + int(
-        np.prod(assignment.variable.shape))
+  mapped_elements = {}
+  for mapping in plan.mappings:
+    mapped_elements[mapping.key] = mapped_elements.get(mapping.key, 0) + int(
+        np.prod(mapping.variable.shape))
   for key, shape in keys.shapes.items():
     if key in plan.skipped:
       assert any(key.startswith(p) for p in EXCEPTIONS), (key, plan.skipped[key])
     else:
-      assert assigned.get(key) == int(np.prod(shape)), key
+      assert mapped_elements.get(key) == int(np.prod(shape)), key
   return plan
 
 
@@ -108,3 +111,8 @@ def test_max_deeplab_s_layout_has_the_published_widths(full_size):
   assert shapes['encoder/_stage5/_block1/_conv3_bn/_conv/kernel'] == (
       1, 1, 1024, 2048)
   assert shapes['pixel_space_head/final_conv/kernel'] == (1, 1, 256, 128)
+
+
+def test_the_committed_listing_equals_the_shared_one():
+  fixtures.SHARED.require()
+  assert _listing(fixtures.COMMITTED) == _listing(fixtures.SHARED)

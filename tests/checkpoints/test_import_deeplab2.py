@@ -30,13 +30,19 @@ def _parse(*bindings):
   train_lib.parse_gin([], list(bindings))
 
 
-def test_imported_max_deeplab_s_run_reproduces_deeplab2(tmp_path):
+def _max_deeplab_s_bindings(fixture_set):
+  return ("ExperimentConfig.dataset_name = 'coco'",
+          "build_model.name = 'max_deeplab_s'",
+          f'build_model.width_multiplier = {fixture_set.width}',
+          'build_model.transformer_expansion = '
+          f'{fixture_set.transformer_expansion}')
+
+
+def test_imported_max_deeplab_s_run_reproduces_deeplab2(tmp_path, fixture_set):
   model_dir = str(tmp_path / 'run')
-  _parse("ExperimentConfig.dataset_name = 'coco'",
-         "build_model.name = 'max_deeplab_s'",
-         f'build_model.width_multiplier = {fixtures.FIXTURE_WIDTH}')
+  _parse(*_max_deeplab_s_bindings(fixture_set))
   plan = import_deeplab2.import_checkpoint(
-      fixtures.checkpoint_path(fixtures.MAX_DEEPLAB_S_COCO), model_dir)
+      fixture_set.checkpoint_path(fixtures.MAX_DEEPLAB_S_COCO), model_dir)
   # Only the training-only semantic head keeps its initial values.
   assert plan.kept_initial and all(
       '/semantic_head/' in v.name for v in plan.kept_initial)
@@ -48,21 +54,20 @@ def test_imported_max_deeplab_s_run_reproduces_deeplab2(tmp_path):
   gin.clear_config()
   model, _, info = export_lib.load_model_from_model_dir(model_dir)
   assert info.num_classes == 133
-  image, reference = fixtures.reference(fixtures.MAX_DEEPLAB_S_COCO)
+  image, reference = fixture_set.reference(fixtures.MAX_DEEPLAB_S_COCO)
   outputs = model(image, training=False)
   fixtures.assert_close_to_reference(
       outputs[common.MASK_LOGITS], reference['decoder/pixel_space_mask_logits'],
       'mask_logits')
   with pytest.raises(ValueError, match='already holds a checkpoint'):
-    _parse("ExperimentConfig.dataset_name = 'coco'",
-           "build_model.name = 'max_deeplab_s'",
-           f'build_model.width_multiplier = {fixtures.FIXTURE_WIDTH}')
+    _parse(*_max_deeplab_s_bindings(fixture_set))
     import_deeplab2.import_checkpoint(
-        fixtures.checkpoint_path(fixtures.MAX_DEEPLAB_S_COCO), model_dir)
+        fixture_set.checkpoint_path(fixtures.MAX_DEEPLAB_S_COCO), model_dir)
 
 
 @pytest.mark.slow
-def test_command_line_then_train_resumes_and_evaluates(tfrecord_dir, tmp_path):
+def test_command_line_then_train_resumes_and_evaluates(tfrecord_dir, tmp_path,
+                                                       fixture_set):
   """The CLI, then `train` fine-tunes from the run dir (full trainer state)."""
   model_dir = str(tmp_path / 'run')
   params = ["ExperimentConfig.dataset_name = 'synthetic'",
@@ -70,10 +75,10 @@ def test_command_line_then_train_resumes_and_evaluates(tfrecord_dir, tmp_path):
             "AxialResNet.activation = 'gelu'",
             'build_model.num_clusters = 8',
             'build_model.decoder_blocks = (1, 1, 1)',
-            f'build_model.width_multiplier = {fixtures.FIXTURE_WIDTH}']
+            f'build_model.width_multiplier = {fixture_set.width}']
   result = subprocess.run(
       [sys.executable, '-m', 'cmt_deeplab_tf.import_deeplab2',
-       f'--checkpoint={fixtures.checkpoint_path(fixtures.AXIAL_RESNET50_GELU)}',
+       f'--checkpoint={fixture_set.checkpoint_path(fixtures.AXIAL_RESNET50_GELU)}',
        f'--model_dir={model_dir}'] + [f'--gin_param={p}' for p in params],
       cwd=REPOSITORY, capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

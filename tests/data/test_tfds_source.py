@@ -126,8 +126,8 @@ def test_tfds_source_is_selected_in_gin(synthetic_dir, tmp_path):
     assert config.tfds_source == tfds_source.TfdsSource(data_dir=str(tmp_path))
     as_dataset, _ = _as_dataset_fn(synthetic_dir)
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-      assert train_lib.resolve_dataset_info(config) == COCO
+      assert train_lib.experiment_dataset_info(config) == COCO
     with pytest.raises(ValueError, match='tfds_source and the file patterns are both set'):
-      train_lib.resolve_dataset_info(train_lib.ExperimentConfig(eval_file_pattern='x'))
+      train_lib.experiment_dataset_info(train_lib.ExperimentConfig(eval_file_pattern='x'))
   finally:
     gin.clear_config()

@@ -7,6 +7,7 @@ import tensorflow as tf
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.modeling import parameter_count
+from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
 from tests.modeling import cmt_test_utils
 
 # Supplement Table 2 (COCO: 133 classes, 128 clusters), inference parameters.
@@ -23,10 +24,35 @@ PAPER_PARAMETERS = {
     dict(name='tiny', num_classes=0),
     dict(name='tiny', num_clusters=-1),
     dict(name='max_deeplab_s', decoder_blocks=(2, 1, 1)),
+    dict(name='max_deeplab_s', transformer_expansion=0),
+    dict(name='tiny', transformer_expansion=0.5),  # Its own transformer width.
 ])
 def test_bad_arguments_raise(kwargs):
   with pytest.raises(ValueError):
     builder.build_model(**kwargs)
+
+
+def _transformer_filters(name, expansion):
+  """Filters of each transformer layer of a named config, by layer name."""
+  model = builder.build_model(name, num_classes=3, num_clusters=4,
+                              width_multiplier=1 / 32,
+                              transformer_expansion=expansion)
+  model(tf.zeros([1, 33, 33, 3]), training=False)
+  return {layer.name: layer._filters for layer in model.submodules  # pylint: disable=protected-access
+          if isinstance(layer, ct.ClusteringTransformerLayer)}
+
+
+@pytest.mark.parametrize('name, published', [
+    ('max_deeplab_s', [128] * 4),         # Stage 5 and the stride-16 decoder.
+    ('cmt_deeplab_s', [128] * 4 + [64] * 2 + [32] * 2),  # Strides 16, 8, 4.
+])
+def test_transformer_expansion_scales_the_128_transformer_filters(name,
+                                                                   published):
+  # DeepLab2's base_transformer_expansion: 128 * expansion * stride / 16.
+  assert sorted(_transformer_filters(name, 1.0).values(),
+                reverse=True) == published
+  assert sorted(_transformer_filters(name, 0.25).values(), reverse=True) == [
+      f // 4 for f in published]
 
 
 def test_tiny_trains_fast_on_cpu():

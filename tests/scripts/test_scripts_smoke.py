@@ -14,7 +14,9 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-_NOT_SMOKED = {'demo.py'}  # `make demo` runs it.
+# `make demo` runs demo.py; make_deeplab2_fixtures.py needs a DeepLab2 checkout
+# (tests/checkpoints/test_fixture_generator.py).
+_NOT_SMOKED = {'demo.py', 'make_deeplab2_fixtures.py'}
 _TINY_MODEL = ['--num_classes=3']
 
 # (script, tiny arguments, a line the table must contain).

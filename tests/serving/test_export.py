@@ -300,5 +300,5 @@ def test_predict_errors_name_the_flag(image_dir, tmp_path):
   with pytest.raises(ValueError, match='--image_dir=.*missing is not a directory'):
     predict.predict_images(str(tmp_path / 'missing'), output_dir, saved_model='a')
   with pytest.raises(ValueError, match='--dataset=coco has 133 classes'):
-    predict.resolve_dataset_info(INFO, 'coco')
-  assert predict.resolve_dataset_info(INFO, None) == INFO
+    predict.override_dataset_info(INFO, 'coco')
+  assert predict.override_dataset_info(INFO, None) == INFO

@@ -68,12 +68,14 @@ def test_bad_format_and_modules_name_the_field():
 
 def test_deeplab2_format_initialises_the_backbone():
   # DeepLab2's ImageNet ResNet-50 into the backbone of cmt_deeplab_r50.
+  fixture_set = fixtures.COMMITTED
   backbone = builder.cmt_deeplab_r50(
-      3, 4, width_multiplier=fixtures.FIXTURE_WIDTH).backbone
+      3, 4, width_multiplier=fixture_set.width).backbone
   backbone(tf.zeros([1, 33, 33, 3]))
   train_lib.restore_init_checkpoint(
-      backbone, fixtures.checkpoint_path(fixtures.RESNET50), 'all', 'deeplab2')
-  image, reference = fixtures.reference(fixtures.RESNET50)
+      backbone, fixture_set.checkpoint_path(fixtures.RESNET50), 'all',
+      'deeplab2')
+  image, reference = fixture_set.reference(fixtures.RESNET50)
   # Output stride 16 here (32 in the fixture): res2..res4 are computed alike.
   endpoints = backbone(image, training=False)
   for name in ('res2', 'res3', 'res4'):

@@ -1,14 +1,16 @@
-"""Batched, XLA-compilable exact linear assignment by shortest augmenting paths.
+"""Batched, XLA-compilable exact Hungarian matching by shortest augmenting paths.
+
+Matches the rows of a cost matrix to distinct columns at minimum total cost.
 
 The algorithm is the one of scipy's `linear_sum_assignment` (Crouse, "On
 implementing 2D rectangular assignment algorithms", IEEE TAES 2016, Alg. 1):
 rows are inserted one at a time; each insertion runs a Dijkstra search over the
 reduced costs `cost - u - v` for the cheapest path to a free column, updates the
-dual variables (u, v) and flips the assignments along the path. A parallel row
-reduction first assigns every row whose cheapest column is not claimed by an
+dual variables (u, v) and flips the matches along the path. A parallel row
+reduction first matches every row whose cheapest column is not claimed by an
 earlier row; a few rounds of a zero-slack auction on the rows it leaves free
-then assign most of those in parallel, so only the remaining rows need the
-sequential insertions. The auction keeps the duals feasible and every assigned
+then match most of those in parallel, so only the remaining rows need the
+sequential insertions. The auction keeps the duals feasible and every matched
 pair tight, so the insertions that follow still find the exact optimum.
 
 Every problem of the batch runs its own state machine inside ONE
@@ -22,7 +24,7 @@ Bookkeeping that makes this possible without extra loops:
   path cost to a large negative value (never improved on, skipped by the
   search); when the search ends, the final path cost is subtracted from the scanned columns,
   which is scipy's v update;
-- u is never stored: an assigned pair is tight, so u of a row reached through
+- u is never stored: a matched pair is tight, so u of a row reached through
   column j is cost[row, j] - v[j] (a pending row uses its row minimum, a lower
   bound of cost - v as v <= 0; any lower bound gives the same search);
 - each column keeps, as a bit set, the columns of the search-tree path that
@@ -76,7 +78,7 @@ def index_of_true(x: tf.Tensor, axis: int) -> tf.Tensor:
 def first_position(index: tf.Tensor, size: int) -> tf.Tensor:
   """int32 [B, size]: for each value j, the first i with index[b, i] == j, else -1.
 
-  Negative entries of `index` [B, n] are skipped. For a one-to-one assignment
+  Negative entries of `index` [B, n] are skipped. For a one-to-one matching
   this is its inverse. A scatter over the n entries, not a [B, n, size] search.
   """
   num = index.shape[1]
@@ -126,13 +128,13 @@ def _column_bits(col: tf.Tensor, num_words: int) -> tf.Tensor:
 
 
 def _row_reduction(cost, row_active):
-  """Initial row duals and a partial assignment, found in parallel.
+  """Initial row duals and a partial matching, found in parallel.
 
   u_i = min_j cost[i, j] (and v = 0) makes every reduced cost >= 0 and keeps
   free columns at v = 0, which the rectangular problem requires; each column
-  takes the first active row whose minimum it attains, so assigned pairs are
+  takes the first active row whose minimum it attains, so matched pairs are
   tight and the shortest-path insertions that follow stay exact. On matching
-  problems most rows are assigned here.
+  problems most rows are matched here.
 
   Returns:
     (u [B, n], col4row [B, n], row4col [B, m]).
@@ -149,7 +151,7 @@ def _row_reduction(cost, row_active):
 
 
 def _pending_rows(pending):
-  """The rows left unassigned, in increasing order.
+  """The rows left unmatched, in increasing order.
 
   Args:
     pending: bool [B, n].
@@ -171,8 +173,8 @@ def _auction(cost, row_active, col4row, row4col):
   column takes its highest bid (ties to the lowest row), its v falls by the
   bid, and its previous owner becomes free. The winner's reduced cost there
   equals its second cheapest, which no other column undercuts (v only falls),
-  so with u = cost - v on assigned pairs the duals stay feasible and every
-  assigned pair tight; columns never bid on stay free with v = 0. Rounds stop
+  so with u = cost - v on matched pairs the duals stay feasible and every
+  matched pair tight; columns never bid on stay free with v = 0. Rounds stop
   after `_AUCTION_ROUNDS` or once no problem has `_AUCTION_MIN_FREE` free rows.
 
   Args:
@@ -253,13 +255,13 @@ def _cheapest_column(shortest, row4col):
   return lowest, tie % num_cols, tie < num_cols
 
 
-def linear_sum_assignment(cost: tf.Tensor, row_active: tf.Tensor) -> tf.Tensor:
-  """Minimum-cost assignment of the active rows of each problem to distinct columns.
+def min_cost_matching(cost: tf.Tensor, row_active: tf.Tensor) -> tf.Tensor:
+  """Minimum-cost matching of the active rows of each problem to distinct columns.
 
   Args:
     cost: float32 [B, n, m] with static n <= m. Finite values. A static B is
       faster under XLA (see the module docstring).
-    row_active: bool [B, n]; inactive rows are left unassigned and do not
+    row_active: bool [B, n]; inactive rows are left unmatched and do not
       constrain the others.
 
   Returns:
