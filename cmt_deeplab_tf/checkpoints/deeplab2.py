@@ -641,8 +641,8 @@ def _check_shapes(mappings, checkpoint, class_count_matters):
           'transformer_class_head/'):
         hint = (" The class counts differ: use init_checkpoint_modules="
                 "'all_but_class_head' to re-initialise the class-logit layer.")
-      elif len(shape) == len(assignment.variable.shape) and assignment.variable.shape[-1]:
-        hint = (f' The checkpoint\'s layer is {shape[-1] / assignment.variable.shape[-1]:g}'
+      elif len(shape) == len(mapping.variable.shape) and mapping.variable.shape[-1]:
+        hint = (f' The checkpoint\'s layer is {shape[-1] / mapping.variable.shape[-1]:g}'
                 'x as wide as the model\'s: it was trained at another width; set '
                 'build_model.width_multiplier to its width.')
       raise ValueError(

@@ -11,6 +11,7 @@ import pytest
 from cmt_deeplab_tf import sweep as sweep_cli
 from cmt_deeplab_tf.analysis import sweep
 from cmt_deeplab_tf.analysis import sweep_runner
+from cmt_deeplab_tf.training import train_lib
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE_CALL = 'python -m cmt_deeplab_tf.sweep'
