@@ -10,8 +10,19 @@ the class heads are smaller than COCO's; the rest of each network is the
 configured one.
 
   python scripts/bench_train.py --configs=tiny:8:129:16,cmt_deeplab_s:1:641
+
+The cost of bitwise-repeatable training (ExperimentConfig.deterministic): op
+determinism is process-wide, so --deterministic=compare measures without and
+with it in two processes, one after the other, and prints their ratio:
+
+  python scripts/bench_train.py --configs=tiny:8:129:16,cmt_deeplab_s:1:129 \
+      --xla=false --deterministic=compare
 """
+import json
 import os
+import subprocess
+import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -31,6 +42,10 @@ flags.DEFINE_list('configs', ['tiny:8:129:16', 'cmt_deeplab_s:1:641'],
                   'mask slots).')
 flags.DEFINE_list('xla', ['false', 'true'], 'XLA settings to measure.')
 flags.DEFINE_integer('rounds', 5, 'Timed rounds, one step of every configuration each.')
+flags.DEFINE_enum('deterministic', 'off', ['off', 'on', 'compare'],
+                  'ExperimentConfig.deterministic: off, on, or compare (each in its own '
+                  'process, then a table of both and their ratio).')
+flags.DEFINE_string('json_output', None, 'Also write {config: steps/s} as JSON here.')
 _DEFAULT_CLUSTERS = 128
 _SMALL_IMAGES = (128, 128)  # Synthetic images for crops up to 129.
 _LARGE_IMAGES = (480, 640)
@@ -64,7 +79,8 @@ def _records(height: int, width: int) -> str:
   return pattern
 
 
-def traced_trainer(model: str, batch: int, crop: int, clusters: int, xla: bool):
+def traced_trainer(model: str, batch: int, crop: int, clusters: int, xla: bool,
+                   deterministic: bool = False):
   """A trainer of the configuration that has run (traced) one step."""
   gin.clear_config()
   gin.bind_parameter('build_model.name', model)
@@ -74,30 +90,59 @@ def traced_trainer(model: str, batch: int, crop: int, clusters: int, xla: bool):
   config = train_lib.ExperimentConfig(
       dataset_name='synthetic', train_file_pattern=_records(*images),
       train_batch_size=batch, train_crop_size=(crop, crop), max_num_masks=clusters,
-      train_steps=10**6, jit_compile=xla, seed=0)
+      train_steps=10**6, jit_compile=xla, seed=0, deterministic=deterministic)
   trainer = train_lib.build_trainer(config, tf.distribute.get_strategy(), 'train')
   trainer.train(tf.constant(1))
   return trainer
 
 
-def main(argv):
-  del argv
-  calls, batches = {}, {}
+def measure(deterministic: bool):
+  """{(model, batch, crop, clusters, xla): steps/s} of every configuration."""
+  calls = {}
   for spec in FLAGS.configs:
     model, batch, crop, clusters = parse_config(spec)
     for xla in FLAGS.xla:
-      trainer = traced_trainer(model, batch, crop, clusters, xla == 'true')
-      key = (model, batch, crop, clusters, xla)
-      calls[key] = lambda t=trainer: t.train(tf.constant(1))
-      batches[key] = batch
+      trainer = traced_trainer(model, batch, crop, clusters, xla == 'true', deterministic)
+      calls[(model, batch, crop, clusters, xla)] = lambda t=trainer: t.train(tf.constant(1))
   timings = timing.interleaved(calls, FLAGS.rounds)
+  return {key: 1.0 / timings.median(key) for key in calls}
+
+
+def measure_in_process(deterministic: str):
+  """`measure` in a child process with --deterministic=on|off."""
+  with tempfile.TemporaryDirectory() as scratch:
+    path = os.path.join(scratch, 'rates.json')
+    subprocess.run([sys.executable, os.path.abspath(__file__),
+                    f'--work_dir={FLAGS.work_dir}', f'--configs={",".join(FLAGS.configs)}',
+                    f'--xla={",".join(FLAGS.xla)}', f'--rounds={FLAGS.rounds}',
+                    f'--deterministic={deterministic}', f'--json_output={path}'],
+                   check=True)
+    with open(path) as f:
+      return {tuple(json.loads(key)): rate for key, rate in json.load(f).items()}
+
+
+def main(argv):
+  del argv
   print(f'\nMachine: {os.cpu_count()} CPU cores; TensorFlow {tf.__version__}; median of '
         f'{FLAGS.rounds} interleaved rounds after warm-up.')
+  if FLAGS.deterministic == 'compare':
+    off, on = measure_in_process('off'), measure_in_process('on')
+    print('| model | batch | crop | clusters | XLA | steps/s | deterministic steps/s | '
+          'ratio |')
+    print('|---|---|---|---|---|---|---|---|')
+    for key, rate in off.items():
+      model, batch, crop, clusters, xla = key
+      print(f'| {model} | {batch} | {crop}x{crop} | {clusters} | {xla} | {rate:.3f} | '
+            f'{on[key]:.3f} | {on[key] / rate:.2f} |')
+    return
+  rates = measure(FLAGS.deterministic == 'on')
+  if FLAGS.json_output:
+    with open(FLAGS.json_output, 'w') as f:
+      json.dump({json.dumps(key): rate for key, rate in rates.items()}, f)
+  print(f'deterministic: {FLAGS.deterministic}')
   print('| model | batch | crop | clusters | XLA | steps/s | images/s |')
   print('|---|---|---|---|---|---|---|')
-  for key, batch in batches.items():
-    model, _, crop, clusters, xla = key
-    rate = 1.0 / timings.median(key)
+  for (model, batch, crop, clusters, xla), rate in rates.items():
     print(f'| {model} | {batch} | {crop}x{crop} | {clusters} | {xla} | {rate:.3f} | '
           f'{rate * batch:.2f} |')
 
