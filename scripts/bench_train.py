@@ -13,7 +13,8 @@ configured one.
 
 The cost of bitwise-repeatable training (ExperimentConfig.deterministic): op
 determinism is process-wide, so --deterministic=compare measures without and
-with it in two processes, one after the other, and prints their ratio:
+with it in two processes running at the same time (so that both meet the same
+machine load; each gets about half of the cores) and prints their ratio:
 
   python scripts/bench_train.py --configs=tiny:8:129:16,cmt_deeplab_s:1:129 \
       --xla=false --deterministic=compare
@@ -67,7 +68,9 @@ def parse_config(spec: str):
   return model, batch, crop, clusters
 
 
-def _records(height: int, width: int) -> str:
+def _records(crop: int) -> str:
+  """The synthetic training shards for this crop size (made if missing)."""
+  height, width = _SMALL_IMAGES if crop <= _SMALL_IMAGES[0] + 1 else _LARGE_IMAGES
   root = os.path.join(FLAGS.work_dir, f'{height}x{width}')
   pattern = os.path.join(root, 'records', 'train-*')
   if not tf.io.gfile.glob(pattern):
@@ -86,9 +89,8 @@ def traced_trainer(model: str, batch: int, crop: int, clusters: int, xla: bool,
   gin.bind_parameter('build_model.name', model)
   gin.bind_parameter('build_model.num_clusters', clusters)
   gin.bind_parameter('OptimizerConfig.warmup_steps', 0)
-  images = _SMALL_IMAGES if crop <= _SMALL_IMAGES[0] + 1 else _LARGE_IMAGES
   config = train_lib.ExperimentConfig(
-      dataset_name='synthetic', train_file_pattern=_records(*images),
+      dataset_name='synthetic', train_file_pattern=_records(crop),
       train_batch_size=batch, train_crop_size=(crop, crop), max_num_masks=clusters,
       train_steps=10**6, jit_compile=xla, seed=0, deterministic=deterministic)
   trainer = train_lib.build_trainer(config, tf.distribute.get_strategy(), 'train')
@@ -108,17 +110,24 @@ def measure(deterministic: bool):
   return {key: 1.0 / timings.median(key) for key in calls}
 
 
-def measure_in_process(deterministic: str):
-  """`measure` in a child process with --deterministic=on|off."""
+def measure_in_processes(settings=('off', 'on')):
+  """{setting: `measure`'s rates}, each setting in a child process, all at once."""
+  for spec in FLAGS.configs:  # Made once, before the processes share them.
+    _records(parse_config(spec)[2])
   with tempfile.TemporaryDirectory() as scratch:
-    path = os.path.join(scratch, 'rates.json')
-    subprocess.run([sys.executable, os.path.abspath(__file__),
-                    f'--work_dir={FLAGS.work_dir}', f'--configs={",".join(FLAGS.configs)}',
-                    f'--xla={",".join(FLAGS.xla)}', f'--rounds={FLAGS.rounds}',
-                    f'--deterministic={deterministic}', f'--json_output={path}'],
-                   check=True)
-    with open(path) as f:
-      return {tuple(json.loads(key)): rate for key, rate in json.load(f).items()}
+    paths = {s: os.path.join(scratch, f'{s}.json') for s in settings}
+    children = [subprocess.Popen([
+        sys.executable, os.path.abspath(__file__), f'--work_dir={FLAGS.work_dir}',
+        f'--configs={",".join(FLAGS.configs)}', f'--xla={",".join(FLAGS.xla)}',
+        f'--rounds={FLAGS.rounds}', f'--deterministic={s}', f'--json_output={path}'])
+                for s, path in paths.items()]
+    if any(child.wait() for child in children):
+      raise RuntimeError('A benchmark process failed (its output is above).')
+    rates = {}
+    for setting, path in paths.items():
+      with open(path) as f:
+        rates[setting] = {tuple(json.loads(key)): rate for key, rate in json.load(f).items()}
+    return rates
 
 
 def main(argv):
@@ -126,7 +135,8 @@ def main(argv):
   print(f'\nMachine: {os.cpu_count()} CPU cores; TensorFlow {tf.__version__}; median of '
         f'{FLAGS.rounds} interleaved rounds after warm-up.')
   if FLAGS.deterministic == 'compare':
-    off, on = measure_in_process('off'), measure_in_process('on')
+    rates = measure_in_processes()
+    off, on = rates['off'], rates['on']
     print('| model | batch | crop | clusters | XLA | steps/s | deterministic steps/s | '
           'ratio |')
     print('|---|---|---|---|---|---|---|---|')
