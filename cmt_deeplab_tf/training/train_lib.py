@@ -4,8 +4,9 @@ Modes: `train`, `eval` (the latest checkpoint), `train_and_eval` (evaluate every
 `eval_interval` steps) and `continuous_eval` (evaluate each new checkpoint until
 training is done). Checkpoints, summaries, the operative gin config, the class
 table (`run_dir`) and one `eval/results-<step>.json` per evaluated checkpoint go
-into the model dir; with a submission format, each evaluation also writes its
-predictions as `eval/submission-<step>/` in that benchmark's layout.
+into the model dir, and nothing there is overwritten (`run_dir`, `EvalRecorder`);
+with a submission format, each evaluation also writes its predictions as
+`eval/submission-<step>/` in that benchmark's layout.
 """
 import contextlib
 import dataclasses
@@ -88,7 +89,7 @@ class ExperimentConfig:
   seed: Optional[int] = None
   # Bitwise-repeatable runs on one machine (needs `seed`; `seed_run`): TensorFlow's
   # op determinism, which also makes every tf.data step deterministic whatever
-  # `panoptic_dataset.deterministic` says; a few percent slower (README).
+  # `panoptic_dataset.deterministic` says. Its cost: README, "Repeatable runs".
   deterministic: bool = False
   # Weights to start from when the model dir has no checkpoint yet, e.g. an
   # ImageNet-pretrained backbone (supplement Sec. 2). Format 'native': a checkpoint
