@@ -15,7 +15,7 @@ training and serving, so neither imports the other.
 """
 import os
 import re
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import gin
 import tensorflow as tf

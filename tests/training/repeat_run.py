@@ -30,6 +30,7 @@ def main(argv):
   del argv
   sys.path.insert(0, os.getcwd())
   # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   from cmt_deeplab_tf.training import train_lib
   from cmt_deeplab_tf.training import trainer as trainer_lib
   for binding in ("build_model.name = 'tiny'", 'build_model.num_clusters = 8',
@@ -53,8 +54,7 @@ def main(argv):
       max_num_masks=12, train_steps=FLAGS.steps, steps_per_loop=1, summary_interval=1,
       checkpoint_interval=FLAGS.steps, eval_interval=FLAGS.steps, seed=FLAGS.seed,
       deterministic=True)
-  train_lib.run('train_and_eval', FLAGS.model_dir, train_lib.tf.distribute.get_strategy(),
-                config)
+  train_lib.run('train_and_eval', FLAGS.model_dir, tf.distribute.get_strategy(), config)
 
 
 if __name__ == '__main__':

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import tensorflow as tf
 
 SCRIPT = os.path.join(os.path.dirname(__file__), 'repeat_run.py')
