@@ -67,7 +67,7 @@ def import_checkpoint(checkpoint_path: str, model_dir: str,
   tf.train.CheckpointManager(
       tf.train.Checkpoint(model=model, global_step=global_step), model_dir,
       max_to_keep=1).save(checkpoint_number=0)
-  run_dir.write_operative_config(model_dir)
+  run_dir.record_training_config(model_dir, 0)
   run_dir.record_class_table(model_dir, info)
   return plan
 

@@ -11,6 +11,15 @@ multi_worker_mirrored (several machines; set TF_CONFIG on each), tpu (--tpu=NAME
 --gin_file takes a path or the name of a shipped config; --list_configs lists
 the shipped configs with the paper row each reproduces.
 
+A model dir that holds a run is the record of it: its training config (data
+paths included) is the starting point, and --gin_file / --gin_param change only
+what they name, so `--mode=eval --model_dir=D` evaluates run D as it was
+trained. A resume that changes a model binding is refused, naming it. Nothing in
+the model dir is overwritten: a step evaluated again gets a numbered results
+file; continuous_eval skips steps already evaluated and ends after train_steps.
+With --deterministic (and a seed), the run is bitwise repeatable on one machine,
+across preemptions.
+
 With --submission_format=coco|cityscapes, every evaluation also writes its
 predictions in that benchmark's layout to <model_dir>/eval/submission-<step>/.
 """
@@ -39,6 +48,9 @@ def _define_flags():
   flags.DEFINE_enum('strategy', 'one_device', STRATEGIES, 'Distribution strategy.')
   flags.DEFINE_string('tpu', None, 'TPU name or address (with --strategy=tpu).')
   flags.DEFINE_integer('num_gpus', 0, 'GPUs to use (one_device / mirrored).')
+  flags.DEFINE_boolean('deterministic', None,
+                       'Bitwise-repeatable run: sets ExperimentConfig.deterministic '
+                       '(needs ExperimentConfig.seed) over the gin files.')
   flags.DEFINE_enum('submission_format', None, submission.FORMATS,
                     'With an evaluating mode: also write the predictions as a COCO or '
                     'Cityscapes submission (PNG folder + JSON) per evaluation.')
@@ -66,7 +78,10 @@ def main(argv):
     return
   if not FLAGS.model_dir:
     raise app.UsageError('--model_dir is required.')
-  train_lib.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+  params = list(FLAGS.gin_param)
+  if FLAGS.deterministic is not None:
+    params.append(f'ExperimentConfig.deterministic = {FLAGS.deterministic}')
+  train_lib.parse_gin(FLAGS.gin_file, params, FLAGS.model_dir)
   strategy = make_strategy(FLAGS.strategy, FLAGS.num_gpus, FLAGS.tpu)
   logging.info('Strategy %s with %d replicas.', type(strategy).__name__,
                strategy.num_replicas_in_sync)

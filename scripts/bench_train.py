@@ -10,8 +10,20 @@ the class heads are smaller than COCO's; the rest of each network is the
 configured one.
 
   python scripts/bench_train.py --configs=tiny:8:129:16,cmt_deeplab_s:1:641
+
+The cost of bitwise-repeatable training (ExperimentConfig.deterministic): op
+determinism is process-wide, so --deterministic=compare measures without and
+with it in two processes running at the same time (so that both meet the same
+machine load; each gets about half of the cores) and prints their ratio:
+
+  python scripts/bench_train.py --configs=tiny:8:129:16,cmt_deeplab_s:1:129 \
+      --xla=false --deterministic=compare
 """
+import json
 import os
+import subprocess
+import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -31,6 +43,10 @@ flags.DEFINE_list('configs', ['tiny:8:129:16', 'cmt_deeplab_s:1:641'],
                   'mask slots).')
 flags.DEFINE_list('xla', ['false', 'true'], 'XLA settings to measure.')
 flags.DEFINE_integer('rounds', 5, 'Timed rounds, one step of every configuration each.')
+flags.DEFINE_enum('deterministic', 'off', ['off', 'on', 'compare'],
+                  'ExperimentConfig.deterministic: off, on, or compare (each in its own '
+                  'process, then a table of both and their ratio).')
+flags.DEFINE_string('json_output', None, 'Also write {config: steps/s} as JSON here.')
 _DEFAULT_CLUSTERS = 128
 _SMALL_IMAGES = (128, 128)  # Synthetic images for crops up to 129.
 _LARGE_IMAGES = (480, 640)
@@ -52,7 +68,9 @@ def parse_config(spec: str):
   return model, batch, crop, clusters
 
 
-def _records(height: int, width: int) -> str:
+def _records(crop: int) -> str:
+  """The synthetic training shards for this crop size (made if missing)."""
+  height, width = _SMALL_IMAGES if crop <= _SMALL_IMAGES[0] + 1 else _LARGE_IMAGES
   root = os.path.join(FLAGS.work_dir, f'{height}x{width}')
   pattern = os.path.join(root, 'records', 'train-*')
   if not tf.io.gfile.glob(pattern):
@@ -64,40 +82,77 @@ def _records(height: int, width: int) -> str:
   return pattern
 
 
-def traced_trainer(model: str, batch: int, crop: int, clusters: int, xla: bool):
+def traced_trainer(model: str, batch: int, crop: int, clusters: int, xla: bool,
+                   deterministic: bool = False):
   """A trainer of the configuration that has run (traced) one step."""
   gin.clear_config()
   gin.bind_parameter('build_model.name', model)
   gin.bind_parameter('build_model.num_clusters', clusters)
   gin.bind_parameter('OptimizerConfig.warmup_steps', 0)
-  images = _SMALL_IMAGES if crop <= _SMALL_IMAGES[0] + 1 else _LARGE_IMAGES
   config = train_lib.ExperimentConfig(
-      dataset_name='synthetic', train_file_pattern=_records(*images),
+      dataset_name='synthetic', train_file_pattern=_records(crop),
       train_batch_size=batch, train_crop_size=(crop, crop), max_num_masks=clusters,
-      train_steps=10**6, jit_compile=xla, seed=0)
+      train_steps=10**6, jit_compile=xla, seed=0, deterministic=deterministic)
   trainer = train_lib.build_trainer(config, tf.distribute.get_strategy(), 'train')
   trainer.train(tf.constant(1))
   return trainer
 
 
-def main(argv):
-  del argv
-  calls, batches = {}, {}
+def measure(deterministic: bool):
+  """{(model, batch, crop, clusters, xla): steps/s} of every configuration."""
+  calls = {}
   for spec in FLAGS.configs:
     model, batch, crop, clusters = parse_config(spec)
     for xla in FLAGS.xla:
-      trainer = traced_trainer(model, batch, crop, clusters, xla == 'true')
-      key = (model, batch, crop, clusters, xla)
-      calls[key] = lambda t=trainer: t.train(tf.constant(1))
-      batches[key] = batch
+      trainer = traced_trainer(model, batch, crop, clusters, xla == 'true', deterministic)
+      calls[(model, batch, crop, clusters, xla)] = lambda t=trainer: t.train(tf.constant(1))
   timings = timing.interleaved(calls, FLAGS.rounds)
+  return {key: 1.0 / timings.median(key) for key in calls}
+
+
+def measure_in_processes(settings=('off', 'on')):
+  """{setting: `measure`'s rates}, each setting in a child process, all at once."""
+  for spec in FLAGS.configs:  # Made once, before the processes share them.
+    _records(parse_config(spec)[2])
+  with tempfile.TemporaryDirectory() as scratch:
+    paths = {s: os.path.join(scratch, f'{s}.json') for s in settings}
+    children = [subprocess.Popen([
+        sys.executable, os.path.abspath(__file__), f'--work_dir={FLAGS.work_dir}',
+        f'--configs={",".join(FLAGS.configs)}', f'--xla={",".join(FLAGS.xla)}',
+        f'--rounds={FLAGS.rounds}', f'--deterministic={s}', f'--json_output={path}'])
+                for s, path in paths.items()]
+    if any(child.wait() for child in children):
+      raise RuntimeError('A benchmark process failed (its output is above).')
+    rates = {}
+    for setting, path in paths.items():
+      with open(path) as f:
+        rates[setting] = {tuple(json.loads(key)): rate for key, rate in json.load(f).items()}
+    return rates
+
+
+def main(argv):
+  del argv
   print(f'\nMachine: {os.cpu_count()} CPU cores; TensorFlow {tf.__version__}; median of '
         f'{FLAGS.rounds} interleaved rounds after warm-up.')
+  if FLAGS.deterministic == 'compare':
+    rates = measure_in_processes()
+    off, on = rates['off'], rates['on']
+    print('| model | batch | crop | clusters | XLA | steps/s | deterministic steps/s | '
+          'ratio |')
+    print('|---|---|---|---|---|---|---|---|')
+    for key, rate in off.items():
+      model, batch, crop, clusters, xla = key
+      print(f'| {model} | {batch} | {crop}x{crop} | {clusters} | {xla} | {rate:.3f} | '
+            f'{on[key]:.3f} | {on[key] / rate:.2f} |')
+    return
+  rates = measure(FLAGS.deterministic == 'on')
+  if FLAGS.json_output:
+    with open(FLAGS.json_output, 'w') as f:
+      json.dump({json.dumps(key): rate for key, rate in rates.items()}, f)
+  print(f'deterministic: {FLAGS.deterministic}')
   print('| model | batch | crop | clusters | XLA | steps/s | images/s |')
   print('|---|---|---|---|---|---|---|')
-  for key, batch in batches.items():
-    model, _, crop, clusters, xla = key
-    rate = 1.0 / timings.median(key)
+  for (model, batch, crop, clusters, xla), rate in rates.items():
     print(f'| {model} | {batch} | {crop}x{crop} | {clusters} | {xla} | {rate:.3f} | '
           f'{rate * batch:.2f} |')
 

@@ -160,6 +160,7 @@ _CHECKS = [
     _experiment('checkpoint_interval', 19),
     _experiment('eval_interval', 23),
     _experiment('seed', 29),
+    _experiment('deterministic', True),  # Honoured: tests/training/test_repeatable.py.
     _experiment('init_checkpoint', 'pretrained/ckpt-1'),
     _experiment('init_checkpoint_format', 'deeplab2'),
     _experiment('init_checkpoint_modules', 'backbone'),

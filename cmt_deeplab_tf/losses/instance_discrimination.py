@@ -14,6 +14,7 @@ import gin
 import tensorflow as tf
 
 from cmt_deeplab_tf.losses import loss_targets as loss_targets_lib
+from cmt_deeplab_tf.modeling import random_draws
 
 _MASKED_LOGIT = -1e9
 
@@ -25,7 +26,7 @@ def _sample_pixels(targets: loss_targets_lib.LossTargets, sample_k: int,
   pixel_area = tf.einsum('bpm,bm->bp', targets.gt_masks, targets.gt_area)
   logits = sample_temperature * tf.math.log(num_pixels / tf.maximum(pixel_area, 1.0))
   logits += (1.0 - targets.pixel_valid) * _MASKED_LOGIT
-  uniform = tf.random.uniform(tf.shape(logits), minval=1e-12, maxval=1.0)
+  uniform = random_draws.uniform(tf.shape(logits), minval=1e-12, maxval=1.0)
   gumbel = -tf.math.log(-tf.math.log(uniform))
   return tf.math.top_k(logits + gumbel, k=sample_k).indices
 

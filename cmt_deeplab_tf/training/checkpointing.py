@@ -25,7 +25,7 @@ does not restore. Here:
 import os
 import re
 import time
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from absl import logging
 from google.protobuf import text_format
@@ -227,7 +227,14 @@ class Controller(orbit.Controller):
     logging.warning('Skipping checkpoint %s: %s.', checkpoint_path, problem)
     return False
 
-  def evaluate_continuously(self, steps: int = -1, timeout=None, timeout_fn=None):
+  def evaluate_continuously(self, steps: int = -1, timeout=None, timeout_fn=None,
+                            already_evaluated: Callable[[], bool] = lambda: False,
+                            finished: Callable[[], bool] = lambda: False):
+    """Evaluates each new complete checkpoint.
+
+    After each restore, `already_evaluated()` says to skip its evaluation and
+    `finished()` to stop.
+    """
     output = None
     logging.info('Evaluating each new checkpoint of %s.', self.checkpoint_manager.directory)
     for checkpoint_path in tf.train.checkpoints_iterator(
@@ -239,5 +246,10 @@ class Controller(orbit.Controller):
       except tf.errors.OpError as e:  # Deleted since it was read (max_to_keep).
         logging.warning('Skipping checkpoint %s: %s', checkpoint_path, e.message)
         continue
-      output = self.evaluate(steps)
+      if already_evaluated():
+        logging.info('%s was evaluated before: not evaluated again.', checkpoint_path)
+      else:
+        output = self.evaluate(steps)
+      if finished():
+        break
     return output

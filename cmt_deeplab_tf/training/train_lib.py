@@ -4,8 +4,9 @@ Modes: `train`, `eval` (the latest checkpoint), `train_and_eval` (evaluate every
 `eval_interval` steps) and `continuous_eval` (evaluate each new checkpoint until
 training is done). Checkpoints, summaries, the operative gin config, the class
 table (`run_dir`) and one `eval/results-<step>.json` per evaluated checkpoint go
-into the model dir; with a submission format, each evaluation also writes its
-predictions as `eval/submission-<step>/` in that benchmark's layout.
+into the model dir, and nothing there is overwritten (`run_dir`, `EvalRecorder`);
+with a submission format, each evaluation also writes its predictions as
+`eval/submission-<step>/` in that benchmark's layout.
 """
 import contextlib
 import dataclasses
@@ -42,6 +43,7 @@ from cmt_deeplab_tf.training import preemption
 from cmt_deeplab_tf.training import trainer as trainer_lib
 
 MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
+TRAINING_MODES = ('train', 'train_and_eval')
 CONFIG_FILE = run_dir.CONFIG_FILE
 NATIVE = 'native'
 DEEPLAB2 = 'deeplab2'
@@ -88,6 +90,10 @@ class ExperimentConfig:
   # train_batch_size / gradient_accumulation_steps; steps count updates.
   gradient_accumulation_steps: int = 1
   seed: Optional[int] = None
+  # Bitwise-repeatable runs on one machine (needs `seed`; `seed_run`): TensorFlow's
+  # op determinism, which also makes every tf.data step deterministic whatever
+  # `panoptic_dataset.deterministic` says. Its cost: README, "Repeatable runs".
+  deterministic: bool = False
   # Weights to start from when the model dir has no checkpoint yet, e.g. an
   # ImageNet-pretrained backbone (supplement Sec. 2). Format 'native': a checkpoint
   # whose root holds `model` (as this trainer writes); 'deeplab2': a DeepLab2 (or
@@ -149,6 +155,26 @@ def experiment_dataset_info(config: ExperimentConfig) -> dataset_info_lib.Datase
                      'and no ExperimentConfig.dataset_name: convert the data with '
                      'convert_coco / convert_cityscapes, or name a built-in data set.')
   return dataset_info_lib.get_dataset_info(config.dataset_name)
+
+
+def seed_run(config: ExperimentConfig) -> None:
+  """Seeds Python, NumPy and TensorFlow from `config.seed`; with
+  `config.deterministic`, turns on TensorFlow's op determinism.
+
+  Called before the model is built, so that its initial weights are the seed's.
+  The random draws of training steps are stateless functions of the seed and the
+  step (`trainer`), and the input pipeline's of the seed and the element
+  (`pipeline.panoptic_dataset`). Op determinism is process-wide and stays on.
+
+  Raises:
+    ValueError: if `deterministic` is set without a seed.
+  """
+  if config.deterministic:
+    if config.seed is None:
+      raise ValueError('ExperimentConfig.deterministic = True needs ExperimentConfig.seed.')
+    tf.config.experimental.enable_op_determinism()
+  if config.seed is not None:
+    tf_keras.utils.set_random_seed(config.seed)
 
 
 def micro_batch_size(config: ExperimentConfig) -> int:
@@ -218,7 +244,8 @@ def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy, mo
       batches of the steps before.
   """
   info = info or experiment_dataset_info(config)
-  trains, evaluates = mode in ('train', 'train_and_eval'), mode != 'train'
+  trains, evaluates = mode in TRAINING_MODES, mode != 'train'
+  seed_run(config)
   with strategy.scope():
     model = builder.build_model(num_classes=builder.num_classes_for(info.num_classes))
     create_all_variables(model, strategy)
@@ -233,7 +260,7 @@ def build_trainer(config: ExperimentConfig, strategy: tf.distribute.Strategy, mo
         eval_dataset_fn=_dataset_fn(config, info, False) if evaluates else None,
         jit_compile=config.jit_compile, prediction_callback=prediction_callback,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        initial_loss_scale=config.initial_loss_scale)
+        initial_loss_scale=config.initial_loss_scale, seed=config.seed)
 
 
 def restore_init_checkpoint(model: tf_keras.Model, path: str, modules: str,
@@ -342,23 +369,53 @@ def check_checkpoint_matches(checkpoint: tf.train.Checkpoint, path: str) -> None
         f'another architecture or class count?): {str(e)[:500]}') from e
 
 
+def results_path(model_dir: str, step: int) -> str:
+  """`<model_dir>/eval/results-<step>.json`: the first evaluation of `step`."""
+  return os.path.join(model_dir, 'eval', f'results-{step}.json')
+
+
 class EvalRecorder:
-  """Orbit eval action: writes results JSON and prediction images per checkpoint."""
+  """Orbit eval action: writes results JSON and prediction images per checkpoint.
+
+  Never overwrites: a step evaluated again (e.g. with other post-processing)
+  gets `results-<step>.<n>.json`, n = 1, 2, ... With `write_config` (an eval
+  mode, whose config may differ from training's), the process's gin config goes
+  beside each results file as `operative_config-<step>[.<n>].gin`.
+  """
 
   def __init__(self, trainer: trainer_lib.PanopticTrainer, model_dir: str,
-               info: dataset_info_lib.DatasetInfo, num_images: int = 2):
+               info: dataset_info_lib.DatasetInfo, num_images: int = 2,
+               write_config: bool = False):
     self._trainer = trainer
+    self._model_dir = model_dir
     self._dir = os.path.join(model_dir, 'eval')
     self._info = info
     self._num_images = num_images
+    self._write_config = write_config
     tf.io.gfile.makedirs(self._dir)
     self._writer = tf.summary.create_file_writer(os.path.join(self._dir, 'images'))
+
+  def _new_name(self, step: int) -> str:
+    """'<step>', or '<step>.<n>' with the first n whose results file is free."""
+    name, n = str(step), 0
+    while tf.io.gfile.exists(os.path.join(self._dir, f'results-{name}.json')):
+      n += 1
+      name = f'{step}.{n}'
+    return name
 
   def __call__(self, output: Dict[str, float]) -> None:
     del output
     step = int(self._trainer.global_step.numpy())
     results = self._trainer.last_eval_results
-    path = os.path.join(self._dir, f'results-{step}.json')
+    name = self._new_name(step)
+    path = os.path.join(self._dir, f'results-{name}.json')
+    if name != str(step):
+      logging.info('Step %d was evaluated before (%s): this evaluation goes to %s.', step,
+                   results_path(self._model_dir, step), path)
+    if self._write_config:
+      with tf.io.gfile.GFile(os.path.join(self._dir, f'operative_config-{name}.gin'),
+                             'w') as f:
+        f.write(gin.operative_config_str())
     with tf.io.gfile.GFile(path, 'w') as f:
       json.dump({'step': step, **_jsonable(results)}, f, indent=1)
     logging.info('step %d: PQ %.2f (95%% bootstrap interval %.2f-%.2f over %d images) '
@@ -469,8 +526,6 @@ def _dtype_policy(name: Optional[str]):
 
 def _run(mode, model_dir, strategy, config, return_trainer, submission_format):
   """`run` after its checks, under the configured dtype policy."""
-  if config.seed is not None:  # Initialisers and every unseeded random op.
-    tf_keras.utils.set_random_seed(config.seed)
   info = experiment_dataset_info(config)
   chief = _is_chief(strategy)
   if chief:  # Refuses a model dir trained for other classes, before any restore.
@@ -479,13 +534,15 @@ def _run(mode, model_dir, strategy, config, return_trainer, submission_format):
                  if submission_format and chief else None)
   checkpoint_dir = model_dir if chief else os.path.join(
       model_dir, f'.worker_{strategy.cluster_resolver.task_id}')
-  trains = mode in ('train', 'train_and_eval')
+  trains = mode in TRAINING_MODES
   # Training moves bad checkpoints aside; evaluation only skips them.
   latest = (checkpointing.recover_latest(checkpoint_dir) if trains and chief
             else _newest_good_checkpoint(checkpoint_dir))
+  start_step = checkpoint_step(checkpoint_dir) if trains else 0
   trainer = build_trainer(config, strategy, mode, info,
-                          submissions.add if submissions else None,
-                          start_step=checkpoint_step(checkpoint_dir) if trains else 0)
+                          submissions.add if submissions else None, start_step=start_step)
+  if trains and chief:  # Before any restore, so that the error names the bindings.
+    run_dir.check_model_bindings(model_dir)
   if submissions:
     submissions.global_step = trainer.global_step
   checkpoint = tf.train.Checkpoint(**(trainer.checkpoint_items() if trains else dict(
@@ -502,16 +559,16 @@ def _run(mode, model_dir, strategy, config, return_trainer, submission_format):
     restore_init_checkpoint(trainer.model, config.init_checkpoint,
                             config.init_checkpoint_modules,
                             config.init_checkpoint_format)
-  if chief:
-    run_dir.write_operative_config(model_dir)
+  if trains and chief:
+    run_dir.record_training_config(model_dir, start_step)
   controller = checkpointing.Controller(
-      strategy=strategy, trainer=trainer if mode in ('train', 'train_and_eval') else None,
+      strategy=strategy, trainer=trainer if trains else None,
       evaluator=trainer if mode != 'train' else None, global_step=trainer.global_step,
       steps_per_loop=config.steps_per_loop, checkpoint_manager=manager,
       summary_interval=config.summary_interval if chief else None,
       summary_dir=os.path.join(model_dir, 'train') if chief else None,
       eval_summary_dir=os.path.join(model_dir, 'eval') if chief else None,
-      eval_actions=([EvalRecorder(trainer, model_dir, info)] +
+      eval_actions=([EvalRecorder(trainer, model_dir, info, write_config=not trains)] +
                     ([submissions] if submissions else [])) if chief else None)
   with record_errors.named_record_errors():
     output = _run_mode(mode, config, trainer, manager, controller)
@@ -527,9 +584,7 @@ def _run_mode(mode, config, trainer, manager, controller):
   if mode == 'train_and_eval':
     return _until_preempted(trainer, manager, controller.train_and_evaluate,
                             config.train_steps, config.eval_steps, config.eval_interval)
-  return controller.evaluate_continuously(
-      config.eval_steps, timeout=config.continuous_eval_timeout,
-      timeout_fn=lambda: int(trainer.global_step.numpy()) >= config.train_steps)
+  return _evaluate_continuously(controller, trainer, config, model_dir)
 
 
 def _newest_good_checkpoint(checkpoint_dir: str) -> Optional[str]:
@@ -537,6 +592,28 @@ def _newest_good_checkpoint(checkpoint_dir: str) -> Optional[str]:
   for prefix, problem in bad:
     logging.warning('Checkpoint %s is unusable (%s); using %s.', prefix, problem, good)
   return good
+
+
+def _evaluate_continuously(controller: checkpointing.Controller,
+                           trainer: trainer_lib.PanopticTrainer, config: ExperimentConfig,
+                           model_dir: str) -> Optional[Dict[str, float]]:
+  """Evaluates each new checkpoint; ends once the one at `train_steps` is evaluated.
+
+  A checkpoint whose step already has results (e.g. from `train_and_eval`) is
+  skipped. Also ends when no new checkpoint comes for `continuous_eval_timeout`
+  seconds (training stopped early).
+  """
+  def timed_out():
+    logging.warning('No new checkpoint for %d s at step %d (train_steps %d): stopping.',
+                    config.continuous_eval_timeout, int(trainer.global_step.numpy()),
+                    config.train_steps)
+    return True
+
+  step = lambda: int(trainer.global_step.numpy())
+  return controller.evaluate_continuously(
+      config.eval_steps, timeout=config.continuous_eval_timeout, timeout_fn=timed_out,
+      already_evaluated=lambda: tf.io.gfile.exists(results_path(model_dir, step())),
+      finished=lambda: step() >= config.train_steps)
 
 
 def checkpoint_step(checkpoint_dir: str) -> int:
@@ -583,14 +660,25 @@ def _search_shipped_configs_first() -> None:
   prefixes.insert(0, root)
 
 
-def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
+def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str],
+              model_dir: Optional[str] = None) -> None:
   """Parses gin files and bindings, naming the flag of any bad one.
 
   A gin file is a path or the name of a shipped config (`coco/cmt_deeplab_s.gin`);
-  `include` statements name shipped configs the same way.
+  `include` statements name shipped configs the same way. If `model_dir` holds a training run, its latest training config
+  (`run_dir.training_config_path`, data paths included) is parsed first: the
+  files and bindings then change only what they name.
   """
   _search_shipped_configs_first()
   gin_files = [config_files.resolve(path) for path in gin_files]
+  run_config = run_dir.training_config_path(model_dir) if model_dir else None
+  if run_config:
+    logging.info('Starting from the run\'s config %s; --gin_file and --gin_param '
+                 'override what they name.', run_config)
+    try:
+      gin.parse_config_file(run_config)
+    except (ValueError, KeyError, SyntaxError) as e:
+      raise ValueError(f'--model_dir={model_dir}: cannot parse {run_config}: {e}') from e
   try:
     gin.parse_config_files_and_bindings(gin_files, None, finalize_config=False)
   except (ValueError, KeyError, SyntaxError, OSError) as e:

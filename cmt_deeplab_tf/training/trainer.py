@@ -14,6 +14,7 @@ Fitting a step into memory:
   gradients overflow is skipped (the scale halves) and counted in
   `skipped_updates`, logged at the end of the loop.
 """
+import random
 import time
 from typing import Callable, Dict, Optional
 
@@ -26,6 +27,7 @@ import tf_keras
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf.evaluation import panoptic_evaluator
 from cmt_deeplab_tf.losses import panoptic_loss
+from cmt_deeplab_tf.modeling import random_draws
 from cmt_deeplab_tf.ops import post_processing
 from cmt_deeplab_tf.training import optimization
 from cmt_deeplab_tf.training import preemption
@@ -61,7 +63,8 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
                prediction_callback: Optional[Callable[[Dict[str, np.ndarray]],
                                                       None]] = None,
                gradient_accumulation_steps: int = 1,
-               initial_loss_scale: Optional[float] = None):
+               initial_loss_scale: Optional[float] = None,
+               seed: Optional[int] = None):
     """Creates the trainer; must be called inside `strategy.scope()`.
 
     Args:
@@ -81,6 +84,8 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
         train dataset yields micro-batches.
       initial_loss_scale: first dynamic loss scale under `mixed_float16`
         (default: Keras' 2 ** 15); unused otherwise.
+      seed: the run's seed; the random draws of a step (`random_draws`) are
+        functions of it and the step. None: a random one.
 
     Raises:
       ValueError: on `gradient_accumulation_steps` < 1.
@@ -105,6 +110,7 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
                  'of all variables.', f'global norm {self.gradient_clip_norm:g}'
                  if self.gradient_clip_norm else 'off')
     self.gradient_accumulation_steps = gradient_accumulation_steps
+    self.seed = random.randrange(2**31) if seed is None else seed
     self.loss_scaling = tf_keras.mixed_precision.global_policy().compute_dtype == 'float16'
     if self.loss_scaling:
       self.optimizer, self.backbone_optimizer = (
@@ -171,8 +177,8 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     steps = max(float(self.loss_steps.numpy()), 1.0)
     return {name: float(total.numpy()) / steps for name, total in self.loss_sums.items()}
 
-  def _losses_and_gradients(self, features):
-    with tf.GradientTape() as tape:
+  def _losses_and_gradients(self, features, seed):
+    with random_draws.seeded(seed), tf.GradientTape() as tape:
       outputs = self.model(features[common.IMAGE], training=True)
       losses = self.loss_fn(features, outputs)
       total = losses[panoptic_loss.TOTAL]
@@ -183,24 +189,32 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
       gradients = self.optimizer.get_unscaled_gradients(gradients)
     return losses, gradients
 
-  def _replica_losses_and_gradients(self, features):
+  def _step_seed(self, micro_batch) -> tf.Tensor:
+    """int64 [2]: the seed of this replica's micro-batch of the current step."""
+    context = tf.distribute.get_replica_context()
+    draw = (tf.cast(micro_batch, tf.int64) * context.num_replicas_in_sync +
+            tf.cast(context.replica_id_in_sync_group, tf.int64))
+    step = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.global_step, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(step, draw)
+
+  def _replica_losses_and_gradients(self, features, micro_batch):
     if common.SKIPPED_RECORDS in features:
       self.skipped_records.assign(tf.reduce_max(features[common.SKIPPED_RECORDS]))
     # Strings (image ids) cannot enter an XLA cluster and the loss does not use them.
     features = {k: v for k, v in features.items()
                 if v.dtype != tf.string and k != common.SKIPPED_RECORDS}
-    losses, gradients = self._compute(features)
+    losses, gradients = self._compute(features, self._step_seed(micro_batch))
     replicas = tf.distribute.get_replica_context().num_replicas_in_sync
     return {name: value * replicas for name, value in losses.items()}, gradients
 
   def _replica_step(self, features):
-    losses, gradients = self._replica_losses_and_gradients(features)
+    losses, gradients = self._replica_losses_and_gradients(features, 0)
     self._apply_gradients(gradients)
     return losses
 
-  def _replica_accumulate(self, features):
+  def _replica_accumulate(self, features, micro_batch):
     """Adds a micro-batch's gradients to this replica's sums."""
-    losses, gradients = self._replica_losses_and_gradients(features)
+    losses, gradients = self._replica_losses_and_gradients(features, micro_batch)
     for total, gradient in zip(self._gradient_sums, gradients):
       total.assign_add(tf.convert_to_tensor(gradient))
     return losses
@@ -242,14 +256,14 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
 
   def _accumulated_step(self, iterator):
     """`gradient_accumulation_steps` micro-batches, then one update."""
-    def run(features):
-      losses = self.strategy.run(self._replica_accumulate, args=(features,))
+    def run(features, micro_batch):
+      losses = self.strategy.run(self._replica_accumulate, args=(features, micro_batch))
       return {name: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
               for name, value in losses.items()}
     # The first micro-batch creates the loss names; a graph loop runs the others.
-    losses = run(next(iterator))
-    for _ in tf.range(self.gradient_accumulation_steps - 1):
-      micro = run(next(iterator))
+    losses = run(next(iterator), 0)
+    for micro_batch in tf.range(1, self.gradient_accumulation_steps):
+      micro = run(next(iterator), micro_batch)
       losses = {name: total + micro[name] for name, total in losses.items()}
     self.strategy.run(self._replica_apply_sums)
     return losses

@@ -156,7 +156,7 @@ def test_eval_mode_predicts_what_predict_does(tfrecord_dir, synthetic_dir, tmp_p
   train_lib.create_all_variables(model, tf.distribute.get_strategy())
   checkpoint = tf.train.Checkpoint(model=model, global_step=tf.Variable(1, dtype=tf.int64))
   tf.train.CheckpointManager(checkpoint, model_dir, 1).save(checkpoint_number=1)
-  run_dir.write_operative_config(model_dir)
+  run_dir.record_training_config(model_dir, 0)
   config = train_lib.ExperimentConfig(
       eval_file_pattern=os.path.join(tfrecord_dir, 'val-*'), eval_batch_size=2,
       eval_crop_size=(97, 97), max_num_masks=16)

@@ -5,6 +5,7 @@ Reference: G. Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016.
 import tensorflow as tf
 import tf_keras
 
+from cmt_deeplab_tf.modeling import random_draws
 from cmt_deeplab_tf.modeling.layers import recompute
 
 
@@ -12,7 +13,8 @@ class DropPath(tf_keras.layers.Layer):
   """Drops a residual branch per example with probability `rate` in training.
 
   Kept branches are scaled by 1 / (1 - rate), so the expectation is unchanged;
-  at inference the layer is the identity.
+  at inference the layer is the identity. The masks are `random_draws`: seeded
+  from the run's seed and step inside the trainer.
   """
 
   def __init__(self, rate, name=None):
@@ -47,7 +49,7 @@ class DropPath(tf_keras.layers.Layer):
         [tf.shape(inputs)[:1], tf.ones([tf.rank(inputs) - 1], tf.int32)], 0)
     # A recomputed block gets the mask of its forward pass back (see `recompute`).
     keep = recompute.replayable(lambda: tf.floor(
-        keep_prob + tf.random.uniform(mask_shape, dtype=tf.float32)))
+        keep_prob + random_draws.uniform(mask_shape)))
     return inputs * tf.cast(keep / keep_prob, inputs.dtype)
 
   def get_config(self):
