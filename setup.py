@@ -33,6 +33,11 @@ setuptools.setup(
         'absl-py',
         'gin-config',
         'pillow',
+        # Deployment: TFLite interpreter, ONNX export (tf2onnx's handler API) and runtime.
+        'ai-edge-litert',
+        'tf2onnx==1.17.*',
+        'onnx',
+        'onnxruntime',
     ],
     extras_require={'test': ['pytest', 'pytest-xdist', 'cityscapesscripts']},
     entry_points={'console_scripts': [f'{k}={v}' for k, v in _CLIS.items()]},

@@ -25,7 +25,6 @@ from cmt_deeplab_tf.data import panoptic_format
 from cmt_deeplab_tf.data import tfrecord_format
 from cmt_deeplab_tf.ops import post_processing_numpy
 from cmt_deeplab_tf.serving import export_lib
-from cmt_deeplab_tf.serving import onnx as onnx_export
 from cmt_deeplab_tf.serving import tflite
 
 Outputs = Dict[str, np.ndarray]
@@ -174,7 +173,9 @@ class OnnxRuntime(_NetworkRuntime):
   name = 'ONNX Runtime'
 
   def __init__(self, path: str):
+    # Imported here: tf2onnx and ONNX Runtime load only when an .onnx file is run.
     import onnxruntime  # pylint: disable=g-import-not-at-top
+    from cmt_deeplab_tf.serving import onnx as onnx_export  # pylint: disable=g-import-not-at-top
     self._session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
     super().__init__(onnx_export.read_metadata(
         self._session.get_modelmeta().custom_metadata_map, path), path)

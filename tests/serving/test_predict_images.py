@@ -93,7 +93,7 @@ def test_bad_files_are_named_skipped_and_summarised(model_dir, tmp_path):
   summary = predict.predict_images(str(tmp_path / 'images'), str(tmp_path / 'out'),
                                    model_dir=model_dir)
   assert summary.num_images == 3
-  assert [os.path.basename(p) for p, _ in summary.skipped] == bad
+  assert sorted(os.path.basename(p) for p, _ in summary.skipped) == bad
   reasons = dict(summary.skipped)
   assert 'empty file' in reasons[str(tmp_path / 'images' / 'b_empty.jpg')]
   assert 'truncated' in reasons[str(tmp_path / 'images' / 'c_truncated.jpg')]
@@ -107,8 +107,14 @@ def test_bad_files_are_named_skipped_and_summarised(model_dir, tmp_path):
   with pytest.raises(predict.BadImageError, match='b_empty.jpg: empty file'):
     predict.predict_images(str(tmp_path / 'images'), str(tmp_path / 'stop'),
                            model_dir=model_dir, skip_bad_images=False)
-  # It stopped at the first bad file: a.png (before it) is the only output.
-  assert {f.split('_')[0] for f in os.listdir(tmp_path / 'stop')} == {'a'}
+  # The file headers are read first: it stopped before predicting anything.
+  assert not os.listdir(tmp_path / 'stop')
+  only_truncated = tmp_path / 'only_truncated'
+  only_truncated.mkdir()
+  os.rename(tmp_path / 'images' / 'c_truncated.jpg', only_truncated / 'c_truncated.jpg')
+  with pytest.raises(predict.BadImageError, match='c_truncated.jpg: truncated or corrupt'):
+    predict.predict_images(str(only_truncated), str(tmp_path / 'stop'),
+                           model_dir=model_dir, skip_bad_images=False)
 
 
 def test_cli_exits_non_zero_with_a_summary_after_writing_the_rest(model_dir, tmp_path):
