@@ -98,6 +98,7 @@ def demo_table(demo_dir, work_dir):
     path, seconds, error = _export(model_dir, work_dir, fmt)
     if error:
       rows.append(f'| {fmt} | {seconds:.0f} | | | | | {error} |')
+      print(rows[-1], flush=True)
       continue
     runtime = runtimes.load_runtime(path)
     pq = panoptic_quality.PanopticQuality(info)
@@ -113,6 +114,7 @@ def demo_table(demo_dir, work_dir):
     rows.append(f'| {fmt} | {seconds:.0f} | {_size_mb(path):.1f} | '
                 f'{np.median(times) * 1e3:.1f} | {pq.result()["pq"]:.2f} | '
                 f'{100 * agreement:.3f} | |')
+    print(rows[-1], flush=True)
   return ['| format | export (s) | size (MB) | latency (ms) | PQ | '
           'pixels = SavedModel (%) | note |', '|---|---|---|---|---|---|---|'] + rows
 
@@ -165,7 +167,6 @@ def main(argv):
   tables = []
   if _DEMO_DIR.value:
     tables.append(demo_table(_DEMO_DIR.value, os.path.join(work_dir, 'demo')))
-    print('\n'.join(tables[-1]), flush=True)
   if _MODELS.value:
     tables.append(latency_table(work_dir))
   print('\n\n'.join('\n'.join(table) for table in tables))
