@@ -40,6 +40,11 @@ setuptools.setup(
         'pillow',
         'matplotlib',
         'ray>=2.40',  # Sweeps run as Ray tasks; tested with 2.60.
+        # Deployment: TFLite interpreter, ONNX export (tf2onnx's handler API) and runtime.
+        'ai-edge-litert',
+        'tf2onnx==1.17.*',
+        'onnx',
+        'onnxruntime',
     ],
     extras_require={'test': ['pytest', 'pytest-xdist', 'cityscapesscripts']},
     entry_points={'console_scripts': [f'{k}={v}' for k, v in _CLIS.items()]},

@@ -571,11 +571,12 @@ def _run(mode, model_dir, strategy, config, return_trainer, submission_format):
       eval_actions=([EvalRecorder(trainer, model_dir, info, write_config=not trains)] +
                     ([submissions] if submissions else [])) if chief else None)
   with record_errors.named_record_errors():
-    output = _run_mode(mode, config, trainer, manager, controller)
+    output = _run_mode(mode, model_dir, config, trainer, manager, controller)
   return trainer if return_trainer else output
 
 
-def _run_mode(mode, config, trainer, manager, controller):
+def _run_mode(mode, model_dir, config, trainer, manager, controller):
+  """Runs `mode` with the built trainer, checkpoint manager and controller."""
   if mode == 'train':
     _until_preempted(trainer, manager, controller.train, config.train_steps)
     return trainer.loss_averages()

@@ -6,7 +6,6 @@ panopticapi's rules, crowd included), driven on PNG + JSON files it reads itself
 a class (a thing with instance 0 is an ordinary segment there), so it is only
 compared on ground truths without crowd.
 """
-import json
 import os
 
 import numpy as np

@@ -70,7 +70,7 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent("""
 def _run(args, cwd):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+                          timeout=900, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -193,7 +193,7 @@ def _check_predict_outputs(model_dir, export_dir, image_dir, tmp_path):
   from_saved_model = tmp_path / 'from_saved_model'
   from_model_dir = tmp_path / 'from_model_dir'
   written = predict.predict_images(image_dir, str(from_saved_model),
-                                   saved_model=export_dir)
+                                   saved_model=export_dir).written
   predict.predict_images(image_dir, str(from_model_dir), model_dir=model_dir)
 
   expected_files = sorted(f'{stem}_{kind}' for stem in ('a', 'b') for kind in (
@@ -287,15 +287,22 @@ def test_checkpoint_of_another_architecture_is_refused(trained_run, tmp_path):
 
 def test_predict_errors_name_the_flag(image_dir, tmp_path):
   output_dir = str(tmp_path / 'out')
-  with pytest.raises(ValueError, match='exactly one of --saved_model and --model_dir'):
+  with pytest.raises(ValueError, match='exactly one of --model .* and --model_dir'):
     predict.predict_images(image_dir, output_dir)
-  with pytest.raises(ValueError, match='exactly one of --saved_model and --model_dir'):
+  with pytest.raises(ValueError, match='exactly one of --model .* and --model_dir'):
     predict.predict_images(image_dir, output_dir, saved_model='a', model_dir='b')
-  with pytest.raises(ValueError, match=re.escape(f'--saved_model={tmp_path} holds no SavedModel')):
+  with pytest.raises(ValueError, match='--model or its alias --saved_model, not both'):
+    predict.predict_images(image_dir, output_dir, model='a', saved_model='a')
+  with pytest.raises(ValueError, match=re.escape(f'--model={tmp_path} holds no SavedModel')):
     predict.predict_images(image_dir, output_dir, saved_model=str(tmp_path))
+  with pytest.raises(ValueError, match=re.escape(f'--model={tmp_path}/x.onnx does not exist')):
+    predict.predict_images(image_dir, output_dir, model=str(tmp_path / 'x.onnx'))
+  (tmp_path / 'weights.h5').write_bytes(b'')
+  with pytest.raises(ValueError, match='is neither a SavedModel folder nor a .tflite'):
+    predict.predict_images(image_dir, output_dir, model=str(tmp_path / 'weights.h5'))
   empty = tmp_path / 'empty'
   empty.mkdir()
-  with pytest.raises(ValueError, match=re.escape(f'--image_dir={empty} holds no')):
+  with pytest.raises(ValueError, match=re.escape(f'--image_dir={empty} holds no image files')):
     predict.predict_images(str(empty), output_dir, saved_model=str(tmp_path))
   with pytest.raises(ValueError, match='--image_dir=.*missing is not a directory'):
     predict.predict_images(str(tmp_path / 'missing'), output_dir, saved_model='a')

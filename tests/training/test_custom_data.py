@@ -113,7 +113,7 @@ def test_train_on_your_own_data(tmp_path):
   export_lib.export(model_dir, export_dir)
   [predicted_json] = predict.predict_images(
       os.path.join(root, 'val'), str(tmp_path / 'predict'), saved_model=export_dir,
-      output_format='coco')
+      output_format='coco').written
 
   eval_json = os.path.join(model_dir, 'eval', 'submission-2', 'panoptic_predictions.json')
   evaluated, eval_pngs = _read_submission(eval_json)
@@ -166,7 +166,7 @@ def test_eval_mode_predicts_what_predict_does(tfrecord_dir, synthetic_dir, tmp_p
   evaluated, eval_pngs = _read_submission(eval_json)
   [predicted_json] = predict.predict_images(
       os.path.join(synthetic_dir, 'val'), str(tmp_path / 'predict'), model_dir=model_dir,
-      output_format='coco')
+      output_format='coco').written
   predicted, predict_pngs = _read_submission(predicted_json)
   key = lambda a: a['image_id']
   assert sorted(evaluated['annotations'], key=key) == sorted(predicted['annotations'],
