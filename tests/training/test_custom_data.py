@@ -24,6 +24,7 @@ from cmt_deeplab_tf.data import class_table
 from cmt_deeplab_tf.data import convert_coco
 from cmt_deeplab_tf.data import dataset_info
 from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.ops import post_processing
 from cmt_deeplab_tf.serving import export_lib
 from cmt_deeplab_tf.training import train_lib
 from tests import run_dirs
@@ -156,6 +157,10 @@ def test_eval_mode_predicts_what_predict_does(tfrecord_dir, synthetic_dir, tmp_p
   train_lib.create_all_variables(model, tf.distribute.get_strategy())
   checkpoint = tf.train.Checkpoint(model=model, global_step=tf.Variable(1, dtype=tf.int64))
   tf.train.CheckpointManager(checkpoint, model_dir, 1).save(checkpoint_number=1)
+  # As training would: the post-processing bindings are operative when the config is
+  # recorded, so predict reads the thresholds the evaluation uses.
+  info = dataset_info.get_dataset_info('synthetic')
+  post_processing.PostProcessor(info.is_thing, info.label_divisor)
   run_dir.record_training_config(model_dir, 0)
   config = train_lib.ExperimentConfig(
       eval_file_pattern=os.path.join(tfrecord_dir, 'val-*'), eval_batch_size=2,

@@ -82,7 +82,7 @@ def test_eval_resume_and_continuous_eval_keep_the_record(tfrecord_dir, tmp_path,
   with caplog.at_level(logging.INFO):
     train_lib.run('continuous_eval', model_dir, strategy)
   assert time.time() - start < 300  # Not ended by continuous_eval_timeout.
-  assert any('Step 2 already has' in r.getMessage() for r in caplog.records)
+  assert any('ckpt-2 was evaluated before' in r.getMessage() for r in caplog.records)
   assert records() == before
 
   # A resume with another model is refused, naming the binding.
