@@ -15,8 +15,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # `make demo` runs demo.py; make_deeplab2_fixtures.py needs a DeepLab2 checkout
-# (tests/checkpoints/test_fixture_generator.py).
-_NOT_SMOKED = {'demo.py', 'make_deeplab2_fixtures.py'}
+# (tests/checkpoints/test_fixture_generator.py); bench_deploy.py converts models to
+# every format (minutes each), the paths tests/serving/test_deploy_formats.py runs.
+_NOT_SMOKED = {'demo.py', 'make_deeplab2_fixtures.py', 'bench_deploy.py'}
 _TINY_MODEL = ['--num_classes=3']
 
 # (script, tiny arguments, a line the table must contain).
