@@ -40,7 +40,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-# DeepLab2 is written against `tf.keras` as Keras 2.
+# DeepLab2 uses TensorFlow's Keras alias, which must be Keras 2 (tf_keras).
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 _DEEPLAB2_PATH = flags.DEFINE_string(
@@ -299,8 +299,8 @@ def main(argv):
   if not path:
     raise app.UsageError('--deeplab2_path is required.')
   dl2 = _import_deeplab2(path)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.keras.utils.set_random_seed(_SEED.value)  # DeepLab2's initialisers.
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  tf_keras.utils.set_random_seed(_SEED.value)  # DeepLab2's initialisers.
   rng = np.random.default_rng(_SEED.value)
   for layout in LAYOUTS:
     write_fixture(dl2, path, layout, _OUTPUT_DIR.value, rng)
