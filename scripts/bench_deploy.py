@@ -10,7 +10,9 @@ quantisation) under the TFLite interpreter, ONNX under ONNX Runtime.
    equals the SavedModel's.
 2. `--models` at `--size` (random weights, COCO's 133 classes): median latency
    per image over `--rounds` calls (one 640x640 image; padding, network and
-   post-processing, outputs in NumPy) and file size.
+   post-processing, outputs in NumPy), timed in turns across every model and
+   format, with the per-round ratio to the first model's first format, and file
+   size. `--reuse_exports` times the exports already in `--work_dir` again.
 
 Prints one Markdown table per part.
 
@@ -51,10 +53,24 @@ _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timed calls per format.')
 _TIMEOUT = flags.DEFINE_integer('conversion_timeout', 900,
                                 'Seconds an export may take before it is reported as such.')
 _WORK_DIR = flags.DEFINE_string('work_dir', None, 'Where exports go; default: a temp dir.')
+_REUSE = flags.DEFINE_bool('reuse_exports', False,
+                           'Time the exports already in --work_dir instead of exporting '
+                           'again (export time then shows as -).')
+_CALIBRATION = flags.DEFINE_string(
+    'calibration_records', None,
+    'Full-size tflite_full_integer: TFRecords to calibrate on (any images; the '
+    'latency does not depend on them); without it that row reports the error.')
+_NUM_CALIBRATION = flags.DEFINE_integer('num_calibration_images', 4,
+                                        'Full-size tflite_full_integer: images to '
+                                        'calibrate on.')
 
 
-def _export(model_dir, export_dir, fmt, size=None):
-  """Exports one format with the CLI; returns (path or None, seconds, error)."""
+def _export(model_dir, export_dir, fmt, size=None, calibration=()):
+  """Exports one format with the CLI; returns (path or None, seconds, error).
+
+  `calibration`: extra export flags for full-integer quantisation. With
+  --reuse_exports an existing export is returned with seconds None.
+  """
   args = ['--format=saved_model']
   path = export_dir
   if fmt != 'saved_model':
@@ -63,9 +79,13 @@ def _export(model_dir, export_dir, fmt, size=None):
     args = [f'--format={export_format}']
     if export_format == 'tflite':
       args.append(f'--quantize={quantize}')
+    if quantize == tflite.FULL_INTEGER:
+      args.extend(calibration)
     if size:
       args.append(f'--input_size={size}')
     path = os.path.join(export_dir, export.export_file_name(export_format, quantize))
+  if _REUSE.value and os.path.exists(path):
+    return path, None, ''
   start = time.time()
   try:
     result = subprocess.run(
@@ -78,6 +98,10 @@ def _export(model_dir, export_dir, fmt, size=None):
     last = [l for l in result.stderr.splitlines() if l.strip()][-1:]
     return None, time.time() - start, f'export failed: {" ".join(last)[:150]}'
   return path, time.time() - start, ''
+
+
+def _seconds(seconds):
+  return '-' if seconds is None else f'{seconds:.0f}'
 
 
 def _size_mb(path):
@@ -97,7 +121,7 @@ def demo_table(demo_dir, work_dir):
   for fmt in _FORMATS.value:
     path, seconds, error = _export(model_dir, work_dir, fmt)
     if error:
-      rows.append(f'| {fmt} | {seconds:.0f} | | | | | {error} |')
+      rows.append(f'| {fmt} | {_seconds(seconds)} | | | | | {error} |')
       print(rows[-1], flush=True)
       continue
     runtime = runtimes.load_runtime(path)
@@ -111,7 +135,7 @@ def demo_table(demo_dir, work_dir):
       pq.update(example['panoptic'].numpy(), predictions[-1])
     reference = reference or predictions
     agreement = np.mean([(p == r).mean() for p, r in zip(predictions, reference)])
-    rows.append(f'| {fmt} | {seconds:.0f} | {_size_mb(path):.1f} | '
+    rows.append(f'| {fmt} | {_seconds(seconds)} | {_size_mb(path):.1f} | '
                 f'{np.median(times) * 1e3:.1f} | {pq.result()["pq"]:.2f} | '
                 f'{100 * agreement:.3f} | |')
     print(rows[-1], flush=True)
@@ -135,29 +159,54 @@ def _untrained_run(model_dir, name, size):
 
 
 def latency_table(work_dir):
-  """Median latency per 640x640 image and file size, per model and format."""
+  """Latency per image and file size, per model and format, timed interleaved.
+
+  Every format of every model is exported first; then all runtimes are timed in
+  turns (`timing.interleaved`), so the ratios to the first model's SavedModel are
+  measured under the same machine load.
+  """
   size = export.parse_size(_SIZE.value)
   image = np.random.default_rng(0).integers(0, 256, (1, size[0] - 1, size[1] - 1, 3),
                                             np.uint8)
-  rows = []
+  calibration = []
+  if _CALIBRATION.value:
+    calibration = [f'--calibration_records={_CALIBRATION.value}',
+                   f'--num_calibration_images={_NUM_CALIBRATION.value}']
+  exported, errors = {}, {}
   for name in _MODELS.value:
     model_dir = os.path.join(work_dir, name, 'run')
-    _untrained_run(model_dir, name, size)
+    if not (_REUSE.value and tf.io.gfile.exists(model_dir)):
+      _untrained_run(model_dir, name, size)
     for fmt in _FORMATS.value:
       export_dir = os.path.join(work_dir, name, 'export')
-      path, seconds, error = _export(model_dir, export_dir, fmt, _SIZE.value)
+      path, seconds, error = _export(model_dir, export_dir, fmt, _SIZE.value,
+                                     calibration)
+      print(f'{name} {fmt}: {error or path} ({_seconds(seconds)} s)', flush=True)
       if error:
-        rows.append(f'| {name} | {fmt} | {seconds:.0f} | | | {error} |')
-        print(rows[-1], flush=True)
+        errors[name, fmt] = (seconds, error)
+      else:
+        exported[name, fmt] = (path, seconds)
+  loaded = {key: runtimes.load_runtime(path) for key, (path, _) in exported.items()}
+  timings = timing.interleaved(
+      {f'{name} {fmt}': (lambda r=runtime: r(image))
+       for (name, fmt), runtime in loaded.items()}, _ROUNDS.value)
+  baseline = next(iter(loaded), None)
+  rows = []
+  for name in _MODELS.value:
+    for fmt in _FORMATS.value:
+      if (name, fmt) in errors:
+        seconds, error = errors[name, fmt]
+        rows.append(f'| {name} | {fmt} | {_seconds(seconds)} | | | | {error} |')
         continue
-      runtime = runtimes.load_runtime(path)
-      latency = timing.median_seconds(lambda r=runtime: r(image), _ROUNDS.value)
-      rows.append(f'| {name} | {fmt} | {seconds:.0f} | {_size_mb(path):.1f} | '
-                  f'{latency:.3f} | {runtime.name} |')
-      print(rows[-1], flush=True)
-      del runtime
-  return ['| model | format | export (s) | size (MB) | latency (s) | runtime |',
-          '|---|---|---|---|---|---|'] + rows
+      path, seconds = exported[name, fmt]
+      key = f'{name} {fmt}'
+      ratio, low, high = timings.ratio_summary(key, ' '.join(baseline))
+      rows.append(f'| {name} | {fmt} | {_seconds(seconds)} | {_size_mb(path):.1f} | '
+                  f'{timings.median(key):.3f} | {ratio:.2f} [{low:.2f}, {high:.2f}] | '
+                  f'{loaded[name, fmt].name} |')
+  header = (f'| model | format | export (s) | size (MB) | latency (s) | '
+            f'/ {" ".join(baseline or ("-",))} [quartiles] | runtime |')
+  return [header, '|---|---|---|---|---|---|---|'] + rows
 
 
 def main(argv):
