@@ -111,7 +111,7 @@ class _Run:
 
   def __init__(self, mode: str, model_dir: str, strategy: tf.distribute.Strategy,
                task: task_lib.PanopticTask, submission_format: Optional[str]):
-    self.mode, self.model_dir, self.task = mode, model_dir, task
+    self.mode, self.model_dir, self.strategy, self.task = mode, model_dir, strategy, task
     self.config = task.config
     self.trains = mode in TRAINING_MODES
     self.chief = _is_chief(strategy)
@@ -121,7 +121,6 @@ class _Run:
     self.submissions = (eval_actions.SubmissionRecorder(model_dir, task.info,
                                                         submission_format)
                         if submission_format and self.chief else None)
-    self.strategy = strategy
 
   def run(self):
     """Returns (the trainer, the output of the mode)."""
