@@ -24,6 +24,8 @@ from cmt_deeplab_tf import cli
 from cmt_deeplab_tf import run_dir
 from cmt_deeplab_tf.checkpoints import deeplab2
 from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.training import experiment
+from cmt_deeplab_tf.training import task as task_lib
 from cmt_deeplab_tf.training import train_lib
 
 
@@ -57,10 +59,10 @@ def import_checkpoint(checkpoint_path: str, model_dir: str,
     raise ValueError(f'--model_dir={model_dir} already holds a checkpoint; '
                      'import into a new directory.')
   checkpoint = deeplab2.DeepLab2Checkpoint(checkpoint_path)
-  info = train_lib.experiment_dataset_info(train_lib.ExperimentConfig())
+  info = experiment.experiment_dataset_info(experiment.ExperimentConfig())
   strategy = tf.distribute.get_strategy()
   model = builder.build_model(num_classes=info.num_classes)
-  train_lib.create_all_variables(model, strategy)  # Training-only heads too.
+  task_lib.create_all_variables(model, strategy)  # Training-only heads too.
   plan = deeplab2.plan_import(model, checkpoint, modules)
   deeplab2.apply_plan(plan, checkpoint)
   global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -75,7 +77,7 @@ def import_checkpoint(checkpoint_path: str, model_dir: str,
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
-  train_lib.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+  experiment.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
   plan = import_checkpoint(FLAGS.checkpoint, FLAGS.model_dir, FLAGS.modules)
   print(deeplab2.summary(plan))
   logging.info('Imported %s (%s) into %s.', FLAGS.checkpoint, plan.layout,

@@ -30,6 +30,7 @@ from absl import logging
 from cmt_deeplab_tf import cli
 from cmt_deeplab_tf import config_files
 from cmt_deeplab_tf.evaluation import submission
+from cmt_deeplab_tf.training import experiment
 from cmt_deeplab_tf.training import train_lib
 from official.common import distribute_utils
 
@@ -81,7 +82,7 @@ def main(argv):
   params = list(FLAGS.gin_param)
   if FLAGS.deterministic is not None:
     params.append(f'ExperimentConfig.deterministic = {FLAGS.deterministic}')
-  train_lib.parse_gin(FLAGS.gin_file, params, FLAGS.model_dir)
+  experiment.parse_gin(FLAGS.gin_file, params, FLAGS.model_dir)
   strategy = make_strategy(FLAGS.strategy, FLAGS.num_gpus, FLAGS.tpu)
   logging.info('Strategy %s with %d replicas.', type(strategy).__name__,
                strategy.num_replicas_in_sync)

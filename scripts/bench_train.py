@@ -1,7 +1,7 @@
 r"""Benchmarks training steps/s of the real trainer on CPU, with and without XLA.
 
 Uses the synthetic set (made under --work_dir if missing) and the project's
-trainer (`train_lib.build_trainer`): data pipeline, model (a `modeling.builder`
+trainer (`train_lib.build_trainer` of a `PanopticTask`): data pipeline, model (a `modeling.builder`
 config), PanopticLoss, AdamW. Every configuration's trainer is built and traced
 first (all of them live at once), then the benchmarks' harness
 (`analysis.timing.interleaved`) runs one step of each per round, so all meet the
@@ -34,6 +34,8 @@ from cmt_deeplab_tf.analysis import timing
 from cmt_deeplab_tf.data import convert_coco
 from cmt_deeplab_tf.data import synthetic
 from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.training import experiment
+from cmt_deeplab_tf.training import task as task_lib
 from cmt_deeplab_tf.training import train_lib
 
 FLAGS = flags.FLAGS
@@ -89,11 +91,12 @@ def traced_trainer(model: str, batch: int, crop: int, clusters: int, xla: bool,
   gin.bind_parameter('build_model.name', model)
   gin.bind_parameter('build_model.num_clusters', clusters)
   gin.bind_parameter('OptimizerConfig.warmup_steps', 0)
-  config = train_lib.ExperimentConfig(
+  config = experiment.ExperimentConfig(
       dataset_name='synthetic', train_file_pattern=_records(crop),
       train_batch_size=batch, train_crop_size=(crop, crop), max_num_masks=clusters,
       train_steps=10**6, jit_compile=xla, seed=0, deterministic=deterministic)
-  trainer = train_lib.build_trainer(config, tf.distribute.get_strategy(), 'train')
+  trainer = train_lib.build_trainer(task_lib.PanopticTask(config),
+                                    tf.distribute.get_strategy(), 'train')
   trainer.train(tf.constant(1))
   return trainer
 

@@ -38,7 +38,7 @@ def _assert_one_line_error(result, expected):
 CASES = [
     ('train', ['--model_dir=/tmp/unused', '--mode=bogus'],
      'flag --mode=bogus: value should be one of'),
-    ('train', ['--mode=train'], '--model_dir must have a value'),
+    ('train', ['--mode=train'], '--model_dir is required'),
     ('train', ['--model_dir=/tmp/unused', '--gin_param=ExperimentConfig.no_such = 1'],
      "--gin_param='ExperimentConfig.no_such = 1'"),
     ('train', ['--model_dir=/tmp/unused', '--gin_param=ExperimentConfig.steps_per_loop=3'] +
@@ -48,7 +48,7 @@ CASES = [
                '--gin_param=ExperimentConfig.train_crop_size=(100, 100)'] + _TINY,
      "ExperimentConfig.train_crop_size=[100, 100] violates the model's stride"),
     ('train', ['--model_dir=/tmp/unused', '--gin_file=/nonexistent.gin'],
-     '--gin_file=/nonexistent.gin does not exist'),
+     '--gin_file=/nonexistent.gin is neither a file nor a shipped config'),
     ('export', ['--model_dir=/nonexistent', '--export_dir=/tmp/unused'],
      '--model_dir=/nonexistent does not exist'),
     ('predict', ['--image_dir=/nonexistent', '--output_dir=/tmp/unused'],
@@ -57,7 +57,7 @@ CASES = [
                          "--gin_param=ExperimentConfig.dataset_name='synthetic'"],
      '/nonexistent/ckpt-1'),
     ('sweep', ['--base_gin=/nonexistent.gin', '--sweep_dir=/tmp/unused'],
-     '--base_gin=/nonexistent.gin is not a file'),
+     '--base_gin=/nonexistent.gin is neither a file nor a shipped config'),
     ('visualize', ['--model_dir=/nonexistent', '--output_dir=/tmp/unused'],
      'Pass exactly one of --image_dir and --images'),
     ('cost_table', ['--models=no_such_model'], '--models=no_such_model: unknown'),

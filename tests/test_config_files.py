@@ -6,7 +6,7 @@ import pytest
 
 from cmt_deeplab_tf import config_files
 from cmt_deeplab_tf import train
-from cmt_deeplab_tf.training import train_lib
+from cmt_deeplab_tf.training import experiment
 
 
 @pytest.fixture(autouse=True)
@@ -30,9 +30,9 @@ def test_a_users_file_elsewhere_includes_a_shipped_config_by_name(
   monkeypatch.chdir(tmp_path)  # Nothing of the source tree is relative to here.
   (tmp_path / 'mine.gin').write_text(
       "include 'coco/max_deeplab_s.gin'\nExperimentConfig.train_steps = 7\n")
-  train_lib.parse_gin(['mine.gin'], [])
+  experiment.parse_gin(['mine.gin'], [])
   assert gin.query_parameter('build_model.name') == 'max_deeplab_s'
-  config = train_lib.ExperimentConfig()
+  config = experiment.ExperimentConfig()
   assert (config.train_steps, config.dataset_name) == (7, 'coco')
 
 

@@ -2,7 +2,7 @@
 binding the code cannot honour is an error that names it.
 
 Each parameter bound in gin_configs/** is bound here to another value; the
-object the code builds (as train_lib / build_model build it) must carry it.
+object the code builds (as the task / build_model build it) must carry it.
 """
 import os
 import pathlib
@@ -21,8 +21,9 @@ from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
 from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
 from cmt_deeplab_tf.ops import post_processing
+from cmt_deeplab_tf.training import experiment
 from cmt_deeplab_tf.training import optimization
-from cmt_deeplab_tf.training import train_lib
+from cmt_deeplab_tf.training import task as task_lib
 from tests.modeling import cmt_test_utils
 
 _GIN_CONFIGS = pathlib.Path(config_files.config_root())
@@ -89,32 +90,31 @@ def _loss_recompute():
 
 def _experiment(parameter, value):
   def check():
-    assert getattr(train_lib.ExperimentConfig(), parameter) == value
+    assert getattr(experiment.ExperimentConfig(), parameter) == value
   return f'ExperimentConfig.{parameter}', value, check
 
 
 def _optimizer(parameter, value):
-  def check():  # As train_lib builds it.
+  def check():  # As the task builds it.
     config = optimization.OptimizerConfig(train_steps=100_000)
     assert getattr(config, parameter) == value
   return f'OptimizerConfig.{parameter}', value, check
 
 
 def _post_processor(parameter, value):
-  def check():  # As train_lib builds it.
+  def check():  # As the task builds it.
     processor = post_processing.PostProcessor([True, False], 1000)
     assert getattr(processor, '_' + parameter) == value
   return f'PostProcessor.{parameter}', value, check
 
 
 def _training_dataset(config):
-  """The training dataset as train_lib builds it."""
-  info = train_lib.experiment_dataset_info(config)
-  return train_lib._dataset_fn(config, info, True)()  # pylint: disable=protected-access
+  """The training dataset as the task builds it."""
+  return task_lib.PanopticTask(config).build_inputs(True)
 
 
 def _random_scale_arguments(monkeypatch, tfrecord_dir):
-  """The scale arguments the training pipeline (as train_lib builds it) uses."""
+  """The scale arguments the training pipeline (as the task builds it) uses."""
   seen = {}
 
   def record(image, label, min_scale, max_scale, scale_step, seed):
@@ -122,7 +122,7 @@ def _random_scale_arguments(monkeypatch, tfrecord_dir):
     seen.update(min_scale=min_scale, max_scale=max_scale, scale_step=scale_step)
     return image, label
   monkeypatch.setattr(augment, 'random_scale', record)
-  config = train_lib.ExperimentConfig(
+  config = experiment.ExperimentConfig(
       dataset_name='synthetic',
       train_file_pattern=os.path.join(tfrecord_dir, 'train-*'),
       train_batch_size=1, train_crop_size=(33, 33), max_num_masks=4)
@@ -221,7 +221,7 @@ def test_dataset_bindings_reach_the_training_pipeline(monkeypatch,
 def test_shuffle_buffer_size_binding_reaches_the_training_pipeline(
     tfrecord_dir):
   gin.bind_parameter('panoptic_dataset.shuffle_buffer_size', 0)
-  config = train_lib.ExperimentConfig(
+  config = experiment.ExperimentConfig(
       dataset_name='synthetic',
       train_file_pattern=os.path.join(tfrecord_dir, 'train-*'))
   with pytest.raises((ValueError, tf.errors.InvalidArgumentError),

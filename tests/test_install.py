@@ -80,9 +80,9 @@ def test_installed_copy_runs_and_lists_its_configs(installed):
   with open(os.path.join(work, 'mine.gin'), 'w') as f:
     f.write("include 'coco/cmt_deeplab_s.gin'\nExperimentConfig.train_steps = 7\n")
   parsed = _run([python, '-c', 'import gin; from cmt_deeplab_tf.training import '
-                 'train_lib; train_lib.parse_gin(["mine.gin"], []); '
+                 'experiment; experiment.parse_gin(["mine.gin"], []); '
                  'print(gin.query_parameter("build_model.name"), '
-                 'train_lib.ExperimentConfig().train_steps)'], cwd=work, env=env)
+                 'experiment.ExperimentConfig().train_steps)'], cwd=work, env=env)
   assert parsed.split() == ['cmt_deeplab_s', '7']
 
 

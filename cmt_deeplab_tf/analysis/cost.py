@@ -47,7 +47,7 @@ from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.modeling import flop_count
 from cmt_deeplab_tf.modeling import parameter_count
 from cmt_deeplab_tf.training import optimization
-from cmt_deeplab_tf.training import train_lib
+from cmt_deeplab_tf.training import task as task_lib
 from cmt_deeplab_tf.training import trainer as trainer_lib
 
 GPU_PEAK = 'GPU:0 peak allocated (tf.config.experimental.get_memory_info)'
@@ -111,7 +111,7 @@ class Measurement:
 def build(name: str, num_classes: int, num_clusters: int):
   """Builds a named config with every head (the training-only one included)."""
   model = builder.build_model(name, num_classes, num_clusters)
-  train_lib.create_all_variables(model, tf.distribute.get_strategy())
+  task_lib.create_all_variables(model, tf.distribute.get_strategy())
   return model
 
 

@@ -53,7 +53,7 @@ from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.data import tfrecord_format
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.ops import post_processing
-from cmt_deeplab_tf.training import train_lib
+from cmt_deeplab_tf.training import experiment
 
 SIGNATURE_NAME = 'serving_default'
 IMAGE_TENSOR = 'image_tensor'
@@ -198,7 +198,7 @@ def deployment_metadata(info: dataset_info_lib.DatasetInfo,
 
 def default_input_size() -> Tuple[int, int]:
   """The run's evaluation crop size (parse its operative config first)."""
-  return tuple(train_lib.ExperimentConfig().eval_crop_size)
+  return tuple(experiment.ExperimentConfig().eval_crop_size)
 
 
 class ExportedState(tf.Module):

@@ -27,7 +27,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from cmt_deeplab_tf.data import tfrecord_format
 from cmt_deeplab_tf.serving import export_lib
-from cmt_deeplab_tf.training import train_lib
+from cmt_deeplab_tf.training import experiment
 
 METADATA_NAME = 'cmt_deeplab_tf'
 NONE = 'none'
@@ -134,7 +134,7 @@ def export(model_dir: str, output_path: str, checkpoint: Optional[str] = None,
   network, metadata = export_lib.load_network(model_dir, checkpoint, input_size)
   images = None
   if quantize == FULL_INTEGER:
-    pattern = calibration_records or train_lib.ExperimentConfig().eval_file_pattern
+    pattern = calibration_records or experiment.ExperimentConfig().eval_file_pattern
     if not pattern:
       raise ValueError(f'--model_dir={model_dir} has no eval_file_pattern; pass '
                        '--calibration_records for full_integer quantisation.')

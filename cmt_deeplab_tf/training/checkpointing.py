@@ -137,6 +137,25 @@ def recover_latest(directory: str) -> Optional[str]:
   return good
 
 
+def checkpoint_step(directory: str) -> int:
+  """The global step of the latest checkpoint in `directory` (0 if none)."""
+  path = tf.train.latest_checkpoint(directory)
+  if not path:
+    return 0
+  return int(tf.train.load_checkpoint(path).get_tensor(
+      'global_step/.ATTRIBUTES/VARIABLE_VALUE'))
+
+
+def check_checkpoint_matches(checkpoint: tf.train.Checkpoint, path: str) -> None:
+  """Restores `path`, failing clearly if it was written by another architecture."""
+  try:
+    checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+    raise ValueError(
+        f'Checkpoint {path} does not match the configured model (was it written by '
+        f'another architecture or class count?): {str(e)[:500]}') from e
+
+
 def _remove(path: str) -> None:
   if tf.io.gfile.isdir(path):
     tf.io.gfile.rmtree(path)

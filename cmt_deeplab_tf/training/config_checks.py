@@ -15,7 +15,7 @@ def check_experiment(config) -> None:
   """Raises ValueError naming the first bad `ExperimentConfig` setting.
 
   Args:
-    config: a `train_lib.ExperimentConfig`.
+    config: an `experiment.ExperimentConfig`.
   """
   for name in ('train_batch_size', 'eval_batch_size', 'train_steps', 'steps_per_loop',
                'summary_interval', 'checkpoint_interval', 'eval_interval',

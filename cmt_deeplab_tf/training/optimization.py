@@ -26,7 +26,8 @@ NO_WEIGHT_DECAY = ['batch_normalization', 'sync_batch_normalization', 'bias', 'b
                    'gamma', 'LayerNorm', 'layer_norm']
 
 
-# train_lib sets the schedule's length from ExperimentConfig.train_steps.
+# `PanopticTask.build_optimizer_config` sets the schedule's length from
+# ExperimentConfig.train_steps.
 @gin.configurable(denylist=['train_steps'])
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:

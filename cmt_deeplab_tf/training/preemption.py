@@ -3,8 +3,8 @@
 TPU VMs, GCE and Kubernetes send SIGTERM some seconds before they stop a
 machine. `SigtermWatcher` turns the signal into a flag; the trainer checks it
 after every step, all workers agree on it (an all-reduce, so that they stop at
-the same step), and `train_lib` saves a checkpoint at that step and raises
-`Preempted`, a `SystemExit` with status 143 (128 + SIGTERM), so that a job
+the same step), and `run_until_preempted` saves a checkpoint at that step and
+raises `Preempted`, a `SystemExit` with status 143 (128 + SIGTERM), so that a job
 supervisor restarts the job. The restarted run restores that checkpoint and
 continues with the next step; with a seeded, deterministic input pipeline it
 also skips the batches already trained on (`pipeline.panoptic_dataset`'s
@@ -17,8 +17,10 @@ this checks at every step under any strategy.
 """
 import signal
 import threading
+from typing import Callable
 
 from absl import logging
+import tensorflow as tf
 
 EXIT_CODE = 128 + signal.SIGTERM
 
@@ -67,3 +69,28 @@ class SigtermWatcher:
     if self._installed:
       signal.signal(signal.SIGTERM, self._previous)
     return False
+
+
+def run_until_preempted(trainer, manager: tf.train.CheckpointManager,
+                        train_fn: Callable, *args):
+  """Runs `train_fn(*args)`; on SIGTERM checkpoints the current step and exits.
+
+  Args:
+    trainer: polls its `stop_requested()` after every step (`PanopticTrainer`).
+    manager: saves the checkpoint of the step training stopped at.
+    train_fn: e.g. `Controller.train`, with its `args`.
+
+  Raises:
+    Preempted: after the checkpoint of the step training stopped at.
+  """
+  with SigtermWatcher() as watcher:
+    trainer.stop_requested = watcher.requested
+    try:
+      return train_fn(*args)
+    except Preempted as stopped:
+      path = manager.save(checkpoint_number=stopped.step, check_interval=False)
+      logging.warning('Preempted at step %d: saved %s; a restart resumes from it.',
+                      stopped.step, path)
+      raise
+    finally:
+      trainer.stop_requested = lambda: False

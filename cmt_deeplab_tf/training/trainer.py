@@ -69,7 +69,7 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
 
     Args:
       strategy: the distribution strategy.
-      model: the Keras model, every variable created (`train_lib.create_all_variables`).
+      model: the Keras model, every variable created (`task.create_all_variables`).
       loss_fn: computes the named loss terms of a per-replica batch.
       optimizer_config: AdamW, schedule and backbone multiplier.
       post_processor: model outputs -> panoptic predictions (in graph).

@@ -11,7 +11,7 @@ import pytest
 from cmt_deeplab_tf import sweep as sweep_cli
 from cmt_deeplab_tf.analysis import sweep
 from cmt_deeplab_tf.analysis import sweep_runner
-from cmt_deeplab_tf.training import train_lib
+from cmt_deeplab_tf.training import experiment
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE_CALL = 'python -m cmt_deeplab_tf.sweep'
@@ -60,9 +60,9 @@ def _check_example(argv, cwd):
   for run in runs:
     gin.clear_config(clear_constants=True)
     command = sweep.train_command(run, settings)
-    train_lib.parse_gin([settings.base_gin], [c.split('=', 1)[1] for c in command
+    experiment.parse_gin([settings.base_gin], [c.split('=', 1)[1] for c in command
                                               if c.startswith('--gin_param=')])
-    config = train_lib.ExperimentConfig()
+    config = experiment.ExperimentConfig()
     assert glob.glob(config.train_file_pattern) == [
         str(cwd / 'demo_output' / 'tfrecords' / 'train-00000-of-00004.tfrecord')]
     assert glob.glob(config.eval_file_pattern) == [

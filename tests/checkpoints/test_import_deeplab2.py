@@ -12,6 +12,7 @@ from cmt_deeplab_tf import common
 from cmt_deeplab_tf import import_deeplab2
 from cmt_deeplab_tf.checkpoints import deeplab2
 from cmt_deeplab_tf.serving import export_lib
+from cmt_deeplab_tf.training import experiment
 from cmt_deeplab_tf.training import train_lib
 from tests.checkpoints import fixtures
 
@@ -27,7 +28,7 @@ def clear_gin():
 
 
 def _parse(*bindings):
-  train_lib.parse_gin([], list(bindings))
+  experiment.parse_gin([], list(bindings))
 
 
 def _max_deeplab_s_bindings(fixture_set):

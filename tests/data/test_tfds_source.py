@@ -114,7 +114,7 @@ def test_tfds_source_errors_name_the_setting(tmp_path):
 
 
 def test_tfds_source_is_selected_in_gin(synthetic_dir, tmp_path):
-  from cmt_deeplab_tf.training import train_lib  # pylint: disable=g-import-not-at-top
+  from cmt_deeplab_tf.training import experiment  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   try:
     gin.parse_config(f"""
@@ -122,12 +122,12 @@ def test_tfds_source_is_selected_in_gin(synthetic_dir, tmp_path):
         TfdsSource.name = 'coco/2017_panoptic'
         TfdsSource.data_dir = '{tmp_path}'
     """)
-    config = train_lib.ExperimentConfig()
+    config = experiment.ExperimentConfig()
     assert config.tfds_source == tfds_source.TfdsSource(data_dir=str(tmp_path))
     as_dataset, _ = _as_dataset_fn(synthetic_dir)
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-      assert train_lib.experiment_dataset_info(config) == COCO
+      assert experiment.experiment_dataset_info(config) == COCO
     with pytest.raises(ValueError, match='tfds_source and the file patterns are both set'):
-      train_lib.experiment_dataset_info(train_lib.ExperimentConfig(eval_file_pattern='x'))
+      experiment.experiment_dataset_info(experiment.ExperimentConfig(eval_file_pattern='x'))
   finally:
     gin.clear_config()

@@ -19,7 +19,7 @@ from cmt_deeplab_tf.modeling.layers import blocks
 from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
 from cmt_deeplab_tf.modeling.layers import conv_bn
 from cmt_deeplab_tf.modeling.layers import recompute
-from cmt_deeplab_tf.training import train_lib
+from cmt_deeplab_tf.training import task as task_lib
 
 MIRRORED_SCRIPT = os.path.join(os.path.dirname(__file__), 'recompute_mirrored_run.py')
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,7 +40,7 @@ def tiny_model(drop_path=True):
   for binding in DROP_PATH_BINDINGS if drop_path else ():
     gin.parse_config(binding)
   model = builder.build_model('tiny', NUM_CLASSES, NUM_CLUSTERS)
-  train_lib.create_all_variables(model, tf.distribute.get_strategy())
+  task_lib.create_all_variables(model, tf.distribute.get_strategy())
   # Zero-initialised last gammas would hide the residual branches (and their
   # drop-path masks) from the forward pass: make them count.
   for variable in model.trainable_variables:

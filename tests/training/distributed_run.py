@@ -55,10 +55,11 @@ def _strategy():
 def main(argv):
   del argv
   sys.path.insert(0, os.getcwd())
+  from cmt_deeplab_tf.training import experiment  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.training import train_lib  # pylint: disable=g-import-not-at-top
   strategy = _strategy()
   configure_tiny_run()
-  config = train_lib.ExperimentConfig(
+  config = experiment.ExperimentConfig(
       dataset_name='synthetic', train_file_pattern=os.path.join(FLAGS.records, 'train-*'),
       train_batch_size=FLAGS.global_batch_size, train_crop_size=(97, 97), max_num_masks=12,
       train_steps=FLAGS.steps, steps_per_loop=1, summary_interval=1,

@@ -31,6 +31,7 @@ def main(argv):
   sys.path.insert(0, os.getcwd())
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
+  from cmt_deeplab_tf.training import experiment
   from cmt_deeplab_tf.training import train_lib
   from cmt_deeplab_tf.training import trainer as trainer_lib
   for binding in ("build_model.name = 'tiny'", 'build_model.num_clusters = 8',
@@ -47,7 +48,7 @@ def main(argv):
         os.kill(os.getpid(), signal.SIGTERM)
       return loop_end(trainer)
     trainer_lib.PanopticTrainer.train_loop_end = train_loop_end
-  config = train_lib.ExperimentConfig(
+  config = experiment.ExperimentConfig(
       dataset_name='synthetic', train_file_pattern=os.path.join(FLAGS.records, 'train-*'),
       eval_file_pattern=os.path.join(FLAGS.records, 'val-*'), train_batch_size=2,
       eval_batch_size=2, train_crop_size=(65, 65), eval_crop_size=(97, 97),

@@ -26,6 +26,8 @@ from cmt_deeplab_tf.data import dataset_info
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.ops import post_processing
 from cmt_deeplab_tf.serving import export_lib
+from cmt_deeplab_tf.training import experiment
+from cmt_deeplab_tf.training import task as task_lib
 from cmt_deeplab_tf.training import train_lib
 from tests import run_dirs
 from tests.data import custom_set
@@ -96,7 +98,7 @@ def test_train_on_your_own_data(tmp_path):
   run_dirs.write_untrained_run(pretrained, '', 133, 8,
                                info=dataset_info.get_dataset_info('coco'))
   gin.parse_config(BINDINGS)
-  config = train_lib.ExperimentConfig(
+  config = experiment.ExperimentConfig(
       train_file_pattern=os.path.join(records, 'train-*'),
       eval_file_pattern=os.path.join(records, 'val-*'), train_batch_size=2,
       eval_batch_size=2, train_crop_size=(65, 65), eval_crop_size=(65, 65),
@@ -140,7 +142,7 @@ def test_train_on_your_own_data(tmp_path):
   # The class count is the run's: a data set with other classes is refused.
   gin.clear_config()
   gin.parse_config(BINDINGS)
-  other = train_lib.ExperimentConfig(
+  other = experiment.ExperimentConfig(
       dataset_name='synthetic', train_file_pattern=os.path.join(records, 'none-*'),
       train_steps=2)
   with pytest.raises(ValueError, match="trained for 'my_shapes' .*but the data are "
@@ -154,7 +156,7 @@ def test_eval_mode_predicts_what_predict_does(tfrecord_dir, synthetic_dir, tmp_p
   gin.parse_config(BINDINGS)
   tf_keras.utils.set_random_seed(0)
   model = builder.build_model(num_classes=8)
-  train_lib.create_all_variables(model, tf.distribute.get_strategy())
+  task_lib.create_all_variables(model, tf.distribute.get_strategy())
   checkpoint = tf.train.Checkpoint(model=model, global_step=tf.Variable(1, dtype=tf.int64))
   tf.train.CheckpointManager(checkpoint, model_dir, 1).save(checkpoint_number=1)
   # As training would: the post-processing bindings are operative when the config is
@@ -162,7 +164,7 @@ def test_eval_mode_predicts_what_predict_does(tfrecord_dir, synthetic_dir, tmp_p
   info = dataset_info.get_dataset_info('synthetic')
   post_processing.PostProcessor(info.is_thing, info.label_divisor)
   run_dir.record_training_config(model_dir, 0)
-  config = train_lib.ExperimentConfig(
+  config = experiment.ExperimentConfig(
       eval_file_pattern=os.path.join(tfrecord_dir, 'val-*'), eval_batch_size=2,
       eval_crop_size=(97, 97), max_num_masks=16)
   train_lib.run('eval', model_dir, tf.distribute.get_strategy(), config,

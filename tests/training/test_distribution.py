@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from cmt_deeplab_tf.modeling import builder
-from cmt_deeplab_tf.training import train_lib
+from cmt_deeplab_tf.training import task as task_lib
 from tests.training import distributed_run
 
 SCRIPT = os.path.join(os.path.dirname(__file__), 'distributed_run.py')
@@ -34,7 +34,7 @@ def init_checkpoint(tmp_path_factory):
   gin.clear_config()
   distributed_run.configure_tiny_run()
   model = builder.build_model(num_classes=8)
-  train_lib.create_all_variables(model, tf.distribute.get_strategy())
+  task_lib.create_all_variables(model, tf.distribute.get_strategy())
   path = tf.train.Checkpoint(model=model).write(
       str(tmp_path_factory.mktemp('init') / 'init'))
   gin.clear_config()

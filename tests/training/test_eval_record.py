@@ -9,7 +9,7 @@ import tensorflow as tf
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf.data import dataset_info as dataset_info_lib
 from cmt_deeplab_tf.evaluation import panoptic_evaluator
-from cmt_deeplab_tf.training import train_lib
+from cmt_deeplab_tf.training import eval_actions
 from cmt_deeplab_tf.training import trainer as trainer_lib
 from tests.evaluation import random_panoptic
 
@@ -42,7 +42,7 @@ def test_results_json_and_log_line_carry_the_interval(tmp_path, caplog):
   trainer, expected = _evaluated_trainer()
   trainer_lib.PanopticTrainer.eval_end(trainer)
   with caplog.at_level(logging.INFO):
-    train_lib.EvalRecorder(trainer, str(tmp_path), SYNTHETIC)({})
+    eval_actions.EvalRecorder(trainer, str(tmp_path), SYNTHETIC)({})
   with open(tmp_path / 'eval' / 'results-7.json') as f:
     results = json.load(f)
   assert (results['pq_ci_low'], results['pq_ci_high']) == (

@@ -7,7 +7,8 @@ import tf_keras
 
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf.modeling import builder
-from cmt_deeplab_tf.training import train_lib
+from cmt_deeplab_tf.training import init_checkpoint
+from cmt_deeplab_tf.training import task as task_lib
 from tests.checkpoints import fixtures
 
 STRATEGY = tf.distribute.get_strategy()
@@ -27,7 +28,7 @@ def _tiny(num_classes, seed):
   gin.bind_parameter('build_model.num_clusters', 4)
   tf_keras.utils.set_random_seed(seed)
   model = builder.build_model(num_classes=num_classes)
-  train_lib.create_all_variables(model, STRATEGY)
+  task_lib.create_all_variables(model, STRATEGY)
   return model
 
 
@@ -43,8 +44,9 @@ def test_native_fine_tuning_on_another_class_count(tmp_path):
   initial = {v.name: v.numpy() for v in model.variables}
   with pytest.raises(ValueError, match=r'predicts 3 classes, the model 5.*'
                                        r"all_but_class_head"):
-    train_lib.restore_init_checkpoint(model, path, 'all')
-  train_lib.restore_init_checkpoint(model, path, 'all_but_class_head')
+    init_checkpoint.restore_init_checkpoint(model, path, 'all')
+  init_checkpoint.restore_init_checkpoint(model, path, 'all_but_class_head',
+                                          build_model=lambda n: _tiny(n, seed=3))
   logits_layers = 0
   for theirs, ours in zip(source.variables, model.variables):
     if any(part in ours.name for part in CLASS_LOGITS):
@@ -61,9 +63,9 @@ def test_native_fine_tuning_on_another_class_count(tmp_path):
 def test_bad_format_and_modules_name_the_field():
   # Checked before the model or the checkpoint is looked at.
   with pytest.raises(ValueError, match='init_checkpoint_format'):
-    train_lib.restore_init_checkpoint(None, 'unused', 'all', 'pytorch')
+    init_checkpoint.restore_init_checkpoint(None, 'unused', 'all', 'pytorch')
   with pytest.raises(ValueError, match='init_checkpoint_modules'):
-    train_lib.restore_init_checkpoint(None, 'unused', 'heads')
+    init_checkpoint.restore_init_checkpoint(None, 'unused', 'heads')
 
 
 def test_deeplab2_format_initialises_the_backbone():
@@ -72,7 +74,7 @@ def test_deeplab2_format_initialises_the_backbone():
   backbone = builder.cmt_deeplab_r50(
       3, 4, width_multiplier=fixture_set.width).backbone
   backbone(tf.zeros([1, 33, 33, 3]))
-  train_lib.restore_init_checkpoint(
+  init_checkpoint.restore_init_checkpoint(
       backbone, fixture_set.checkpoint_path(fixtures.RESNET50), 'all',
       'deeplab2')
   image, reference = fixture_set.reference(fixtures.RESNET50)

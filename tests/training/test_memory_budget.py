@@ -10,7 +10,9 @@ import tf_keras
 from cmt_deeplab_tf.analysis import cost
 from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.training import experiment
 from cmt_deeplab_tf.training import optimization
+from cmt_deeplab_tf.training import task as task_lib
 from cmt_deeplab_tf.training import train_lib
 from cmt_deeplab_tf.training import trainer as trainer_lib
 from tests.training import test_train_lib
@@ -50,7 +52,7 @@ def _train(model, examples, micro_batch, accumulation, updates, **kwargs):
 @pytest.mark.slow
 def test_accumulated_micro_batches_update_as_one_large_batch():
   model = builder.build_model('tiny', NUM_CLASSES, NUM_CLUSTERS)
-  train_lib.create_all_variables(model, tf.distribute.get_strategy())
+  task_lib.create_all_variables(model, tf.distribute.get_strategy())
   # Batch norm in inference mode: the only thing that sees the batch split.
   for layer in model.submodules:
     if isinstance(layer, tf_keras.layers.BatchNormalization):
@@ -76,7 +78,7 @@ def test_accumulated_micro_batches_update_as_one_large_batch():
 
 def test_accumulation_must_divide_the_batch():
   with pytest.raises(ValueError, match='gradient_accumulation_steps=3 .*train_batch_size=8'):
-    train_lib.micro_batch_size(train_lib.ExperimentConfig(train_batch_size=8,
+    experiment.micro_batch_size(experiment.ExperimentConfig(train_batch_size=8,
                                                           gradient_accumulation_steps=3))
 
 
@@ -84,7 +86,7 @@ def test_float16_update_that_overflows_is_skipped_and_logged(caplog):
   tf_keras.mixed_precision.set_global_policy('mixed_float16')
   try:
     model = builder.build_model('tiny', NUM_CLASSES, NUM_CLUSTERS)
-    train_lib.create_all_variables(model, tf.distribute.get_strategy())
+    task_lib.create_all_variables(model, tf.distribute.get_strategy())
     initial = [v.numpy() for v in model.trainable_variables]
     # A loss scale of 2**40 overflows float16 (max 65504) in the backward pass.
     with caplog.at_level(logging.WARNING):

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from cmt_deeplab_tf import run_dir
+from cmt_deeplab_tf.training import experiment
 from cmt_deeplab_tf.training import train_lib
 
 
@@ -38,21 +39,21 @@ def _read(path):
 
 
 def test_a_new_model_dir_has_no_config_to_start_from(tmp_path):
-  train_lib.parse_gin([], ['ExperimentConfig.train_steps = 7'], str(tmp_path / 'new'))
-  assert train_lib.ExperimentConfig().train_steps == 7
+  experiment.parse_gin([], ['ExperimentConfig.train_steps = 7'], str(tmp_path / 'new'))
+  assert experiment.ExperimentConfig().train_steps == 7
   assert run_dir.training_config_path(str(tmp_path / 'new')) is None
 
 
 def _parse(model_dir, *params):
   gin.clear_config()
-  train_lib.parse_gin([], list(params), model_dir)
+  experiment.parse_gin([], list(params), model_dir)
 
 
 def test_eval_resume_and_continuous_eval_keep_the_record(tfrecord_dir, tmp_path, caplog):
   model_dir = str(tmp_path / 'run')
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   config_path = os.path.join(model_dir, run_dir.CONFIG_FILE)
-  train_lib.parse_gin([], _tiny_params(tfrecord_dir), model_dir)
+  experiment.parse_gin([], _tiny_params(tfrecord_dir), model_dir)
   train_lib.run('train', model_dir, strategy)
   training_config = _read(config_path)
   assert 'ExperimentConfig.train_steps = 2' in training_config

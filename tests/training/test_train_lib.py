@@ -14,8 +14,10 @@ import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf import config_files
+from cmt_deeplab_tf import run_dir
 from cmt_deeplab_tf.data import record_errors
 from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.training import experiment
 from cmt_deeplab_tf.training import optimization
 from cmt_deeplab_tf.training import train_lib
 from tests.data import corrupt_records
@@ -41,29 +43,29 @@ def _tiny_config(tfrecord_dir, **overrides):
                   steps_per_loop=2, summary_interval=2, checkpoint_interval=2,
                   eval_interval=4, seed=0)
   settings.update(overrides)
-  return train_lib.ExperimentConfig(**settings)
+  return experiment.ExperimentConfig(**settings)
 
 
 @pytest.mark.parametrize('name', config_files.config_names())
 def test_every_gin_config_parses_and_names_a_model(name):
-  train_lib.parse_gin([name], [])
+  experiment.parse_gin([name], [])
   if os.path.basename(name) != 'base.gin':  # Bases are included by the model configs.
     assert gin.query_parameter('build_model.name') in builder.MODELS
-  config = train_lib.ExperimentConfig()
+  config = experiment.ExperimentConfig()
   assert config.train_steps > 0 and config.dataset_name in ('coco', 'cityscapes', 'synthetic')
 
 
 def test_unknown_gin_binding_names_the_flag():
   with pytest.raises(ValueError, match=r"--gin_param='ExperimentConfig.no_such_setting = 1'"):
-    train_lib.parse_gin([], ['ExperimentConfig.no_such_setting = 1'])
+    experiment.parse_gin([], ['ExperimentConfig.no_such_setting = 1'])
   with pytest.raises(ValueError, match='--gin_param'):
-    train_lib.parse_gin([], ['NoSuchConfigurable.x = 1'])
+    experiment.parse_gin([], ['NoSuchConfigurable.x = 1'])
 
 
 def test_missing_gin_file_names_the_flag(tmp_path):
   with pytest.raises(ValueError,
                      match=r'--gin_file=.*nope\.gin is neither a file nor a shipped config'):
-    train_lib.parse_gin([str(tmp_path / 'nope.gin')], [])
+    experiment.parse_gin([str(tmp_path / 'nope.gin')], [])
 
 
 def test_unwritable_model_dir_names_the_flag(tmp_path):
@@ -89,7 +91,7 @@ def test_train_eval_resume_and_reject_another_architecture(tfrecord_dir, tmp_pat
   with open(os.path.join(model_dir, 'eval', 'results-4.json')) as f:
     results = json.load(f)
   assert results['step'] == 4 and 0.0 <= results['pq'] <= 100.0 and 'per_class' in results
-  assert 'build_model.name' in open(os.path.join(model_dir, train_lib.CONFIG_FILE)).read()
+  assert 'build_model.name' in open(os.path.join(model_dir, run_dir.CONFIG_FILE)).read()
   assert glob.glob(os.path.join(model_dir, 'train', 'events.*'))
   # Every trainable model variable (training-only heads included) was updated.
   names, frozen = _unchanged_model_variables(model_dir, 2, 4)
