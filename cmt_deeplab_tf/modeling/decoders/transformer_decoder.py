@@ -2,8 +2,9 @@
 
 The layers are placed after residual blocks of the pixel path (dual-path design of
 MaX-DeepLab [1]): each is keyed by a location string `block_location(path, stage,
-block)` and runs through `block_hook`, the `after_block` callback of the pixel
-decoder (or of MaX-S's backbone). The cluster centers start from a learnt
+block)`; the model's forward loop asks `layer_after(path, stage, block)` after
+every block of the pixel decoder (and of MaX-S's backbone) and runs the layer it
+gets (`cmt_deeplab.CMTDeepLab.forward`). The cluster centers start from a learnt
 embedding (MaX-DeepLab's memory, truncated normal, std 1) and flow through the
 layers in order, together with the assignment logits of the CMT residual path
 [2].
@@ -20,7 +21,6 @@ import tf_keras
 from cmt_deeplab_tf.modeling import gin_checks
 from cmt_deeplab_tf.modeling.decoders import pixel_decoder
 from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
-from cmt_deeplab_tf.modeling.layers import recompute as recompute_lib
 
 DECODER = 'decoder'
 BACKBONE = 'backbone'
@@ -43,15 +43,6 @@ def decoder_block_strides(num_blocks, stages=None):
   stages = range(len(num_blocks)) if stages is None else stages
   return [pixel_decoder.STRIDES[stage]
           for stage in stages for _ in range(num_blocks[stage])]
-
-
-class TransformerState:
-  """The centers, last assignment and per-layer outputs of one forward pass."""
-
-  def __init__(self, centers):
-    self.centers = centers
-    self.assignment = None
-    self.layer_outputs = []
 
 
 # Set by `cmt_deeplab.build_network` (one place per knob): binding them is a
@@ -133,6 +124,7 @@ class TransformerDecoder(tf_keras.layers.Layer):
     self.num_clusters = num_clusters
     self.center_channels = center_channels
     self.locations = locations
+    self._strides = dict(zip(locations, location_strides))
     self.recompute = recompute
     switches = {}
     if dual_path:
@@ -176,23 +168,10 @@ class TransformerDecoder(tf_keras.layers.Layer):
     centers = tf.cast(self._initial_centers, self.compute_dtype)
     return tf.tile(centers[tf.newaxis], [batch_size, 1, 1])
 
-  def block_hook(self, path, state, training=None, return_maps=False):
-    """Returns an `after_block(stage, block, pixels)` callback for `path`.
+  def layer_after(self, path, stage, block):
+    """The layer after block `block` of stage `stage` of `path`, or None."""
+    return self.transformer_layers.get(block_location(path, stage, block))
 
-    The callback runs the layer at that location, if any, on the block's
-    unactivated output and `state.centers`, updates `state` and returns the
-    updated (still unactivated) pixels.
-    """
-    def after_block(stage, block, pixels):
-      layer = self.transformer_layers.get(block_location(path, stage, block))
-      if layer is None:
-        return pixels
-      outputs = recompute_lib.recompute(
-          lambda p, c, a: layer(p, c, a, training=training, return_maps=return_maps),
-          [pixels, state.centers, state.assignment],
-          enabled=self.recompute and training is True, layer=layer)
-      state.centers = outputs[ct.CENTERS]
-      state.assignment = outputs.get(ct.ASSIGNMENT_LOGITS, state.assignment)
-      state.layer_outputs.append(outputs)
-      return outputs[ct.PIXELS]
-    return after_block
+  def stride_of(self, layer):
+    """The pixel stride of the features `layer` runs on."""
+    return self._strides[layer.name]
