@@ -19,7 +19,7 @@ from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
-from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
+from cmt_deeplab_tf.modeling.layers import cmt_implementations
 from cmt_deeplab_tf.ops import post_processing
 from cmt_deeplab_tf.training import optimization
 from cmt_deeplab_tf.training import train_lib
@@ -54,6 +54,14 @@ def _layer_switch(parameter, value):
     assert layers and all(layer.get_config()[parameter] == value
                           for layer in layers)
   return f'ClusteringTransformerLayer.{parameter}', value, check
+
+
+def _decoder_implementation(value):
+  def check():  # Every CMT layer of the built tiny model computes with it.
+    layers = _tiny_transformer_layers()
+    assert layers and all(layer.get_config()['implementation'] == value
+                          for layer in layers)
+  return 'TransformerDecoder.implementation', value, check
 
 
 def _build_model(parameter, value, check_model):
@@ -142,7 +150,7 @@ _CHECKS = [
     _layer_switch('pixel_update_from_assignment', False),
     _layer_switch('reference_mask', None),
     _layer_switch('use_coordinate_features', False),
-    _layer_switch('implementation', ct.PLAIN),
+    _decoder_implementation(cmt_implementations.PLAIN),
     _build_model('name', 'tiny', lambda model: model.name == 'tiny'),
     _build_model('num_clusters', 3,
                  lambda model: model.transformer.num_clusters == 3),

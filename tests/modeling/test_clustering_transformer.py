@@ -7,6 +7,7 @@ import tf_keras
 
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
 from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
+from cmt_deeplab_tf.modeling.layers import cmt_implementations
 from tests.modeling import cmt_test_utils
 
 BN_SCALE = 1.0 / np.sqrt(1.0 + 1e-3)  # A fresh BN at inference, before gamma.
@@ -204,11 +205,11 @@ def _max_attention(attention_layer, query, key, value, num_heads):
   return np.maximum(_norm(attention_layer._value_norm, output), 0.0)
 
 
-@pytest.mark.parametrize('implementation', [ct.PLAIN, ct.FUSED])
+@pytest.mark.parametrize('implementation', list(cmt_implementations.NAMES))
 def test_dual_path_switches_compute_max_deeplab_dual_path_layer(
     implementation):
   """NumPy re-derivation of DeepLab2's DualPathTransformerLayer (inference)."""
-  layer = _layer(**ct.DUAL_PATH_SWITCHES, implementation=implementation)
+  layer = _layer(**ct.DUAL_PATH_SWITCHES, implementation=cmt_implementations.get(implementation))
   pixels, centers = _inputs(seed=3, activated=False)
   outputs = layer(pixels, centers, training=False)
   heads = SMALL['num_heads']
@@ -268,14 +269,14 @@ def _softmax(x, axis):
   return e / e.sum(axis=axis, keepdims=True)
 
 
-@pytest.mark.parametrize('implementation', [ct.PLAIN, ct.FUSED])
+@pytest.mark.parametrize('implementation', list(cmt_implementations.NAMES))
 def test_cmt_layer_matches_a_numpy_derivation_with_centers_as_queries(
     implementation):
   """Inference of the default CMT layer, re-derived in NumPy the way the paper
   states it (centers query the pixels; the assignment is a softmax over the
   center axis; non-separable Gaussian prior), with non-trivial batch-norm
   statistics, for both implementations."""
-  layer = _layer(implementation=implementation)
+  layer = _layer(implementation=cmt_implementations.get(implementation))
   _randomize_norm_statistics(layer)
   pixels, centers = _inputs(seed=5, activated=False)
   previous = tf.random.stateless_normal([2, 7, 9, NUM_CENTERS], [7, 8])

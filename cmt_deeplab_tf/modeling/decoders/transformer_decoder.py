@@ -21,6 +21,7 @@ import tf_keras
 from cmt_deeplab_tf.modeling import gin_checks
 from cmt_deeplab_tf.modeling.decoders import pixel_decoder
 from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
+from cmt_deeplab_tf.modeling.layers import cmt_implementations
 
 DECODER = 'decoder'
 BACKBONE = 'backbone'
@@ -71,6 +72,7 @@ class TransformerDecoder(tf_keras.layers.Layer):
                learn_initial_centers=True,
                drop_path_rate=0.0,
                recompute=False,
+               implementation=cmt_implementations.FUSED,
                name='transformer'):
     """Initializes the stack.
 
@@ -104,11 +106,14 @@ class TransformerDecoder(tf_keras.layers.Layer):
       recompute: Recompute each CMT / dual-path layer in the backward pass of
         training instead of keeping its activations (DeepLab2
         `transformer_use_recompute_grad`; see `recompute`).
+      implementation: The name of the layers' implementation in
+        `cmt_implementations`: 'fused' (the fast one) or 'plain' (the
+        equations as written); same variables, same outputs.
       name: The layer name.
 
     Raises:
-      ValueError: On empty or repeated locations or a non-positive
-        `num_clusters`.
+      ValueError: On empty or repeated locations, a non-positive
+        `num_clusters` or an unknown `implementation`.
     """
     locations = list(locations)
     if not locations or len(set(locations)) != len(locations):
@@ -147,7 +152,9 @@ class TransformerDecoder(tf_keras.layers.Layer):
             filters=layer_filters(stride), center_channels=center_channels,
             num_heads=layer_heads(stride),
             feed_forward_channels=feed_forward_channels,
-            drop_path_rate=drop_path_rate, name=location, **switches)
+            drop_path_rate=drop_path_rate,
+            implementation=cmt_implementations.get(implementation),
+            name=location, **switches)
         for location, stride in zip(locations, location_strides)}
     self._initial_centers = None
     if learn_initial_centers:

@@ -41,10 +41,11 @@ assignment's softmax over clusters is "the same normalisation as the final
 mask prediction"; the pixel update is its "frequent pixel update"
 (supplement Sec. 2).
 
-`implementation=FUSED` (the default) computes the same with the same variables
-faster (`fast_path`: the assignment held as pixels querying centers, folded
-inference batch norms, the separable prior); `implementation=PLAIN` runs the
-equations above as written.
+The layer computes with the classes and functions of an `Implementation`:
+`PLAIN_IMPLEMENTATION` (the default here) runs the equations above as written;
+a faster set with the same variables (`fast_path`) is chosen from outside, by
+name, through `cmt_implementations` (the models use `TransformerDecoder.
+implementation`), so this module does not know it.
 
 Every mechanism is a switch. With `use_clustering_update`,
 `use_assignment_residual`, `pixel_update_from_assignment`,
@@ -61,13 +62,15 @@ Widths follow DeepLab2: bottleneck = 2 * filters, keys = filters, values =
 [2] MaX-DeepLab: End-to-End Panoptic Segmentation with Mask Transformers,
     Wang et al., CVPR 2021.
 """
+import dataclasses
+from typing import Callable
+
 import gin
 import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf.modeling.layers import attention
 from cmt_deeplab_tf.modeling.layers import drop_path
-from cmt_deeplab_tf.modeling.layers import fast_path
 from cmt_deeplab_tf.modeling.layers import linear_bn
 from cmt_deeplab_tf.modeling.layers import reference_mask as reference_mask_lib
 from cmt_deeplab_tf.modeling.layers import resize
@@ -92,8 +95,6 @@ DUAL_PATH_SWITCHES = dict(
     use_coordinate_features=False)
 
 _REFERENCE_MASKS = (None, reference_mask_lib.GAUSSIAN)
-PLAIN = fast_path.PLAIN
-FUSED = fast_path.FUSED
 
 
 def _flatten_pixels(pixels):
@@ -114,7 +115,7 @@ class Assignment:
   """The pixel-cluster assignment A [B, heads, N, HW], as the paper writes it.
 
   The centers query the pixels and the softmax runs over the queries, the N
-  clusters (S3, S4). `fast_path.PixelsQueryCenters` is its transpose, with the
+  clusters (S3, S4). A faster implementation may hold its transpose, with the
   same interface. The clustering attention is built with `SOFTMAX_OVER`.
   """
 
@@ -159,6 +160,34 @@ class Assignment:
                                     training=training, transpose_weights=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+  """The classes and functions a CMT layer computes with.
+
+  Every implementation computes the same outputs with the same variables
+  (names and shapes), so they are interchangeable on one checkpoint.
+
+  Attributes:
+    name: Its name in `cmt_implementations`.
+    linear_bn: A `linear_bn.LinearBN` class (a list of inputs is projected as
+      their concatenation).
+    attention: An `attention.MultiHeadAttention` class.
+    assignment: A class with `Assignment`'s interface.
+    log_reference_prior: `reference_mask.log_reference_prior` or a function
+      computing the same.
+  """
+  name: str
+  linear_bn: type
+  attention: type
+  assignment: type
+  log_reference_prior: Callable
+
+
+PLAIN_IMPLEMENTATION = Implementation(
+    'plain', linear_bn.LinearBN, attention.MultiHeadAttention, Assignment,
+    reference_mask_lib.log_reference_prior)
+
+
 # Set by `TransformerDecoder` from its own arguments (one place per knob):
 # binding them here is an error at parse time.
 _SET_BY_THE_DECODER = ('filters', 'center_channels', 'num_heads',
@@ -183,7 +212,7 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
                reference_mask=reference_mask_lib.GAUSSIAN,
                use_coordinate_features=True,
                drop_path_rate=0.0,
-               implementation=FUSED,
+               implementation=PLAIN_IMPLEMENTATION,
                name=None):
     """Initializes the layer.
 
@@ -211,8 +240,8 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
       use_coordinate_features: Concatenate (y, x) coordinates to the pixel
         features before their projection (coordinate convolution).
       drop_path_rate: Drop-path rate of every residual branch.
-      implementation: `PLAIN` (the equations as written) or `FUSED` (the same
-        computation with the same variables, faster; see `fast_path`).
+      implementation: The `Implementation` to compute with (see
+        `cmt_implementations`).
       name: The layer name.
 
     Raises:
@@ -227,9 +256,9 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     if reference_mask not in _REFERENCE_MASKS:
       raise ValueError(f'reference_mask must be one of {_REFERENCE_MASKS}, '
                        f'got {reference_mask!r}.')
-    if implementation not in fast_path.IMPLEMENTATIONS:
-      raise ValueError(f'implementation must be one of '
-                       f'{fast_path.IMPLEMENTATIONS}, got {implementation!r}.')
+    if not isinstance(implementation, Implementation):
+      raise ValueError('implementation must be an Implementation (see '
+                       f'cmt_implementations), got {implementation!r}.')
     if filters % num_heads:
       raise ValueError(f'filters ({filters}) must be divisible by num_heads '
                        f'({num_heads}).')
@@ -245,7 +274,7 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
         pixel_update_from_assignment=pixel_update_from_assignment,
         reference_mask=reference_mask,
         use_coordinate_features=use_coordinate_features,
-        drop_path_rate=drop_path_rate, implementation=implementation)
+        drop_path_rate=drop_path_rate, implementation=implementation.name)
     self._filters = filters
     self._center_channels = center_channels
     self._num_heads = num_heads
@@ -259,13 +288,7 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     self._reference_mask = reference_mask
     self._use_coordinates = use_coordinate_features
     self._drop_path_rate = drop_path_rate
-    self._fused = implementation == FUSED
-    self._linear_bn_class = (fast_path.FusedLinearBN if self._fused else
-                             linear_bn.LinearBN)
-    self._attention_class = (fast_path.FusedMultiHeadAttention if self._fused
-                             else attention.MultiHeadAttention)
-    self._assignment_class = (fast_path.PixelsQueryCenters if self._fused else
-                              Assignment)
+    self._implementation = implementation
 
   def get_config(self):
     """The constructor arguments (Keras serialisation; what gin bound)."""
@@ -282,7 +305,7 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     std = (2 * self._filters) ** -0.5
     initializer = (tf_keras.initializers.TruncatedNormal(stddev=std)
                    if not use_relu else 'he_normal')
-    return self._linear_bn_class(units, use_relu=use_relu,
+    return self._implementation.linear_bn(units, use_relu=use_relu,
                                  gamma_initializer=gamma,
                                  kernel_initializer=initializer, name=name)
 
@@ -312,15 +335,15 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
                          if pixel_attention_by_query else None)
     self._clustering = None
     if self.computes_assignment:
-      self._clustering = self._attention_class(
-          self._num_heads, self._assignment_class.SOFTMAX_OVER,
+      self._clustering = self._implementation.attention(
+          self._num_heads, self._implementation.assignment.SOFTMAX_OVER,
           name='clustering')
     self._clustering_out = (
         self._projection(center_channels, 'clustering_conv3_bn', gamma='zeros')
         if self._use_clustering_update else None)
     self._center_attention = None
     if self._use_cross_attention or self._use_self_attention:
-      self._center_attention = self._attention_class(
+      self._center_attention = self._implementation.attention(
           self._num_heads, attention.SOFTMAX_OVER_KEYS, name='center_attention')
       self._center_attention_out = self._projection(
           center_channels, 'center_conv3_bn', gamma='zeros')
@@ -332,7 +355,7 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
           self._projection(center_channels, 'ffn_conv2_bn', gamma='zeros')]
     self._pixel_attention = None
     if self._update_pixels:
-      self._pixel_attention = self._attention_class(
+      self._pixel_attention = self._implementation.attention(
           self._num_heads, attention.SOFTMAX_OVER_KEYS, name='pixel_attention')
       self._pixel_out = self._projection(pixel_channels, 'pixel_conv3_bn',
                                          gamma='zeros')
@@ -344,14 +367,15 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     super().build(input_shape)
 
   def _pixel_inputs(self, pixels):
-    """(S1) [B, HW, Cp (+ 2)]: relu(pixels) with their coordinates."""
+    """(S1) [[B, HW, Cp], [B, HW, 2]]: relu(pixels) and their coordinates.
+
+    The projection reads the list as its concatenation [B, HW, Cp (+ 2)].
+    """
     flat = [_flatten_pixels(tf.nn.relu(pixels))]
     if self._use_coordinates:
       flat.append(_flatten_pixels(
           reference_mask_lib.coordinate_features(pixels)))
-    if self._fused:  # Projected as if concatenated (see `fast_path`).
-      return flat
-    return tf.concat(flat, axis=-1)
+    return flat
 
   def _assignment_bias(self, centers, previous_assignment, height, width):
     """Residual logits L_prev + log reference prior (S2, S3), [B, H, W, N].
@@ -366,9 +390,8 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     if self._reference is not None:
       parameters = self._reference(centers)
       outputs[REFERENCE_PARAMETERS] = parameters
-      log_prior = (fast_path.separable_log_reference_prior if self._fused else
-                   reference_mask_lib.log_reference_prior)
-      prior = log_prior(parameters, height, width)  # (S2)
+      prior = self._implementation.log_reference_prior(  # (S2)
+          parameters, height, width)
       bias = prior if bias is None else bias + prior
     return bias, outputs
 
@@ -413,7 +436,7 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
       bias, reference_outputs = self._assignment_bias(
           centers, previous_assignment, height, width)
       outputs.update(reference_outputs)
-      assignment = self._assignment_class(  # (S3), (S4)
+      assignment = self._implementation.assignment(  # (S3), (S4)
           self._clustering, center_query, pixel_key, bias, training)
       outputs[ASSIGNMENT_LOGITS] = assignment.logits_map(height, width)
       if return_maps:
