@@ -143,8 +143,7 @@ def _dataset(parameter, value):
 
 
 _CHECKS = [
-    _layer_switch('use_clustering_update', False),
-    _layer_switch('use_cross_attention_update', False),
+    _layer_switch('center_update', 'attention'),
     _layer_switch('use_assignment_residual', False),
     _layer_switch('update_pixels', False),
     _layer_switch('pixel_update_from_assignment', False),
@@ -272,12 +271,12 @@ def test_a_cmt_switch_bound_for_max_deeplab_is_an_error_naming_it():
   gin.bind_parameter('ClusteringTransformerLayer.update_pixels', False)
   with pytest.raises(ValueError,
                      match='ClusteringTransformerLayer.update_pixels'):
-    transformer_decoder.TransformerDecoder(['decoder_stage0_block0'],
-                                           dual_path=True)
+    transformer_decoder.TransformerDecoder(transformer_decoder.DecoderOptions(
+        ['decoder_stage0_block0'], dual_path=True))
   # A binding to the value the dual-path layer sets anyway is honoured.
   gin.bind_parameter('ClusteringTransformerLayer.update_pixels', True)
-  transformer_decoder.TransformerDecoder(['decoder_stage0_block0'],
-                                         dual_path=True)
+  transformer_decoder.TransformerDecoder(transformer_decoder.DecoderOptions(
+      ['decoder_stage0_block0'], dual_path=True))
 
 
 def test_a_backbone_binding_the_tiny_model_overrides_is_an_error():

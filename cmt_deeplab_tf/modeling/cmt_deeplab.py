@@ -252,12 +252,15 @@ def build_network(backbone, num_classes, num_clusters, decoder_blocks,
   decoder = pixel_decoder_lib.PixelDecoder(
       num_blocks=decoder_blocks, width_multiplier=width_multiplier)
   transformer = transformer_decoder.TransformerDecoder(
-      transformer_locations, location_strides, num_clusters=num_clusters,
-      center_channels=width(256, memory_channels),
-      filters=width(128, transformer_filters), num_heads=num_heads,
-      feed_forward_channels=width(2048, feed_forward_channels),
-      dual_path=dual_path,
-      learn_initial_centers=learn_initial_centers)
+      transformer_decoder.DecoderOptions(
+          locations=tuple(transformer_locations),
+          location_strides=(None if location_strides is None else
+                            tuple(location_strides)),
+          num_clusters=num_clusters,
+          center_channels=width(256, memory_channels),
+          filters=width(128, transformer_filters), num_heads=num_heads,
+          feed_forward_channels=width(2048, feed_forward_channels),
+          dual_path=dual_path, learn_initial_centers=learn_initial_centers))
   heads = mask_transformer_heads.MaskTransformerHeads(
       num_classes, embedding_channels=width(128), head_channels=width(256),
       center_feature_channels=width(256, head_feature_channels))

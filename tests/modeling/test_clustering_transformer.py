@@ -26,10 +26,12 @@ def _inputs(height=7, width=9, channels=10, seed=0, activated=True):
   return tf.constant(pixels, tf.float32), tf.constant(centers, tf.float32)
 
 
-def _layer(**switches):
+def _layer(implementation=cmt_implementations.PLAIN, **switches):
   """A built layer whose residual branches are active (gamma = 1)."""
   tf_keras.utils.set_random_seed(0)
-  layer = ct.ClusteringTransformerLayer(**{**SMALL, **switches}, name='cmt')
+  layer = ct.ClusteringTransformerLayer(
+      ct.LayerOptions(**{**SMALL, **switches}),
+      cmt_implementations.get(implementation), name='cmt')
   pixels, centers = _inputs()
   layer(pixels, centers)
   cmt_test_utils.activate_residual_branches(layer)
@@ -62,8 +64,8 @@ def test_output_shapes_with_a_coarser_previous_assignment():
 
 
 @pytest.mark.parametrize('switch,value', [
-    ('use_clustering_update', False),
-    ('use_cross_attention_update', False),
+    ('center_update', ct.ATTENTION),    # No clustering update.
+    ('center_update', ct.CLUSTERING),   # No cross-attention update.
     ('use_center_self_attention', False),
     ('use_assignment_residual', False),
     ('update_pixels', False),
@@ -151,14 +153,15 @@ def test_cross_attention_alone_normalises_over_pixels():
 
 
 @pytest.mark.parametrize('kwargs', [
-    dict(use_clustering_update=False, use_cross_attention_update=False,
-         use_center_self_attention=False),
+    dict(center_update='kmeans'),
+    dict(center_update='attention+attention'),
+    dict(center_update=''),
     dict(reference_mask='box'),
     dict(filters=10, num_heads=4),
 ])
 def test_bad_arguments_raise(kwargs):
   with pytest.raises(ValueError):
-    ct.ClusteringTransformerLayer(**kwargs)
+    ct.LayerOptions(**kwargs)
 
 
 def _norm(norm, x, axis=-1):
@@ -209,7 +212,7 @@ def _max_attention(attention_layer, query, key, value, num_heads):
 def test_dual_path_switches_compute_max_deeplab_dual_path_layer(
     implementation):
   """NumPy re-derivation of DeepLab2's DualPathTransformerLayer (inference)."""
-  layer = _layer(**ct.DUAL_PATH_SWITCHES, implementation=cmt_implementations.get(implementation))
+  layer = _layer(**ct.DUAL_PATH_SWITCHES, implementation=implementation)
   pixels, centers = _inputs(seed=3, activated=False)
   outputs = layer(pixels, centers, training=False)
   heads = SMALL['num_heads']
@@ -244,8 +247,9 @@ def test_gin_sweeps_reach_the_layers_of_a_model():
   gin.parse_config('ClusteringTransformerLayer.update_pixels = False')
   try:
     transformer = transformer_decoder.TransformerDecoder(
-        ['decoder_stage0_block0'], num_clusters=3, center_channels=12,
-        filters=8, num_heads=2, feed_forward_channels=16)
+        transformer_decoder.DecoderOptions(
+            ['decoder_stage0_block0'], num_clusters=3, center_channels=12,
+            filters=8, num_heads=2, feed_forward_channels=16))
   finally:
     gin.clear_config()
   layer = transformer.transformer_layers['decoder_stage0_block0']
@@ -276,7 +280,7 @@ def test_cmt_layer_matches_a_numpy_derivation_with_centers_as_queries(
   states it (centers query the pixels; the assignment is a softmax over the
   center axis; non-separable Gaussian prior), with non-trivial batch-norm
   statistics, for both implementations."""
-  layer = _layer(implementation=cmt_implementations.get(implementation))
+  layer = _layer(implementation=implementation)
   _randomize_norm_statistics(layer)
   pixels, centers = _inputs(seed=5, activated=False)
   previous = tf.random.stateless_normal([2, 7, 9, NUM_CENTERS], [7, 8])

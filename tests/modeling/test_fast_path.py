@@ -77,7 +77,8 @@ def _pair(switches, build_training):
   layers = {}
   for implementation in cmt_implementations.NAMES:
     layers[implementation] = ct.ClusteringTransformerLayer(
-        **SMALL, **switches, implementation=cmt_implementations.get(implementation), name='cmt')
+        ct.LayerOptions(**SMALL, **switches),
+        cmt_implementations.get(implementation), name='cmt')
     layer = layers[implementation]
     layer(pixels, tf.cast(centers, layer.compute_dtype), previous,
           training=build_training)
@@ -149,7 +150,8 @@ def test_variables_do_not_depend_on_the_implementation_or_build_mode():
   for implementation in cmt_implementations.NAMES:
     for training in (True, False):
       layer = ct.ClusteringTransformerLayer(
-          **SMALL, implementation=cmt_implementations.get(implementation), name='cmt')
+          ct.LayerOptions(**SMALL), cmt_implementations.get(implementation),
+          name='cmt')
       layer(pixels, centers, previous, training=training)
       layouts.append((
           sorted((v.name, tuple(v.shape)) for v in layer.weights),
@@ -162,7 +164,7 @@ def test_unknown_implementation_raises():
   with pytest.raises(ValueError, match="'fast'.*'plain', 'fused'"):
     cmt_implementations.get('fast')
   with pytest.raises(ValueError, match='implementation'):  # A name, unresolved.
-    ct.ClusteringTransformerLayer(**SMALL, implementation='fused')
+    ct.ClusteringTransformerLayer(ct.LayerOptions(**SMALL), 'fused')
 
 
 def test_the_plain_layer_does_not_import_the_fast_path():
