@@ -17,6 +17,7 @@ from cmt_deeplab_tf import config_files
 from cmt_deeplab_tf.data import augment
 from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.modeling import recompute_policy
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
 from cmt_deeplab_tf.modeling.layers import cmt_implementations
@@ -79,14 +80,6 @@ def _backbone_activation(value):
         endpoints[axial_resnet.RES3],
         tf.nn.gelu(endpoints[axial_resnet.STAGE3], approximate=False), atol=1e-6)
   return 'AxialResNet.activation', value, check
-
-
-def _recompute(configurable, model_name='tiny'):
-  def check():  # Every such layer of the model.
-    model = builder.build_model(model_name, num_classes=3, num_clusters=4)
-    switched = [m for m in model.submodules if type(m).__name__ == configurable]
-    assert switched and all(m.recompute is True for m in switched)
-  return f'{configurable}.recompute', True, check
 
 
 def _loss_recompute():
@@ -172,12 +165,8 @@ _CHECKS = [
     _experiment('init_checkpoint_format', 'deeplab2'),
     _experiment('init_checkpoint_modules', 'backbone'),
     _backbone_activation('gelu'),
-    _recompute('AxialBlock'),
-    _recompute('BottleneckBlock'),
-    _recompute('TransformerDecoder'),
-    _recompute('InceptionStem'),
-    _recompute('ResNetStem', 'cmt_deeplab_r50'),
-    _recompute('MaskTransformerHeads'),
+    _build_model('recompute', 'all', lambda model: model.recompute_parts == set(
+        recompute_policy.KINDS)),
     _loss_recompute(),
     _optimizer('learning_rate', 0.125),
     _optimizer('warmup_steps', 3),
@@ -249,6 +238,9 @@ def test_shuffle_buffer_size_binding_reaches_the_training_pipeline(
     'PixelDecoder.num_blocks = (1, 1, 1)',
     'PixelDecoder.width_multiplier = 0.5',
     'MaskTransformerHeads.embedding_channels = 64',
+    'TransformerDecoder.recompute = True',  # One policy: build_model.recompute.
+    'AxialBlock.recompute = True',
+    'BottleneckBlock.recompute = True',
     'ClassHead.feature_channels = 64',
     'AxialResNet.num_blocks = (1, 1, 1, 1)',
     'AxialResNet.width_multiplier = 0.5',

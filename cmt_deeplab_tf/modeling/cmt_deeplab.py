@@ -18,7 +18,9 @@ the assignment logits:
 Each layer's outputs (centers for deep supervision, reference masks,
 visualisation maps) are collected in a list in that loop. The loop runs each
 part within its name scope, so the variables keep the names they get when the
-backbone or the decoder runs alone.
+backbone or the decoder runs alone. The memory policy `recompute_parts` (set by
+`builder.build_model(recompute=...)`, kinds of `recompute_policy`) says which
+parts the backward pass of training recomputes; the loop applies it.
 
 Attributes `backbone`, `pixel_decoder`, `transformer`, `heads` and the
 training-only `semantic_head` split the parameters as the paper counts them.
@@ -32,6 +34,7 @@ import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf import common
+from cmt_deeplab_tf.modeling import recompute_policy
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.decoders import pixel_decoder as pixel_decoder_lib
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
@@ -65,6 +68,9 @@ class CMTDeepLab(tf_keras.Model):
       name: The model name.
     """
     super().__init__(name=name)
+    # Part kinds (`recompute_policy`) recomputed in the backward pass of
+    # training; read when a step is traced. `builder.set_recompute` sets it.
+    self.recompute_parts = frozenset()
     self.backbone = backbone
     self.pixel_decoder = pixel_decoder
     self.transformer = transformer
@@ -125,11 +131,15 @@ class CMTDeepLab(tf_keras.Model):
     backbone, decoder = self.backbone, self.pixel_decoder
 
     with tf.name_scope(backbone.name):  # Stem, stages 2-5 (endpoints RES2..5).
-      features = backbone.stem(images, training=training)
+      features = self._run(recompute_policy.STEM, backbone.stem, images,
+                           training)
       endpoints = {}
       for stage_index, stage in enumerate(backbone.stages):
+        kind = recompute_policy.backbone_stage(axial_resnet.FIRST_STAGE +
+                                               stage_index)
         for block_index, block in enumerate(stage):
-          pixels = block(features, training=training, activate_output=False)
+          pixels = self._run(kind, block, features, training,
+                             activate_output=False)
           layer = self.transformer.layer_after(transformer_decoder.BACKBONE,
                                                stage_index, block_index)
           if layer is not None:  # MaX-S's stage-5 dual-path layers.
@@ -147,8 +157,11 @@ class CMTDeepLab(tf_keras.Model):
       for stage_index, stage in enumerate(decoder.stages):
         features = decoder.enter_stage(stage_index, features, pixels,
                                        endpoints, training=training)
+        kind = recompute_policy.pixel_decoder_stage(
+            pixel_decoder_lib.STRIDES[stage_index])
         for block_index, block in enumerate(stage):
-          pixels = block(features, training=training, activate_output=False)
+          pixels = self._run(kind, block, features, training,
+                             activate_output=False)
           layer = self.transformer.layer_after(transformer_decoder.DECODER,
                                                stage_index, block_index)
           if layer is not None:
@@ -173,27 +186,41 @@ class CMTDeepLab(tf_keras.Model):
       The updated (unactivated) pixels, the centers and the assignment logits
       (the previous ones if the layer computes none).
     """
-    outputs = recompute_lib.recompute(
-        lambda p, c, a: layer(p, c, a, training=training,
-                              return_maps=return_maps),
-        [pixels, centers, assignment],
-        enabled=self.transformer.recompute and training is True, layer=layer)
+    outputs = self._run(
+        recompute_policy.transformer(self.transformer.stride_of(layer)),
+        layer, [pixels, centers, assignment], training,
+        return_maps=return_maps)
     layer_outputs.append(outputs)
     return (outputs[ct.PIXELS], outputs[ct.CENTERS],
             outputs.get(ct.ASSIGNMENT_LOGITS, assignment))
 
+  def _run(self, kind, layer, inputs, training, **kwargs):
+    """layer(*inputs, training=training, **kwargs), recomputed in the backward
+    pass of training if the memory policy lists `kind`."""
+    inputs = inputs if isinstance(inputs, list) else [inputs]
+    return recompute_lib.recompute(
+        lambda *x: layer(*x, training=training, **kwargs), inputs,
+        enabled=training is True and kind in self.recompute_parts,
+        layer=layer)
+
   def _predict(self, features, centers, layer_outputs, training):
     """Heads on the final and on every intermediate layer's centers."""
-    embeddings = self.heads.embed_pixels(features, training=training)
-    outputs = self.heads(embeddings, centers, training=training)
+    heads = self.heads
+    embeddings = self._run(recompute_policy.HEADS, heads.pixel_embedding_head,
+                           features, training)
+
+    def predict(layer_centers):
+      return self._run(recompute_policy.HEADS, heads,
+                       [embeddings, layer_centers], training)
+    outputs = predict(centers)
     outputs[common.PIXEL_EMBEDDINGS] = embeddings
     if not training:  # Reference masks, deep supervision and the semantic head
       return outputs  # only train the model.
     _add_reference_mask(outputs, layer_outputs[-1])
     aux_outputs = []
-    for layer_outputs in layer_outputs[:-1]:
-      aux = self.heads(embeddings, layer_outputs[ct.CENTERS], training=training)
-      _add_reference_mask(aux, layer_outputs)
+    for layer_output in layer_outputs[:-1]:
+      aux = predict(layer_output[ct.CENTERS])
+      _add_reference_mask(aux, layer_output)
       aux_outputs.append(aux)
     outputs[common.AUX_OUTPUTS] = aux_outputs
     if self.semantic_head is not None:

@@ -88,9 +88,6 @@ class DecoderOptions:
     learn_initial_centers: Own the initial center embedding. False for RFN's
       second network, which continues from the first network's centers.
     drop_path_rate: Drop-path rate of the layers' residual branches.
-    recompute: Recompute each CMT / dual-path layer in the backward pass of
-      training instead of keeping its activations (DeepLab2
-      `transformer_use_recompute_grad`; see `recompute`).
     implementation: The name of the layers' implementation in
       `cmt_implementations`: 'fused' (the fast one) or 'plain' (the equations
       as written); same variables, same outputs.
@@ -107,7 +104,6 @@ class DecoderOptions:
   dual_path: bool = False
   learn_initial_centers: bool = True
   drop_path_rate: float = 0.0
-  recompute: bool = False
   implementation: str = cmt_implementations.FUSED
 
   def __post_init__(self):
@@ -182,7 +178,6 @@ class TransformerDecoder(tf_keras.layers.Layer):
     self.num_clusters = options.num_clusters
     self.center_channels = options.center_channels
     self.locations = list(options.locations)
-    self.recompute = options.recompute
     self._strides = dict(zip(options.locations, options.location_strides))
     implementation = cmt_implementations.get(options.implementation)
     self.transformer_layers = {
