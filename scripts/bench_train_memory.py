@@ -43,11 +43,12 @@ flags.DEFINE_float('headroom_gib', 2.0, 'Memory left to the rest of the machine.
 flags.DEFINE_string('time_one', None, 'Internal: time one config in this process.')
 
 NUM_CLASSES, NUM_CLUSTERS = 133, 128
-# Every recompute switch (see modeling/layers/recompute.py), as coco/base.gin sets them.
-RECOMPUTE_SWITCHES = ('InceptionStem', 'ResNetStem', 'AxialBlock', 'BottleneckBlock',
-                      'TransformerDecoder', 'MaskTransformerHeads', 'PanopticLoss')
-RECOMPUTE = {setting: tuple(f'{switch}.recompute = {value}' for switch in RECOMPUTE_SWITCHES)
-             for setting, value in (('off', False), ('on', True))}
+# The model's memory policy (modeling/recompute_policy.py) and the loss's switch, as
+# coco/base.gin sets them.
+POLICY = {'off': 'none', 'on': 'all'}
+RECOMPUTE = {setting: (f"build_model.recompute = '{POLICY[setting]}'",
+                       f'PanopticLoss.recompute = {setting == "on"}')
+             for setting in POLICY}
 
 
 def _available_bytes() -> int:
@@ -80,7 +81,7 @@ def _time_one(name: str, size: int) -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.analysis import timing  # pylint: disable=g-import-not-at-top
-  from cmt_deeplab_tf.modeling.layers import recompute  # pylint: disable=g-import-not-at-top
+  from cmt_deeplab_tf.modeling import builder  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.training import optimization  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.losses import panoptic_loss  # pylint: disable=g-import-not-at-top
@@ -88,7 +89,7 @@ def _time_one(name: str, size: int) -> None:
   batch = cost.random_training_batch(size, size, NUM_CLASSES, NUM_CLUSTERS)
   trainers = {}
   for setting in ('off', 'on'):
-    recompute.set_recompute(model, setting == 'on')
+    builder.set_recompute(model, POLICY[setting])
     trainers[setting] = trainer_lib.PanopticTrainer(
         strategy=tf.distribute.get_strategy(), model=model,
         loss_fn=panoptic_loss.PanopticLoss(num_classes=NUM_CLASSES, global_batch_size=1,

@@ -17,9 +17,10 @@ from cmt_deeplab_tf import config_files
 from cmt_deeplab_tf.data import augment
 from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.modeling import recompute_policy
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
-from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
+from cmt_deeplab_tf.modeling.layers import cmt_implementations
 from cmt_deeplab_tf.ops import post_processing
 from cmt_deeplab_tf.training import experiment
 from cmt_deeplab_tf.training import optimization
@@ -57,6 +58,14 @@ def _layer_switch(parameter, value):
   return f'ClusteringTransformerLayer.{parameter}', value, check
 
 
+def _decoder_implementation(value):
+  def check():  # Every CMT layer of the built tiny model computes with it.
+    layers = _tiny_transformer_layers()
+    assert layers and all(layer.get_config()['implementation'] == value
+                          for layer in layers)
+  return 'TransformerDecoder.implementation', value, check
+
+
 def _build_model(parameter, value, check_model):
   def check():
     assert check_model(builder.build_model(**(
@@ -72,14 +81,6 @@ def _backbone_activation(value):
         endpoints[axial_resnet.RES3],
         tf.nn.gelu(endpoints[axial_resnet.STAGE3], approximate=False), atol=1e-6)
   return 'AxialResNet.activation', value, check
-
-
-def _recompute(configurable, model_name='tiny'):
-  def check():  # Every such layer of the model.
-    model = builder.build_model(model_name, num_classes=3, num_clusters=4)
-    switched = [m for m in model.submodules if type(m).__name__ == configurable]
-    assert switched and all(m.recompute is True for m in switched)
-  return f'{configurable}.recompute', True, check
 
 
 def _loss_recompute():
@@ -135,14 +136,13 @@ def _dataset(parameter, value):
 
 
 _CHECKS = [
-    _layer_switch('use_clustering_update', False),
-    _layer_switch('use_cross_attention_update', False),
+    _layer_switch('center_update', 'attention'),
     _layer_switch('use_assignment_residual', False),
     _layer_switch('update_pixels', False),
     _layer_switch('pixel_update_from_assignment', False),
     _layer_switch('reference_mask', None),
     _layer_switch('use_coordinate_features', False),
-    _layer_switch('implementation', ct.PLAIN),
+    _decoder_implementation(cmt_implementations.PLAIN),
     _build_model('name', 'tiny', lambda model: model.name == 'tiny'),
     _build_model('num_clusters', 3,
                  lambda model: model.transformer.num_clusters == 3),
@@ -165,12 +165,8 @@ _CHECKS = [
     _experiment('init_checkpoint_format', 'deeplab2'),
     _experiment('init_checkpoint_modules', 'backbone'),
     _backbone_activation('gelu'),
-    _recompute('AxialBlock'),
-    _recompute('BottleneckBlock'),
-    _recompute('TransformerDecoder'),
-    _recompute('InceptionStem'),
-    _recompute('ResNetStem', 'cmt_deeplab_r50'),
-    _recompute('MaskTransformerHeads'),
+    _build_model('recompute', 'all', lambda model: model.recompute_parts == set(
+        recompute_policy.KINDS)),
     _loss_recompute(),
     _optimizer('learning_rate', 0.125),
     _optimizer('warmup_steps', 3),
@@ -242,6 +238,9 @@ def test_shuffle_buffer_size_binding_reaches_the_training_pipeline(
     'PixelDecoder.num_blocks = (1, 1, 1)',
     'PixelDecoder.width_multiplier = 0.5',
     'MaskTransformerHeads.embedding_channels = 64',
+    'TransformerDecoder.recompute = True',  # One policy: build_model.recompute.
+    'AxialBlock.recompute = True',
+    'BottleneckBlock.recompute = True',
     'ClassHead.feature_channels = 64',
     'AxialResNet.num_blocks = (1, 1, 1, 1)',
     'AxialResNet.width_multiplier = 0.5',
@@ -264,12 +263,12 @@ def test_a_cmt_switch_bound_for_max_deeplab_is_an_error_naming_it():
   gin.bind_parameter('ClusteringTransformerLayer.update_pixels', False)
   with pytest.raises(ValueError,
                      match='ClusteringTransformerLayer.update_pixels'):
-    transformer_decoder.TransformerDecoder(['decoder_stage0_block0'],
-                                           dual_path=True)
+    transformer_decoder.TransformerDecoder(transformer_decoder.DecoderOptions(
+        ['decoder_stage0_block0'], dual_path=True))
   # A binding to the value the dual-path layer sets anyway is honoured.
   gin.bind_parameter('ClusteringTransformerLayer.update_pixels', True)
-  transformer_decoder.TransformerDecoder(['decoder_stage0_block0'],
-                                         dual_path=True)
+  transformer_decoder.TransformerDecoder(transformer_decoder.DecoderOptions(
+      ['decoder_stage0_block0'], dual_path=True))
 
 
 def test_a_backbone_binding_the_tiny_model_overrides_is_an_error():

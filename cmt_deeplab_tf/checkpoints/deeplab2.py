@@ -375,7 +375,7 @@ def _attention_rule(prefix):
 
 def _dual_path_rule(layer):
   """A `ClusteringTransformerLayer` with `DUAL_PATH_SWITCHES`."""
-  key_depth = layer._filters  # pylint: disable=protected-access
+  key_depth = layer.options.filters
   value_depth = 2 * key_depth
   qkv_columns = {'query': (0, key_depth), 'key': (key_depth, key_depth),
                  'value': (2 * key_depth, value_depth)}

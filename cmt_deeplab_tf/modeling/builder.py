@@ -26,12 +26,17 @@ filters at stride 16 (`128 * transformer_expansion`, which DeepLab2's width
 multipliers do not scale either), so `max_deeplab_s` at 0.125 has the shapes of
 DeepLab2's 1/8-width MaX-DeepLab-S; `build_model(transformer_expansion=e)`
 scales those 128 filters as DeepLab2's `base_transformer_expansion` does.
+
+`build_model(recompute=...)` is the memory policy: 'none', 'all' or a list of
+part kinds (`recompute_policy`) the backward pass of training recomputes;
+`set_recompute` applies it to every network of a model.
 """
 import gin
 
 from cmt_deeplab_tf.modeling import cmt_deeplab
 from cmt_deeplab_tf.modeling import gin_checks
 from cmt_deeplab_tf.modeling import max_deeplab
+from cmt_deeplab_tf.modeling import recompute_policy
 from cmt_deeplab_tf.modeling import rfn
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.layers import stems
@@ -151,10 +156,30 @@ def num_classes_for(num_classes: int) -> int:
   return num_classes
 
 
+def set_recompute(model, recompute):
+  """Applies a memory policy to every network of `model` (both of RFN's).
+
+  Read when a training step is traced, so one model can be traced with
+  different policies (benchmarks, tests).
+
+  Args:
+    model: A model of `build_model`.
+    recompute: 'none', 'all' or comma-separated kinds of
+      `recompute_policy.KINDS`.
+
+  Raises:
+    ValueError: On an unknown kind, naming the valid ones.
+  """
+  parts = recompute_policy.parse(recompute)
+  for network in [model] + list(model.submodules):
+    if isinstance(network, cmt_deeplab.CMTDeepLab):
+      network.recompute_parts = parts
+
+
 @gin.configurable
 def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
                 decoder_blocks=None, width_multiplier=1.0,
-                transformer_expansion=1.0):
+                transformer_expansion=1.0, recompute=recompute_policy.NONE):
   """Builds a named model.
 
   Args:
@@ -168,6 +193,11 @@ def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
     transformer_expansion: Scales the transformer layers' 128 filters at
       stride 16 (DeepLab2's `base_transformer_expansion`); 1.0 is the
       published model. `tiny` has its own transformer width and takes only 1.0.
+    recompute: The memory policy: which parts the backward pass of training
+      recomputes instead of keeping their activations; 'none', 'all' or
+      comma-separated kinds of `recompute_policy.KINDS` (stem,
+      backbone_stage2..5, pixel_decoder_s16/s8/s4, transformer_s16/s8/s4,
+      heads). Outputs and gradients are the same.
 
   Returns:
     A `tf_keras.Model` whose call(images, training=..., return_visualization=...)
@@ -175,8 +205,8 @@ def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
 
   Raises:
     ValueError: On an unknown name, non-positive sizes, width or expansion,
-      an expansion for `tiny`, or decoder_blocks given for max_deeplab_s (its
-      decoder is fixed by MaX-DeepLab-S).
+      an expansion for `tiny`, decoder_blocks given for max_deeplab_s (its
+      decoder is fixed by MaX-DeepLab-S), or an unknown recompute part kind.
   """
   if name not in MODELS:
     raise ValueError(f'Unknown model name={name!r}; expected one of '
@@ -188,6 +218,7 @@ def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
     raise ValueError('build_model.width_multiplier and transformer_expansion '
                      f'must be positive, got {width_multiplier} and '
                      f'{transformer_expansion}.')
+  recompute_policy.parse(recompute)  # Checked before anything is built.
   widths = dict(width_multiplier=width_multiplier)
   if name == 'tiny':
     if transformer_expansion != 1.0:
@@ -196,8 +227,12 @@ def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
   else:
     widths['transformer_expansion'] = transformer_expansion
   if decoder_blocks is None:
-    return MODELS[name](num_classes, num_clusters, **widths)
-  if name == 'max_deeplab_s':
+    model = MODELS[name](num_classes, num_clusters, **widths)
+  elif name == 'max_deeplab_s':
     raise ValueError('decoder_blocks cannot be set for max_deeplab_s, got '
                      f'decoder_blocks={decoder_blocks}.')
-  return MODELS[name](num_classes, num_clusters, tuple(decoder_blocks), **widths)
+  else:
+    model = MODELS[name](num_classes, num_clusters, tuple(decoder_blocks),
+                         **widths)
+  set_recompute(model, recompute)
+  return model

@@ -6,6 +6,22 @@ backbone [2]) -> heads on the final cluster centers and stride-4 pixel
 embeddings. Every transformer layer but the last also gets a prediction (deep
 supervision) from the same heads.
 
+`CMTDeepLab.forward` is the whole forward pass as one loop over the stages of
+the backbone and of the pixel decoder: each block, then the transformer layer
+after it, if any, which takes and returns the pixels, the cluster centers and
+the assignment logits:
+
+    pixels = block(features)
+    pixels, centers, assignment = layer(pixels, centers, assignment)
+    features = activation(pixels)
+
+Each layer's outputs (centers for deep supervision, reference masks,
+visualisation maps) are collected in a list in that loop. The loop runs each
+part within its name scope, so the variables keep the names they get when the
+backbone or the decoder runs alone. The memory policy `recompute_parts` (set by
+`builder.build_model(recompute=...)`, kinds of `recompute_policy`) says which
+parts the backward pass of training recomputes; the loop applies it.
+
 Attributes `backbone`, `pixel_decoder`, `transformer`, `heads` and the
 training-only `semantic_head` split the parameters as the paper counts them.
 
@@ -18,43 +34,14 @@ import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf import common
+from cmt_deeplab_tf.modeling import recompute_policy
+from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.decoders import pixel_decoder as pixel_decoder_lib
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
 from cmt_deeplab_tf.modeling.heads import mask_transformer_heads
 from cmt_deeplab_tf.modeling.heads import semantic_head as semantic_head_lib
 from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
-
-
-def run_backbone(backbone, images, training=None, after_block=None,
-                 res2_fusion=None):
-  """Runs an `AxialResNet` with the hooks the models need.
-
-  Args:
-    backbone: An `AxialResNet`.
-    images: [B, H, W, 3] images.
-    training: Training mode.
-    after_block: Optional callable (stage_index, block_index, features) ->
-      features after every block, on its unactivated output (MaX-S's stage-5
-      dual-path layers).
-    res2_fusion: Optional [B, h, w, C2] features averaged into the
-      (unactivated) stride-4 encoder features before stage 3 (RFN,
-      supplement §1).
-
-  Returns:
-    The endpoint dict of the backbone (RES2 / STAGE2 after the fusion).
-  """
-  if after_block is None and res2_fusion is None:
-    return backbone(images, training=training)
-  last_res2_block = len(backbone.stages[0]) - 1
-
-  def hook(stage_index, block_index, features):
-    if after_block is not None:
-      features = after_block(stage_index, block_index, features)
-    if (res2_fusion is not None and stage_index == 0 and
-        block_index == last_res2_block):
-      features = 0.5 * (features + tf.cast(res2_fusion, features.dtype))
-    return features
-  return backbone(images, training=training, after_block=hook)
+from cmt_deeplab_tf.modeling.layers import recompute as recompute_lib
 
 
 def _add_reference_mask(outputs, layer_outputs):
@@ -81,14 +68,14 @@ class CMTDeepLab(tf_keras.Model):
       name: The model name.
     """
     super().__init__(name=name)
+    # Part kinds (`recompute_policy`) recomputed in the backward pass of
+    # training; read when a step is traced. `builder.set_recompute` sets it.
+    self.recompute_parts = frozenset()
     self.backbone = backbone
     self.pixel_decoder = pixel_decoder
     self.transformer = transformer
     self.heads = heads
     self.semantic_head = semantic_head
-    self._backbone_has_transformer = any(
-        location.startswith(transformer_decoder.BACKBONE)
-        for location in transformer.locations)
 
   @property
   def backbone_variables(self):
@@ -122,7 +109,8 @@ class CMTDeepLab(tf_keras.Model):
       centers: Optional [B, N, Cc] centers to start from (RFN); by default the
         transformer's learnt initial centers.
       res2_fusion: Optional [B, h, w, 256w] features averaged into the
-        backbone's stride-4 features (RFN's second network).
+        backbone's (unactivated) stride-4 features before stage 3 (RFN's
+        second network, supplement §1).
 
     Returns:
       outputs: dict with CLASS_LOGITS [B, N, C + 1], MASK_LOGITS [B, h, w, N],
@@ -138,40 +126,101 @@ class CMTDeepLab(tf_keras.Model):
     """
     if centers is None:
       centers = self.transformer.initial_centers(tf.shape(images)[0])
-    state = transformer_decoder.TransformerState(centers)
-    after_block = None
-    if self._backbone_has_transformer:
-      after_block = self.transformer.block_hook(
-          transformer_decoder.BACKBONE, state, training, return_visualization)
-    endpoints = run_backbone(self.backbone, images, training, after_block,
-                             res2_fusion)
-    features = self.pixel_decoder(
-        endpoints, training=training,
-        after_block=self.transformer.block_hook(
-            transformer_decoder.DECODER, state, training,
-            return_visualization))[-1]
-    outputs = self._predict(features, state, training)
+    assignment = None  # The last layer's assignment logits (CMT residual path).
+    layer_outputs = []  # Every transformer layer's output dict, in order.
+    backbone, decoder = self.backbone, self.pixel_decoder
+
+    with tf.name_scope(backbone.name):  # Stem, stages 2-5 (endpoints RES2..5).
+      features = self._run(recompute_policy.STEM, backbone.stem, images,
+                           training)
+      endpoints = {}
+      for stage_index, stage in enumerate(backbone.stages):
+        kind = recompute_policy.backbone_stage(axial_resnet.FIRST_STAGE +
+                                               stage_index)
+        for block_index, block in enumerate(stage):
+          pixels = self._run(kind, block, features, training,
+                             activate_output=False)
+          layer = self.transformer.layer_after(transformer_decoder.BACKBONE,
+                                               stage_index, block_index)
+          if layer is not None:  # MaX-S's stage-5 dual-path layers.
+            pixels, centers, assignment = self._transformer_layer(
+                layer, pixels, centers, assignment, layer_outputs, training,
+                return_visualization)
+          features = backbone.activation(pixels)
+        if stage_index == 0 and res2_fusion is not None:  # RFN.
+          pixels = 0.5 * (pixels + tf.cast(res2_fusion, pixels.dtype))
+          features = backbone.activation(pixels)
+        endpoints[axial_resnet.PREACTIVATIONS[stage_index]] = pixels
+        endpoints[axial_resnet.ENDPOINTS[stage_index]] = features
+
+    with tf.name_scope(decoder.name):  # Strides 16, 8, 4.
+      for stage_index, stage in enumerate(decoder.stages):
+        features = decoder.enter_stage(stage_index, features, pixels,
+                                       endpoints, training=training)
+        kind = recompute_policy.pixel_decoder_stage(
+            pixel_decoder_lib.STRIDES[stage_index])
+        for block_index, block in enumerate(stage):
+          pixels = self._run(kind, block, features, training,
+                             activate_output=False)
+          layer = self.transformer.layer_after(transformer_decoder.DECODER,
+                                               stage_index, block_index)
+          if layer is not None:
+            pixels, centers, assignment = self._transformer_layer(
+                layer, pixels, centers, assignment, layer_outputs, training,
+                return_visualization)
+          features = tf.nn.relu(pixels)
+
+    outputs = self._predict(features, centers, layer_outputs, training)
     if return_visualization:
       outputs[common.CLUSTERING_MAPS] = [
-          o[ct.CLUSTERING_MAP] for o in state.layer_outputs
-          if ct.CLUSTERING_MAP in o]
+          o[ct.CLUSTERING_MAP] for o in layer_outputs if ct.CLUSTERING_MAP in o]
       outputs[common.ATTENTION_MAPS] = [
-          o[ct.ATTENTION_MAP] for o in state.layer_outputs
-          if ct.ATTENTION_MAP in o]
-    return outputs, state.centers, features
+          o[ct.ATTENTION_MAP] for o in layer_outputs if ct.ATTENTION_MAP in o]
+    return outputs, centers, features
 
-  def _predict(self, features, state, training):
+  def _transformer_layer(self, layer, pixels, centers, assignment,
+                         layer_outputs, training, return_maps):
+    """Runs one transformer layer; appends its output dict to `layer_outputs`.
+
+    Returns:
+      The updated (unactivated) pixels, the centers and the assignment logits
+      (the previous ones if the layer computes none).
+    """
+    outputs = self._run(
+        recompute_policy.transformer(self.transformer.stride_of(layer)),
+        layer, [pixels, centers, assignment], training,
+        return_maps=return_maps)
+    layer_outputs.append(outputs)
+    return (outputs[ct.PIXELS], outputs[ct.CENTERS],
+            outputs.get(ct.ASSIGNMENT_LOGITS, assignment))
+
+  def _run(self, kind, layer, inputs, training, **kwargs):
+    """layer(*inputs, training=training, **kwargs), recomputed in the backward
+    pass of training if the memory policy lists `kind`."""
+    inputs = inputs if isinstance(inputs, list) else [inputs]
+    return recompute_lib.recompute(
+        lambda *x: layer(*x, training=training, **kwargs), inputs,
+        enabled=training is True and kind in self.recompute_parts,
+        layer=layer)
+
+  def _predict(self, features, centers, layer_outputs, training):
     """Heads on the final and on every intermediate layer's centers."""
-    embeddings = self.heads.embed_pixels(features, training=training)
-    outputs = self.heads(embeddings, state.centers, training=training)
+    heads = self.heads
+    embeddings = self._run(recompute_policy.HEADS, heads.pixel_embedding_head,
+                           features, training)
+
+    def predict(layer_centers):
+      return self._run(recompute_policy.HEADS, heads,
+                       [embeddings, layer_centers], training)
+    outputs = predict(centers)
     outputs[common.PIXEL_EMBEDDINGS] = embeddings
     if not training:  # Reference masks, deep supervision and the semantic head
       return outputs  # only train the model.
-    _add_reference_mask(outputs, state.layer_outputs[-1])
+    _add_reference_mask(outputs, layer_outputs[-1])
     aux_outputs = []
-    for layer_outputs in state.layer_outputs[:-1]:
-      aux = self.heads(embeddings, layer_outputs[ct.CENTERS], training=training)
-      _add_reference_mask(aux, layer_outputs)
+    for layer_output in layer_outputs[:-1]:
+      aux = predict(layer_output[ct.CENTERS])
+      _add_reference_mask(aux, layer_output)
       aux_outputs.append(aux)
     outputs[common.AUX_OUTPUTS] = aux_outputs
     if self.semantic_head is not None:
@@ -230,12 +279,15 @@ def build_network(backbone, num_classes, num_clusters, decoder_blocks,
   decoder = pixel_decoder_lib.PixelDecoder(
       num_blocks=decoder_blocks, width_multiplier=width_multiplier)
   transformer = transformer_decoder.TransformerDecoder(
-      transformer_locations, location_strides, num_clusters=num_clusters,
-      center_channels=width(256, memory_channels),
-      filters=width(128, transformer_filters), num_heads=num_heads,
-      feed_forward_channels=width(2048, feed_forward_channels),
-      dual_path=dual_path,
-      learn_initial_centers=learn_initial_centers)
+      transformer_decoder.DecoderOptions(
+          locations=tuple(transformer_locations),
+          location_strides=(None if location_strides is None else
+                            tuple(location_strides)),
+          num_clusters=num_clusters,
+          center_channels=width(256, memory_channels),
+          filters=width(128, transformer_filters), num_heads=num_heads,
+          feed_forward_channels=width(2048, feed_forward_channels),
+          dual_path=dual_path, learn_initial_centers=learn_initial_centers))
   heads = mask_transformer_heads.MaskTransformerHeads(
       num_classes, embedding_channels=width(128), head_channels=width(256),
       center_feature_channels=width(256, head_feature_channels))

@@ -38,7 +38,7 @@ def _transformer_filters(name, expansion):
                               width_multiplier=1 / 32,
                               transformer_expansion=expansion)
   model(tf.zeros([1, 33, 33, 3]), training=False)
-  return {layer.name: layer._filters for layer in model.submodules  # pylint: disable=protected-access
+  return {layer.name: layer.options.filters for layer in model.submodules
           if isinstance(layer, ct.ClusteringTransformerLayer)}
 
 

@@ -7,6 +7,7 @@ import tf_keras
 
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
 from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
+from cmt_deeplab_tf.modeling.layers import cmt_implementations
 from tests.modeling import cmt_test_utils
 
 BN_SCALE = 1.0 / np.sqrt(1.0 + 1e-3)  # A fresh BN at inference, before gamma.
@@ -25,10 +26,12 @@ def _inputs(height=7, width=9, channels=10, seed=0, activated=True):
   return tf.constant(pixels, tf.float32), tf.constant(centers, tf.float32)
 
 
-def _layer(**switches):
+def _layer(implementation=cmt_implementations.PLAIN, **switches):
   """A built layer whose residual branches are active (gamma = 1)."""
   tf_keras.utils.set_random_seed(0)
-  layer = ct.ClusteringTransformerLayer(**{**SMALL, **switches}, name='cmt')
+  layer = ct.ClusteringTransformerLayer(
+      ct.LayerOptions(**{**SMALL, **switches}),
+      cmt_implementations.get(implementation), name='cmt')
   pixels, centers = _inputs()
   layer(pixels, centers)
   cmt_test_utils.activate_residual_branches(layer)
@@ -61,8 +64,8 @@ def test_output_shapes_with_a_coarser_previous_assignment():
 
 
 @pytest.mark.parametrize('switch,value', [
-    ('use_clustering_update', False),
-    ('use_cross_attention_update', False),
+    ('center_update', ct.ATTENTION),    # No clustering update.
+    ('center_update', ct.CLUSTERING),   # No cross-attention update.
     ('use_center_self_attention', False),
     ('use_assignment_residual', False),
     ('update_pixels', False),
@@ -150,14 +153,15 @@ def test_cross_attention_alone_normalises_over_pixels():
 
 
 @pytest.mark.parametrize('kwargs', [
-    dict(use_clustering_update=False, use_cross_attention_update=False,
-         use_center_self_attention=False),
+    dict(center_update='kmeans'),
+    dict(center_update='attention+attention'),
+    dict(center_update=''),
     dict(reference_mask='box'),
     dict(filters=10, num_heads=4),
 ])
 def test_bad_arguments_raise(kwargs):
   with pytest.raises(ValueError):
-    ct.ClusteringTransformerLayer(**kwargs)
+    ct.LayerOptions(**kwargs)
 
 
 def _norm(norm, x, axis=-1):
@@ -204,7 +208,7 @@ def _max_attention(attention_layer, query, key, value, num_heads):
   return np.maximum(_norm(attention_layer._value_norm, output), 0.0)
 
 
-@pytest.mark.parametrize('implementation', [ct.PLAIN, ct.FUSED])
+@pytest.mark.parametrize('implementation', list(cmt_implementations.NAMES))
 def test_dual_path_switches_compute_max_deeplab_dual_path_layer(
     implementation):
   """NumPy re-derivation of DeepLab2's DualPathTransformerLayer (inference)."""
@@ -243,8 +247,9 @@ def test_gin_sweeps_reach_the_layers_of_a_model():
   gin.parse_config('ClusteringTransformerLayer.update_pixels = False')
   try:
     transformer = transformer_decoder.TransformerDecoder(
-        ['decoder_stage0_block0'], num_clusters=3, center_channels=12,
-        filters=8, num_heads=2, feed_forward_channels=16)
+        transformer_decoder.DecoderOptions(
+            ['decoder_stage0_block0'], num_clusters=3, center_channels=12,
+            filters=8, num_heads=2, feed_forward_channels=16))
   finally:
     gin.clear_config()
   layer = transformer.transformer_layers['decoder_stage0_block0']
@@ -268,7 +273,7 @@ def _softmax(x, axis):
   return e / e.sum(axis=axis, keepdims=True)
 
 
-@pytest.mark.parametrize('implementation', [ct.PLAIN, ct.FUSED])
+@pytest.mark.parametrize('implementation', list(cmt_implementations.NAMES))
 def test_cmt_layer_matches_a_numpy_derivation_with_centers_as_queries(
     implementation):
   """Inference of the default CMT layer, re-derived in NumPy the way the paper

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf import common
-from cmt_deeplab_tf.modeling import cmt_deeplab
+from cmt_deeplab_tf.modeling import max_deeplab
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from tests.modeling import cmt_test_utils
 
@@ -140,53 +140,78 @@ def test_mixed_bfloat16_outputs_float32():
     assert np.all(np.isfinite(outputs[key].numpy()))
 
 
-def _backbone_block_by_block(backbone, images, after_block):
-  """The endpoints of a ReLU `AxialResNet`, stem and blocks called one by one:
-  the hook acts on each block's unactivated output, the next block reads it
-  activated."""
+def _forward_by_hand(model, images, fusion):
+  """The reference of `CMTDeepLab.forward`: every block called by hand, the
+  transformer layer at each location after its block (on the unactivated
+  output, which the next block reads activated), the RFN fusion averaged into
+  the last stride-4 block's output; returns the final centers and the stride-4
+  decoder features."""
+  backbone, decoder = model.backbone, model.pixel_decoder
+  centers = model.transformer.initial_centers(images.shape[0])
+  assignment = None
+
+  def after(path, stage, block, pixels):
+    nonlocal centers, assignment
+    location = f'{path}_stage{stage}_block{block}'
+    if location in model.transformer.transformer_layers:
+      outputs = model.transformer.transformer_layers[location](
+          pixels, centers, assignment, training=False)
+      pixels, centers = outputs['pixels'], outputs['centers']
+      assignment = outputs.get('assignment_logits', assignment)
+    return pixels
+
   x = backbone.stem(images, training=False)
   endpoints = {}
   for stage_index, blocks in enumerate(backbone.stages):
     for block_index, block in enumerate(blocks):
-      preactivation = after_block(
-          stage_index, block_index,
-          block(x, training=False, activate_output=False))
+      preactivation = after('backbone', stage_index, block_index,
+                            block(x, training=False, activate_output=False))
+      x = tf.nn.relu(preactivation)
+    if stage_index == 0:
+      preactivation = 0.5 * (preactivation + fusion)
       x = tf.nn.relu(preactivation)
     endpoints[axial_resnet.PREACTIVATIONS[stage_index]] = preactivation
     endpoints[axial_resnet.ENDPOINTS[stage_index]] = x
-  return endpoints
+  x, preactivation = endpoints['res5'], endpoints['stage5']
+  for stage_index, blocks in enumerate(decoder.stages):
+    if stage_index:
+      skip = [(endpoints['res3'], endpoints['stage3']),
+              (endpoints['res2'], endpoints['stage2'])][stage_index - 1]
+      x = tf.nn.relu(decoder.fuses[stage_index](
+          [(x, preactivation), skip], training=False))
+    for block_index, block in enumerate(blocks):
+      preactivation = after('decoder', stage_index, block_index,
+                            block(x, training=False, activate_output=False))
+      x = tf.nn.relu(preactivation)
+  return centers, x
 
 
-def test_run_backbone_runs_the_hook_and_averages_the_fusion(model):
-  """Against the blocks called one by one: the hook runs after every block,
-  the RFN fusion averages into the last stride-4 block's output, and the
-  later stages read the fused features."""
+@pytest.fixture(scope='module')
+def max_model():
+  """A tiny MaX-DeepLab-S: dual-path layers after the stage-5 blocks."""
+  tf_keras.utils.set_random_seed(1)
+  network = max_deeplab.build_max_deeplab(
+      cmt_test_utils.tiny_backbone(stage5_blocks=3), NUM_CLASSES, NUM_CLUSTERS,
+      width_multiplier=cmt_test_utils.TINY_WIDTH)
+  network(tf.zeros([1, 33, 33, 3]), training=True)
+  cmt_test_utils.activate_residual_branches(network)
+  return network
+
+
+@pytest.mark.parametrize('network', ['model', 'max_model'])
+def test_forward_is_the_blocks_and_layers_in_order_with_the_fusion(network,
+                                                                    request):
+  """Against the blocks and layers called by hand: each transformer layer runs
+  after its block (in the decoder, and in MaX-S's stage 5), the RFN fusion
+  averages into the last stride-4 block's output, and the later stages read
+  the fused features."""
+  model = request.getfixturevalue(network)
   images = _images(33, 33)
-  backbone = model.backbone
-  last_res2_block = len(backbone.stages[0]) - 1
   fusion = tf.random.stateless_normal([2, 9, 9, 32], [3, 4])
-  calls = []
-
-  def hook(stage, block, features):
-    calls.append((stage, block))
-    return features * 0.5 + 1.0
-
-  def expected_hook(stage, block, features):
-    features = features * 0.5 + 1.0
-    if (stage, block) == (0, last_res2_block):
-      features = 0.5 * (features + fusion)
-    return features
-
-  expected = _backbone_block_by_block(backbone, images, expected_hook)
-  hooked = cmt_deeplab.run_backbone(backbone, images, training=False,
-                                    after_block=hook, res2_fusion=fusion)
-  assert calls == [(s, b) for s, blocks in enumerate(backbone.stages)
-                   for b in range(len(blocks))]
-  plain = cmt_deeplab.run_backbone(backbone, images, training=False)
-  unhooked = _backbone_block_by_block(backbone, images, lambda s, b, x: x)
-  for endpoint in axial_resnet.ENDPOINTS + axial_resnet.PREACTIVATIONS:
-    np.testing.assert_allclose(hooked[endpoint], expected[endpoint],
-                               atol=1e-5)
-    np.testing.assert_allclose(plain[endpoint], unhooked[endpoint], atol=1e-5)
-  assert np.abs(hooked[axial_resnet.RES5] -
-                plain[axial_resnet.RES5]).max() > 1e-3
+  expected_centers, expected_features = _forward_by_hand(model, images, fusion)
+  _, centers, features = model.forward(images, training=False,
+                                       res2_fusion=fusion)
+  np.testing.assert_allclose(centers, expected_centers, atol=1e-5)
+  np.testing.assert_allclose(features, expected_features, atol=1e-5)
+  _, _, unfused = model.forward(images, training=False)
+  assert np.abs(unfused - features).max() > 1e-3

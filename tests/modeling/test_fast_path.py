@@ -4,7 +4,9 @@ Random parameters and random batch-norm statistics everywhere, in training mode
 (batch statistics, moving-average updates, gradients) and in inference mode.
 The separable reference prior: tests/modeling/test_reference_mask.py.
 """
+import ast
 import os
+import pathlib
 import tempfile
 
 import numpy as np
@@ -14,6 +16,7 @@ import tf_keras
 
 from cmt_deeplab_tf.modeling.layers import attention
 from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
+from cmt_deeplab_tf.modeling.layers import cmt_implementations
 from cmt_deeplab_tf.modeling.layers import fast_path
 from cmt_deeplab_tf.modeling.layers import linear_bn
 
@@ -72,15 +75,16 @@ def _pair(switches, build_training):
   """A plain and a fused layer with the same random variables."""
   pixels, centers, previous = _inputs(0)
   layers = {}
-  for implementation in (ct.PLAIN, ct.FUSED):
+  for implementation in cmt_implementations.NAMES:
     layers[implementation] = ct.ClusteringTransformerLayer(
-        **SMALL, **switches, implementation=implementation, name='cmt')
+        ct.LayerOptions(**SMALL, **switches),
+        cmt_implementations.get(implementation), name='cmt')
     layer = layers[implementation]
     layer(pixels, tf.cast(centers, layer.compute_dtype), previous,
           training=build_training)
-  _randomize(layers[ct.PLAIN], 1)
-  _copy(layers[ct.PLAIN], layers[ct.FUSED])
-  return layers[ct.PLAIN], layers[ct.FUSED]
+  _randomize(layers[cmt_implementations.PLAIN], 1)
+  _copy(layers[cmt_implementations.PLAIN], layers[cmt_implementations.FUSED])
+  return layers[cmt_implementations.PLAIN], layers[cmt_implementations.FUSED]
 
 
 _SWITCHES = [
@@ -143,10 +147,11 @@ def test_variables_do_not_depend_on_the_implementation_or_build_mode():
   at inference."""
   pixels, centers, previous = _inputs(4)
   layouts = []
-  for implementation in (ct.PLAIN, ct.FUSED):
+  for implementation in cmt_implementations.NAMES:
     for training in (True, False):
       layer = ct.ClusteringTransformerLayer(
-          **SMALL, implementation=implementation, name='cmt')
+          ct.LayerOptions(**SMALL), cmt_implementations.get(implementation),
+          name='cmt')
       layer(pixels, centers, previous, training=training)
       layouts.append((
           sorted((v.name, tuple(v.shape)) for v in layer.weights),
@@ -156,8 +161,20 @@ def test_variables_do_not_depend_on_the_implementation_or_build_mode():
 
 
 def test_unknown_implementation_raises():
-  with pytest.raises(ValueError, match='implementation'):
-    ct.ClusteringTransformerLayer(**SMALL, implementation='fast')
+  with pytest.raises(ValueError, match="'fast'.*'plain', 'fused'"):
+    cmt_implementations.get('fast')
+  with pytest.raises(ValueError, match='implementation'):  # A name, unresolved.
+    ct.ClusteringTransformerLayer(ct.LayerOptions(**SMALL), 'fused')
+
+
+def test_the_plain_layer_does_not_import_the_fast_path():
+  """The implementation is chosen from outside (`cmt_implementations`)."""
+  source = pathlib.Path(ct.__file__).read_text()
+  imported = [node for node in ast.walk(ast.parse(source))
+              if isinstance(node, (ast.Import, ast.ImportFrom))]
+  names = [alias.name for node in imported for alias in node.names]
+  assert 'fast_path' not in names and 'cmt_implementations' not in names
+  assert 'fast_path.' not in source
 
 
 @pytest.mark.parametrize('softmax_over', [attention.SOFTMAX_OVER_KEYS,

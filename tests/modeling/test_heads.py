@@ -67,7 +67,7 @@ def test_shared_heads_predict_classes_and_masks():
   heads = mask_transformer_heads.MaskTransformerHeads(
       num_classes=3, embedding_channels=8, head_channels=8,
       center_feature_channels=8)
-  embeddings = heads.embed_pixels(tf.random.normal([2, 5, 5, 6]))
+  embeddings = heads.pixel_embedding_head(tf.random.normal([2, 5, 5, 6]))
   outputs = heads(embeddings, tf.random.normal([2, 4, 12]))
   assert outputs[common.CLASS_LOGITS].shape == (2, 4, 4)
   assert outputs[common.MASK_LOGITS].shape == (2, 5, 5, 4)

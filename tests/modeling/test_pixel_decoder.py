@@ -44,21 +44,6 @@ def test_block_types_and_counts():
              for stage in decoder.stages[1:] for b in stage)
 
 
-def test_after_block_runs_after_every_block_and_feeds_forward():
-  decoder = pixel_decoder.PixelDecoder(num_blocks=(2, 1, 2),
-                                       width_multiplier=WIDTH)
-  calls = []
-
-  def after_block(stage, block, features):
-    calls.append((stage, block))
-    # Zeroing the output of the very last block must zero the decoder output.
-    return tf.zeros_like(features) if (stage, block) == (2, 1) else features
-
-  outputs = decoder(_endpoints(33, 33), after_block=after_block)
-  assert calls == [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1)]
-  np.testing.assert_array_equal(outputs[-1], 0.0)
-
-
 def test_fuse_projects_only_inputs_of_another_width():
   fuse = pixel_decoder.ResizedFuse(16)
   coarse, skip = tf.random.normal([1, 3, 3, 32]), tf.random.normal(

@@ -10,9 +10,11 @@ import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf import common
+from cmt_deeplab_tf import config_files
 from cmt_deeplab_tf.analysis import cost
 from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.modeling import recompute_policy
 from cmt_deeplab_tf.modeling.heads import mask_head
 from cmt_deeplab_tf.modeling.heads import pixel_embedding_head
 from cmt_deeplab_tf.modeling.layers import blocks
@@ -57,7 +59,7 @@ def one_step(model, batch, enabled, seed=7, strategy=None, jit_compile=False):
   replica's forward and backward with XLA.
   """
   strategy = strategy or tf.distribute.get_strategy()
-  assert recompute.set_recompute(model, enabled) > 0
+  builder.set_recompute(model, 'all' if enabled else 'none')
   initial = [v.numpy() for v in model.variables]
   replicas = strategy.num_replicas_in_sync
   loss_fn = panoptic_loss.PanopticLoss(num_classes=NUM_CLASSES, global_batch_size=replicas,
@@ -142,19 +144,19 @@ def test_recompute_gives_the_same_step_under_mirrored_strategy(tmp_path):
 
 @pytest.mark.parametrize('block_class', [blocks.AxialBlock, blocks.BottleneckBlock])
 def test_eager_block_recompute_matches_stored(block_class):
-  block = block_class(8, drop_path_rate=0.5, recompute=True)
+  block = block_class(8, drop_path_rate=0.5)
   inputs = tf.random.normal([4, 9, 9, 32])
   block(inputs, training=True)  # The building call runs plainly.
   for variable in block.trainable_variables:
     variable.assign(tf.random.normal(variable.shape, 0.5, 0.2))
   results = []
   for enabled in (False, True):
-    block.recompute = enabled
     before = [v.numpy() for v in block.non_trainable_variables]
     tf.random.set_seed(3)
     with tf.GradientTape() as tape:
       tape.watch(inputs)
-      outputs = block(inputs, training=True)
+      outputs = recompute.recompute(lambda x: block(x, training=True),
+                                    [inputs], enabled=enabled, layer=block)
       loss = tf.reduce_sum(outputs * tf.cos(outputs))
     results.append([[tf.convert_to_tensor(g).numpy() for g in
                      tape.gradient(loss, [inputs] + block.trainable_variables)],
@@ -199,12 +201,12 @@ def test_every_switched_layer_is_rerun_in_the_backward_pass(monkeypatch, enabled
   # the heads once per use in the forward pass and, with recompute, once more in
   # the backward pass.
   model = tiny_model()
-  assert recompute.set_recompute(model, enabled) > 0
+  builder.set_recompute(model, 'all' if enabled else 'none')
   stem_convs = {id(m) for m in model.backbone.stem.submodules
                 if isinstance(m, conv_bn.ConvBN)}
   counted = {
-      'blocks': _count_calls(monkeypatch, blocks.AxialBlock, '_forward'),
-      'bottlenecks': _count_calls(monkeypatch, blocks.BottleneckBlock, '_forward'),
+      'blocks': _count_calls(monkeypatch, blocks.AxialBlock, 'call'),
+      'bottlenecks': _count_calls(monkeypatch, blocks.BottleneckBlock, 'call'),
       'cmt_layers': _count_calls(monkeypatch, ct.ClusteringTransformerLayer, 'call'),
       'stem': _count_calls(monkeypatch, conv_bn.ConvBN, 'call'),
       'mask_head': _count_calls(monkeypatch, mask_head.MaskHead, 'call'),
@@ -227,6 +229,56 @@ def test_every_switched_layer_is_rerun_in_the_backward_pass(monkeypatch, enabled
   for kind, counts in counted.items():
     assert counts, kind
     assert set(counts.values()) == {2 if enabled else 1}, (kind, counts)
+
+
+def _traced_calls(model, monkeypatch):
+  """Calls per CMT layer (by name) and per block of the traced gradient."""
+  layers = _count_calls(monkeypatch, ct.ClusteringTransformerLayer, 'call')
+  axial = _count_calls(monkeypatch, blocks.AxialBlock, 'call')
+  images = tf.random.normal([1, SIZE, SIZE, 3])
+
+  @tf.function
+  def gradients():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(model(images, training=True)[common.MASK_LOGITS])
+    return tape.gradient(loss, model.trainable_variables)
+  gradients.get_concrete_function()
+  names = {id(layer): layer.name
+           for layer in model.transformer.transformer_layers.values()}
+  return {names[k]: v for k, v in layers.items()}, axial
+
+
+def test_a_policy_of_kinds_recomputes_exactly_those_parts(monkeypatch):
+  # 'transformer_s8' reruns the stride-8 CMT layer only; blocks are kept.
+  model = tiny_model()
+  builder.set_recompute(model, 'transformer_s8, stem')
+  layers, axial = _traced_calls(model, monkeypatch)
+  assert layers == {'decoder_stage0_block0': 1, 'decoder_stage1_block0': 2,
+                    'decoder_stage2_block0': 1}
+  assert set(axial.values()) == {1}
+
+
+@pytest.mark.parametrize('policy', ['transformer_s32', 'stem,stem', 'everything', ''])
+def test_an_unknown_part_kind_is_an_error_naming_the_valid_ones(policy):
+  with pytest.raises(ValueError, match='backbone_stage5.*transformer_s16'):
+    builder.build_model('tiny', NUM_CLASSES, NUM_CLUSTERS, recompute=policy)
+
+
+def test_all_is_every_kind_and_the_shipped_configs_recompute_every_part():
+  assert recompute_policy.parse('all') == set(recompute_policy.KINDS)
+  assert recompute_policy.parse('none') == set()
+  # The parts the per-class switches of coco/base.gin covered: the stem, each
+  # block of the backbone and of the pixel decoder, each transformer layer and
+  # the heads; 'all' names each of them.
+  assert set(recompute_policy.KINDS) == {
+      'stem', 'backbone_stage2', 'backbone_stage3', 'backbone_stage4',
+      'backbone_stage5', 'pixel_decoder_s16', 'pixel_decoder_s8',
+      'pixel_decoder_s4', 'transformer_s16', 'transformer_s8',
+      'transformer_s4', 'heads'}
+  for config in ('coco/base.gin', 'cityscapes/base.gin'):
+    gin.clear_config()
+    gin.parse_config_file(config_files.resolve(config))
+    assert gin.query_parameter('build_model.recompute') == 'all'
 
 
 def test_a_recomputed_call_that_creates_variables_is_an_error():

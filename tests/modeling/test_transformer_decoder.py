@@ -13,8 +13,9 @@ _STRIDES = [16, 8, 4]
 def _build(**kwargs):
   """A 3-layer stack at strides 16, 8, 4, run once so every variable exists."""
   stack = transformer_decoder.TransformerDecoder(
-      _LOCATIONS, _STRIDES, num_clusters=4, center_channels=16, filters=32,
-      num_heads=8, feed_forward_channels=16, **kwargs)
+      transformer_decoder.DecoderOptions(
+          _LOCATIONS, _STRIDES, num_clusters=4, center_channels=16,
+          filters=32, num_heads=8, feed_forward_channels=16, **kwargs))
   centers = stack.initial_centers(1)
   for location, stride in zip(_LOCATIONS, _STRIDES):
     pixels = tf.ones([1, 64 // stride, 64 // stride, 8])

@@ -166,7 +166,8 @@ class AxialResNet(tf_keras.Model):
                        f'output_stride={output_stride}.')
     super().__init__(name=name)
     self.output_stride = output_stride
-    self._activation = activations.get_activation(activation)
+    # The block-output activation (blocks return their sum unactivated).
+    self.activation = activations.get_activation(activation)
     self.stem = stems.build_stem(stem_type, width_multiplier, activation)
     self.stages = [
         build_stage_blocks(
@@ -178,17 +179,16 @@ class AxialResNet(tf_keras.Model):
             width_multiplier=width_multiplier, activation=activation)
         for stage, count in enumerate(num_blocks, start=FIRST_STAGE)]
 
-  def call(self, images, training=None, after_block=None):
+  def call(self, images, training=None):
     """Runs the backbone.
+
+    The models run the same stem and blocks in their own forward loop, which
+    places transformer layers after blocks (MaX-DeepLab-S's stage 5) and fuses
+    features (RFN; `cmt_deeplab.CMTDeepLab.forward`).
 
     Args:
       images: A [batch, H, W, 3] tensor of any size.
       training: Whether batch norms use batch statistics and drop path drops.
-      after_block: Optional callable (stage_index, block_index, features) ->
-        features, run after every block (stage_index 0 is the RES2 stage) on
-        its unactivated output, which the next block reads activated (as
-        DeepLab2's transformer layers after its blocks); the models insert
-        transformer layers and feature fusions with it.
 
     Returns:
       A dict of activated features: RES2 [batch, ceil(H/4), ceil(W/4), 256w],
@@ -200,15 +200,12 @@ class AxialResNet(tf_keras.Model):
     x = self.stem(images, training=training)
     endpoints = {}
     for stage_index, stage_blocks in enumerate(self.stages):
-      for block_index, block in enumerate(stage_blocks):
+      for block in stage_blocks:
         preactivation = block(x, training=training, activate_output=False)
-        if after_block is not None:
-          preactivation = after_block(stage_index, block_index, preactivation)
-        x = self._activation(preactivation)
+        x = self.activation(preactivation)
       endpoints[PREACTIVATIONS[stage_index]] = preactivation
       endpoints[ENDPOINTS[stage_index]] = x
     return endpoints
-
 
 def axial_r50(**kwargs):
   """Axial-R50: ResNet-50-beta (3-4-6-3) with axial blocks from stride 16."""

@@ -12,10 +12,10 @@ ResNet (2048, 512, 256 channels).
 MaX-DeepLab-S uses one block per stage. CMT-DeepLab "stacks more blocks in the
 decoder" (supplement §1, Fig. 1); the count per stage is `num_blocks`.
 
-The optional `after_block(stage, block, features) -> features` callback runs after
-every block on its unactivated output, as DeepLab2's transformer layers do; the
-models use it to interleave transformer layers with the decoder blocks (the
-dual-path design of [1], the frequent pixel update of [2]).
+The models run the stages in their own forward loop (`cmt_deeplab.CMTDeepLab.
+forward`): `enter_stage`, then each block, followed by a transformer layer on the
+block's unactivated output, as DeepLab2's transformer layers (the dual-path
+design of [1], the frequent pixel update of [2]). `call` runs the decoder alone.
 
 [1] MaX-DeepLab: End-to-End Panoptic Segmentation with Mask Transformers,
     Wang et al., CVPR 2021.
@@ -128,15 +128,36 @@ class PixelDecoder(tf_keras.layers.Layer):
                       name=f'stride{stride}_block{index + 1}')
           for index in range(count)])
 
-  def call(self, endpoints, training=None, after_block=None):
-    """Runs the decoder.
+  def enter_stage(self, stage_index, features, preactivation, endpoints,
+                  training=None):
+    """The input of stage `stage_index`: activated [B, h_s, w_s, C].
+
+    Args:
+      stage_index: 0, 1 or 2 (strides 16, 8, 4).
+      features: The previous stage's activated output (ignored by stage 0).
+      preactivation: The same before its activation (ignored by stage 0).
+      endpoints: The backbone's dict with RES5, RES3, RES2 and their
+        unactivated STAGE5, STAGE3, STAGE2 (any widths).
+      training: Whether batch norms use batch statistics.
+
+    Returns:
+      Stage 0: the backbone's RES5; stages 1 and 2: the activated fusion of
+      the previous stage's output with the backbone's stride-8 / stride-4
+      features.
+    """
+    if stage_index == 0:
+      return endpoints[axial_resnet.RES5]
+    skip = [endpoints[key] for key in _SKIP_INPUTS[stage_index - 1]]
+    return tf.nn.relu(self.fuses[stage_index](
+        [(features, preactivation), skip], training=training))
+
+  def call(self, endpoints, training=None):
+    """Runs the decoder alone.
 
     Args:
       endpoints: The backbone's dict with RES5, RES3, RES2 and their
         unactivated STAGE5, STAGE3, STAGE2 (any widths).
       training: Whether batch norms use batch statistics.
-      after_block: Optional callable (stage_index, block_index, features) ->
-        features, run after every block on its unactivated output.
 
     Returns:
       A list of the activated stage outputs at strides 16, 8, 4:
@@ -144,19 +165,13 @@ class PixelDecoder(tf_keras.layers.Layer):
       [B, ceil(H/4), ceil(W/4), 256w].
     """
     outputs = []
-    # Each stage's output, activated and not; the next stage's fusion takes both.
-    features = endpoints[axial_resnet.RES5]
-    preactivation = endpoints[axial_resnet.STAGE5]
-    for stage_index, (fuse, stage) in enumerate(zip(self.fuses, self.stages)):
-      if fuse is not None:
-        skip = [endpoints[key] for key in _SKIP_INPUTS[stage_index - 1]]
-        features = tf.nn.relu(fuse([(features, preactivation), skip],
-                                   training=training))
-      for block_index, block in enumerate(stage):
+    features = preactivation = None
+    for stage_index, stage in enumerate(self.stages):
+      features = self.enter_stage(stage_index, features, preactivation,
+                                  endpoints, training=training)
+      for block in stage:
         preactivation = block(features, training=training,
                               activate_output=False)
-        if after_block is not None:
-          preactivation = after_block(stage_index, block_index, preactivation)
         features = tf.nn.relu(preactivation)
       outputs.append(features)
     return outputs

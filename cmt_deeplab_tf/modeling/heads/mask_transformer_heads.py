@@ -6,28 +6,25 @@ prediction of every earlier transformer layer use the same weights: each layer's
 cluster centers are classified and dotted with the final pixel embeddings
 (as DETR / MaskFormer auxiliary predictions).
 
-The gin switch `recompute` recomputes the heads in the backward pass of training
-(`recompute.recompute`), once per call: each layer's prediction then keeps only
-its [B, h, w, N] mask logits (the loss's input), not the stride-4 activations
-of the pixel-embedding head and the mask head's batch-norm input.
+With the memory policy's kind 'heads' (`build_model.recompute`), the model
+recomputes the pixel-embedding head and each call in the backward pass of training: each
+layer's prediction then keeps only its [B, h, w, N] mask logits (the loss's
+input), not the stride-4 activations of the pixel-embedding head and the mask
+head's batch-norm input.
 """
-import gin
 import tf_keras
 
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf.modeling.heads import class_head
 from cmt_deeplab_tf.modeling.heads import mask_head
 from cmt_deeplab_tf.modeling.heads import pixel_embedding_head
-from cmt_deeplab_tf.modeling.layers import recompute as recompute_lib
 
 
-@gin.configurable(denylist=['num_classes', 'embedding_channels',
-                            'head_channels', 'center_feature_channels'])
 class MaskTransformerHeads(tf_keras.layers.Layer):
   """Class, mask and pixel-embedding heads."""
 
   def __init__(self, num_classes, embedding_channels=128, head_channels=256,
-               center_feature_channels=256, recompute=False, name='heads'):
+               center_feature_channels=256, name='heads'):
     """Initializes the heads.
 
     Args:
@@ -36,11 +33,10 @@ class MaskTransformerHeads(tf_keras.layers.Layer):
       head_channels: Hidden width of the pixel-embedding head (MaX: 256).
       center_feature_channels: Width of the class / mask center projections
         (MaX: 256).
-      recompute: Recompute the heads in the backward pass of training.
       name: The layer name.
     """
     super().__init__(name=name)
-    self.recompute = recompute
+    # Stride-4 features [B, h, w, C] -> PIXEL_EMBEDDINGS [B, h, w, D].
     self.pixel_embedding_head = pixel_embedding_head.PixelEmbeddingHead(
         embedding_channels, head_channels)
     self.class_head = class_head.ClassHead(num_classes,
@@ -48,22 +44,10 @@ class MaskTransformerHeads(tf_keras.layers.Layer):
     self.mask_head = mask_head.MaskHead(embedding_channels,
                                         center_feature_channels)
 
-  def embed_pixels(self, features, training=None):
-    """Stride-4 features [B, h, w, C] -> PIXEL_EMBEDDINGS [B, h, w, D]."""
-    return self._recompute(
-        lambda x: self.pixel_embedding_head(x, training=training), [features],
-        training, self.pixel_embedding_head)
-
   def call(self, pixel_embeddings, centers, training=None):
     """Returns {CLASS_LOGITS [B, N, C + 1], MASK_LOGITS [B, h, w, N]}."""
-    def predict(embeddings, centers):
-      return {
-          common.CLASS_LOGITS: self.class_head(centers, training=training),
-          common.MASK_LOGITS: self.mask_head(embeddings, centers,
-                                             training=training),
-      }
-    return self._recompute(predict, [pixel_embeddings, centers], training, self)
-
-  def _recompute(self, fn, inputs, training, layer):
-    return recompute_lib.recompute(
-        fn, inputs, enabled=self.recompute and training is True, layer=layer)
+    return {
+        common.CLASS_LOGITS: self.class_head(centers, training=training),
+        common.MASK_LOGITS: self.mask_head(pixel_embeddings, centers,
+                                           training=training),
+    }

@@ -11,9 +11,8 @@ exact GeLU (`activations`). The last batch norm of each residual branch starts
 with gamma = 0, so every block starts as the identity (Goyal et al., 2017), as
 in DeepLab2.
 
-Each block type has a gin switch `recompute`: in training, the backward pass
-recomputes the block instead of keeping its activations (`recompute.recompute`;
-DeepLab2's `axial_use_recompute_grad` / `conv_use_recompute_grad`).
+Whether the backward pass recomputes a block is the model's memory policy
+(`build_model.recompute`, `recompute_policy`), applied by the forward loop.
 """
 import gin
 import tf_keras
@@ -22,14 +21,13 @@ from cmt_deeplab_tf.modeling.layers import activations
 from cmt_deeplab_tf.modeling.layers import axial_attention
 from cmt_deeplab_tf.modeling.layers import conv_bn
 from cmt_deeplab_tf.modeling.layers import drop_path
-from cmt_deeplab_tf.modeling.layers import recompute as recompute_lib
 
 
 class _ResidualBlock(tf_keras.layers.Layer):
   """The shortcut, drop path and output activation shared by the blocks below."""
 
   def __init__(self, output_channels, strides, drop_path_rate, activation,
-               recompute, name):
+               name):
     if strides < 1:
       raise ValueError(f'{type(self).__name__} strides must be >= 1, got '
                        f'strides={strides}.')
@@ -39,7 +37,6 @@ class _ResidualBlock(tf_keras.layers.Layer):
     self._activation = activations.get_activation(activation)
     self._drop_path = drop_path.DropPath(drop_path_rate, name='drop_path')
     self._projection = None
-    self.recompute = recompute
 
   def build(self, input_shape):
     if input_shape[-1] != self._output_channels:
@@ -64,11 +61,6 @@ class _ResidualBlock(tf_keras.layers.Layer):
       A [batch, ceil(height / strides), ceil(width / strides),
       output_channels] tensor, activated if `activate_output`.
     """
-    return recompute_lib.recompute(
-        lambda x: self._forward(x, training, activate_output), [inputs],
-        enabled=self.recompute and training is True, layer=self)
-
-  def _forward(self, inputs, training, activate_output):
     if self._projection is not None:
       shortcut = self._projection(inputs, training=training)
     else:
@@ -79,9 +71,6 @@ class _ResidualBlock(tf_keras.layers.Layer):
     return self._activation(outputs) if activate_output else outputs
 
 
-# Set by the backbone's stage builder; `recompute` is the switch.
-@gin.configurable(denylist=['filters', 'strides', 'atrous_rate',
-                            'drop_path_rate', 'activation', 'name'])
 class BottleneckBlock(_ResidualBlock):
   """ResNet bottleneck: 1x1, 3x3 (strided or atrous), 1x1 convolutions.
 
@@ -90,7 +79,7 @@ class BottleneckBlock(_ResidualBlock):
   """
 
   def __init__(self, filters, strides=1, atrous_rate=1, drop_path_rate=0.0,
-               activation=activations.RELU, recompute=False, name=None):
+               activation=activations.RELU, name=None):
     """Initializes the block.
 
     Args:
@@ -99,12 +88,9 @@ class BottleneckBlock(_ResidualBlock):
       atrous_rate: Dilation of the 3x3 convolution.
       drop_path_rate: Probability of dropping the residual branch in training.
       activation: 'relu' or 'gelu', see `activations`.
-      recompute: Recompute the block in the backward pass of training instead
-        of keeping its activations (DeepLab2 `conv_use_recompute_grad`).
       name: The layer name.
     """
-    super().__init__(4 * filters, strides, drop_path_rate, activation,
-                     recompute, name)
+    super().__init__(4 * filters, strides, drop_path_rate, activation, name)
     self._convs = [
         conv_bn.ConvBN(filters, 1, activation=activation, name='conv1'),
         conv_bn.ConvBN(filters, 3, strides=strides, atrous_rate=atrous_rate,
@@ -133,7 +119,7 @@ class AxialBlock(_ResidualBlock):
 
   def __init__(self, filters, strides=1, drop_path_rate=0.0,
                bottleneck_expansion=2, key_expansion=1, value_expansion=2,
-               activation=activations.RELU, recompute=False, name=None):
+               activation=activations.RELU, name=None):
     """Initializes the block.
 
     Args:
@@ -145,13 +131,9 @@ class AxialBlock(_ResidualBlock):
       key_expansion: Query/key depth of the attention is filters * this.
       value_expansion: Value depth of the attention is filters * this.
       activation: 'relu' or 'gelu', see `activations`.
-      recompute: Recompute the block in the backward pass of training instead
-        of keeping its activations (DeepLab2 `axial_use_recompute_grad`, on in
-        its configs and in our full-size ones).
       name: The layer name.
     """
-    super().__init__(4 * filters, strides, drop_path_rate, activation,
-                     recompute, name)
+    super().__init__(4 * filters, strides, drop_path_rate, activation, name)
     key_depth = int(round(filters * key_expansion))
     value_depth = int(round(filters * value_expansion))
     self._conv1 = conv_bn.ConvBN(int(round(filters * bottleneck_expansion)), 1,

@@ -21,10 +21,11 @@ line in `ClusteringTransformerLayer.call` and the methods named here):
                                 `_assignment_bias`, `Assignment.__init__`
   (S4) assignment softmax       A = softmax over the N clusters of L,
                                 [heads, N, HW]   `Assignment.__init__`
-  (S5) clustering update        U_clu = ReLU(BN(A V_p))
+  (S5) clustering update        U_clu = ReLU(BN(A V_p))  `_clustering_update`,
                                 `Assignment.centers_from_pixels`
   (S6) cross-attention update   U_att = ReLU(BN(softmax over [pixels; centers]
-                                of BN_h(Q_c [K_p; K_c]^T) [V_p; V_c]))  (`call`)
+                                of BN_h(Q_c [K_p; K_c]^T) [V_p; V_c]))
+                                `_attention_update`
        center update            C' = ReLU(C + LinearBN(U_clu)
                                           + LinearBN(U_att)),
                                 C'' = ReLU(C' + FFN(C'))   (`call`)
@@ -41,15 +42,19 @@ assignment's softmax over clusters is "the same normalisation as the final
 mask prediction"; the pixel update is its "frequent pixel update"
 (supplement Sec. 2).
 
-`implementation=FUSED` (the default) computes the same with the same variables
-faster (`fast_path`: the assignment held as pixels querying centers, folded
-inference batch norms, the separable prior); `implementation=PLAIN` runs the
-equations above as written.
+The layer computes with the classes and functions of an `Implementation`:
+`PLAIN_IMPLEMENTATION` (the default here) runs the equations above as written;
+a faster set with the same variables (`fast_path`) is chosen from outside, by
+name, through `cmt_implementations` (the models use `TransformerDecoder.
+implementation`), so this module does not know it.
 
-Every mechanism is a switch. With `use_clustering_update`,
-`use_assignment_residual`, `pixel_update_from_assignment`,
-`use_coordinate_features` off and `reference_mask=None` (see `DUAL_PATH_SWITCHES`),
-the layer computes exactly MaX-DeepLab's dual-path transformer layer [2]
+Every mechanism is an option of `LayerOptions` (gin:
+`ClusteringTransformerLayer.<option>`), written once there. The center update is
+a sum of named rules, `center_update='clustering+attention'` (S5 + S6; a rule is
+one method of the layer and one entry of `_CENTER_UPDATES`). With
+`center_update='attention'`, `use_assignment_residual`,
+`pixel_update_from_assignment`, `use_coordinate_features` off and
+`reference_mask=None` (see `DUAL_PATH_SWITCHES`), the layer computes exactly MaX-DeepLab's dual-path transformer layer [2]
 (DeepLab2 `DualPathTransformerLayer`): memory -> [pixel; memory] attention with one
 softmax, FFN, and pixel -> memory attention.
 
@@ -61,13 +66,15 @@ Widths follow DeepLab2: bottleneck = 2 * filters, keys = filters, values =
 [2] MaX-DeepLab: End-to-End Panoptic Segmentation with Mask Transformers,
     Wang et al., CVPR 2021.
 """
+import dataclasses
+from typing import Callable, Optional, Tuple
+
 import gin
 import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf.modeling.layers import attention
 from cmt_deeplab_tf.modeling.layers import drop_path
-from cmt_deeplab_tf.modeling.layers import fast_path
 from cmt_deeplab_tf.modeling.layers import linear_bn
 from cmt_deeplab_tf.modeling.layers import reference_mask as reference_mask_lib
 from cmt_deeplab_tf.modeling.layers import resize
@@ -80,10 +87,14 @@ REFERENCE_PARAMETERS = 'reference_parameters'  # float32 [B, N, 5].
 CLUSTERING_MAP = 'clustering_map'  # float32 [B, H, W, N], softmax over N.
 ATTENTION_MAP = 'attention_map'    # float32 [B, H, W, N], softmax over pixels.
 
-# The switch values that turn a CMT layer into MaX-DeepLab's dual-path layer.
+# Center-update rules (`LayerOptions.center_update`, joined by '+'), each a
+# method of the layer returning an update [B, N, Cc] (see `_CENTER_UPDATES`).
+CLUSTERING = 'clustering'  # (S5) the assignment gathers pixel values.
+ATTENTION = 'attention'    # (S6) MaX-DeepLab's cross-attention over pixels.
+
+# The option values that turn a CMT layer into MaX-DeepLab's dual-path layer.
 DUAL_PATH_SWITCHES = dict(
-    use_clustering_update=False,
-    use_cross_attention_update=True,
+    center_update=ATTENTION,
     use_center_self_attention=True,
     use_assignment_residual=False,
     update_pixels=True,
@@ -92,8 +103,6 @@ DUAL_PATH_SWITCHES = dict(
     use_coordinate_features=False)
 
 _REFERENCE_MASKS = (None, reference_mask_lib.GAUSSIAN)
-PLAIN = fast_path.PLAIN
-FUSED = fast_path.FUSED
 
 
 def _flatten_pixels(pixels):
@@ -114,7 +123,7 @@ class Assignment:
   """The pixel-cluster assignment A [B, heads, N, HW], as the paper writes it.
 
   The centers query the pixels and the softmax runs over the queries, the N
-  clusters (S3, S4). `fast_path.PixelsQueryCenters` is its transpose, with the
+  clusters (S3, S4). A faster implementation may hold its transpose, with the
   same interface. The clustering attention is built with `SOFTMAX_OVER`.
   """
 
@@ -159,143 +168,172 @@ class Assignment:
                                     training=training, transpose_weights=True)
 
 
-# Set by `TransformerDecoder` from its own arguments (one place per knob):
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+  """The classes and functions a CMT layer computes with.
+
+  Every implementation computes the same outputs with the same variables
+  (names and shapes), so they are interchangeable on one checkpoint.
+
+  Attributes:
+    name: Its name in `cmt_implementations`.
+    linear_bn: A `linear_bn.LinearBN` class (a list of inputs is projected as
+      their concatenation).
+    attention: An `attention.MultiHeadAttention` class.
+    assignment: A class with `Assignment`'s interface.
+    log_reference_prior: `reference_mask.log_reference_prior` or a function
+      computing the same.
+  """
+  name: str
+  linear_bn: type
+  attention: type
+  assignment: type
+  log_reference_prior: Callable
+
+
+PLAIN_IMPLEMENTATION = Implementation(
+    'plain', linear_bn.LinearBN, attention.MultiHeadAttention, Assignment,
+    reference_mask_lib.log_reference_prior)
+
+
+# Set by `TransformerDecoder` from its own options (one place per knob):
 # binding them here is an error at parse time.
 _SET_BY_THE_DECODER = ('filters', 'center_channels', 'num_heads',
                        'feed_forward_channels', 'drop_path_rate')
 
 
 @gin.configurable('ClusteringTransformerLayer', denylist=_SET_BY_THE_DECODER)
+@dataclasses.dataclass(frozen=True)
+class LayerOptions:
+  """The options of one CMT layer (gin: `ClusteringTransformerLayer.<option>`).
+
+  Attributes:
+    filters: Base width; the bottleneck has 2 * filters channels, keys
+      filters, values 2 * filters (DeepLab2's MaX-DeepLab defaults).
+    center_channels: Width of the cluster centers (MaX-DeepLab's memory, 256).
+    num_heads: Number of attention heads.
+    feed_forward_channels: Hidden width of the center FFN; 0 disables it.
+    center_update: The center-update rules, joined by '+' and summed:
+      'clustering' (S5, pixel values aggregated by the assignment, softmax
+      over clusters) and / or 'attention' (S6, cross-attention over the
+      pixels, softmax over pixels, as MaX-DeepLab). CMT: both.
+    use_center_self_attention: Centers also attend to centers (their keys
+      join the cross-attention's softmax, as MaX-DeepLab's memory attention;
+      alone if the update has no 'attention').
+    use_assignment_residual: Add the previous layer's assignment logits to
+      this layer's (resized to this layer's resolution).
+    update_pixels: Update pixel features from the centers.
+    pixel_update_from_assignment: Pixels retrieve center values with the
+      clustering assignment (CMT); otherwise with their own pixel -> center
+      attention (MaX-DeepLab).
+    reference_mask: 'gaussian' (each center predicts a 2-D Gaussian reference
+      mask whose log-sigmoid biases the assignment) or None.
+    use_coordinate_features: Concatenate (y, x) coordinates to the pixel
+      features before their projection (coordinate convolution).
+    drop_path_rate: Drop-path rate of every residual branch.
+  """
+  filters: int = 128
+  center_channels: int = 256
+  num_heads: int = 8
+  feed_forward_channels: int = 2048
+  center_update: str = f'{CLUSTERING}+{ATTENTION}'
+  use_center_self_attention: bool = True
+  use_assignment_residual: bool = True
+  update_pixels: bool = True
+  pixel_update_from_assignment: bool = True
+  reference_mask: Optional[str] = reference_mask_lib.GAUSSIAN
+  use_coordinate_features: bool = True
+  drop_path_rate: float = 0.0
+
+  def __post_init__(self):
+    """Checks the options.
+
+    Raises:
+      ValueError: On an unknown or repeated center-update rule, an unknown
+        `reference_mask`, or `filters` not divisible by `num_heads`.
+    """
+    rules = self.center_update.split('+')
+    if len(set(rules)) != len(rules) or not set(rules) <= set(_CENTER_UPDATES):
+      raise ValueError(
+          'ClusteringTransformerLayer.center_update must join distinct rules '
+          f"of {tuple(_CENTER_UPDATES)} with '+', got {self.center_update!r}.")
+    if self.reference_mask not in _REFERENCE_MASKS:
+      raise ValueError('ClusteringTransformerLayer.reference_mask must be one '
+                       f'of {_REFERENCE_MASKS}, got {self.reference_mask!r}.')
+    if self.filters % self.num_heads:
+      raise ValueError(f'filters ({self.filters}) must be divisible by '
+                       f'num_heads ({self.num_heads}).')
+
+  @property
+  def center_update_rules(self) -> Tuple[str, ...]:
+    """The rules of `center_update`, in the order their updates are summed."""
+    rules = self.center_update.split('+')
+    return tuple(rule for rule in _CENTER_UPDATES if rule in rules)
+
+  @property
+  def computes_assignment(self) -> bool:
+    """Whether the layer computes the pixel-cluster assignment."""
+    return (CLUSTERING in self.center_update_rules or
+            self.use_assignment_residual or self.reference_mask is not None or
+            (self.update_pixels and self.pixel_update_from_assignment))
+
+  @property
+  def uses_center_attention(self) -> bool:
+    """Whether centers attend (to pixels and / or to centers)."""
+    return (ATTENTION in self.center_update_rules or
+            self.use_center_self_attention)
+
+
 class ClusteringTransformerLayer(tf_keras.layers.Layer):
   """One CMT layer (or, with `DUAL_PATH_SWITCHES`, one MaX dual-path layer)."""
 
-  def __init__(self,
-               filters=128,
-               center_channels=256,
-               num_heads=8,
-               feed_forward_channels=2048,
-               use_clustering_update=True,
-               use_cross_attention_update=True,
-               use_center_self_attention=True,
-               use_assignment_residual=True,
-               update_pixels=True,
-               pixel_update_from_assignment=True,
-               reference_mask=reference_mask_lib.GAUSSIAN,
-               use_coordinate_features=True,
-               drop_path_rate=0.0,
-               implementation=FUSED,
+  def __init__(self, options=None, implementation=PLAIN_IMPLEMENTATION,
                name=None):
     """Initializes the layer.
 
     Args:
-      filters: Base width; the bottleneck has 2 * filters channels, keys
-        filters, values 2 * filters (DeepLab2's MaX-DeepLab defaults).
-      center_channels: Width of the cluster centers (MaX-DeepLab's memory,
-        256).
-      num_heads: Number of attention heads.
-      feed_forward_channels: Hidden width of the center FFN; 0 disables it.
-      use_clustering_update: Update centers with pixel values aggregated by
-        the assignment (softmax over clusters).
-      use_cross_attention_update: Update centers with cross-attention over the
-        pixels (softmax over pixels), as MaX-DeepLab.
-      use_center_self_attention: Centers also attend to centers (shares the
-        cross-attention softmax, as MaX-DeepLab).
-      use_assignment_residual: Add the previous layer's assignment logits to
-        this layer's (resized to this layer's resolution).
-      update_pixels: Update pixel features from the centers.
-      pixel_update_from_assignment: Pixels retrieve center values with the
-        clustering assignment (CMT); otherwise with their own pixel -> center
-        attention (MaX-DeepLab).
-      reference_mask: 'gaussian' (each center predicts a 2-D Gaussian reference
-        mask whose log-sigmoid biases the assignment) or None.
-      use_coordinate_features: Concatenate (y, x) coordinates to the pixel
-        features before their projection (coordinate convolution).
-      drop_path_rate: Drop-path rate of every residual branch.
-      implementation: `PLAIN` (the equations as written) or `FUSED` (the same
-        computation with the same variables, faster; see `fast_path`).
+      options: A `LayerOptions`; default: `LayerOptions()` (gin's bindings).
+      implementation: The `Implementation` to compute with (see
+        `cmt_implementations`).
       name: The layer name.
 
     Raises:
-      ValueError: On a switch combination that leaves centers without an
-        update, or on an unknown `reference_mask` or `implementation`.
+      ValueError: On an `implementation` that is not an `Implementation`.
     """
-    if not (use_clustering_update or use_cross_attention_update or
-            use_center_self_attention):
-      raise ValueError('At least one center update must be on: '
-                       'use_clustering_update, use_cross_attention_update or '
-                       'use_center_self_attention (all are False).')
-    if reference_mask not in _REFERENCE_MASKS:
-      raise ValueError(f'reference_mask must be one of {_REFERENCE_MASKS}, '
-                       f'got {reference_mask!r}.')
-    if implementation not in fast_path.IMPLEMENTATIONS:
-      raise ValueError(f'implementation must be one of '
-                       f'{fast_path.IMPLEMENTATIONS}, got {implementation!r}.')
-    if filters % num_heads:
-      raise ValueError(f'filters ({filters}) must be divisible by num_heads '
-                       f'({num_heads}).')
+    if not isinstance(implementation, Implementation):
+      raise ValueError('implementation must be an Implementation (see '
+                       f'cmt_implementations), got {implementation!r}.')
     super().__init__(name=name)
-    self._config = dict(
-        filters=filters, center_channels=center_channels, num_heads=num_heads,
-        feed_forward_channels=feed_forward_channels,
-        use_clustering_update=use_clustering_update,
-        use_cross_attention_update=use_cross_attention_update,
-        use_center_self_attention=use_center_self_attention,
-        use_assignment_residual=use_assignment_residual,
-        update_pixels=update_pixels,
-        pixel_update_from_assignment=pixel_update_from_assignment,
-        reference_mask=reference_mask,
-        use_coordinate_features=use_coordinate_features,
-        drop_path_rate=drop_path_rate, implementation=implementation)
-    self._filters = filters
-    self._center_channels = center_channels
-    self._num_heads = num_heads
-    self._feed_forward_channels = feed_forward_channels
-    self._use_clustering_update = use_clustering_update
-    self._use_cross_attention = use_cross_attention_update
-    self._use_self_attention = use_center_self_attention
-    self._use_residual = use_assignment_residual
-    self._update_pixels = update_pixels
-    self._pixel_update_from_assignment = pixel_update_from_assignment
-    self._reference_mask = reference_mask
-    self._use_coordinates = use_coordinate_features
-    self._drop_path_rate = drop_path_rate
-    self._fused = implementation == FUSED
-    self._linear_bn_class = (fast_path.FusedLinearBN if self._fused else
-                             linear_bn.LinearBN)
-    self._attention_class = (fast_path.FusedMultiHeadAttention if self._fused
-                             else attention.MultiHeadAttention)
-    self._assignment_class = (fast_path.PixelsQueryCenters if self._fused else
-                              Assignment)
+    self.options = LayerOptions() if options is None else options
+    self._implementation = implementation
 
   def get_config(self):
-    """The constructor arguments (Keras serialisation; what gin bound)."""
-    return {**super().get_config(), **self._config}
-
-  @property
-  def computes_assignment(self):
-    """Whether the layer computes the pixel-cluster assignment."""
-    return (self._use_clustering_update or self._use_residual or
-            self._reference_mask is not None or
-            (self._update_pixels and self._pixel_update_from_assignment))
+    """The options and the implementation's name (what gin bound)."""
+    return {**super().get_config(), **dataclasses.asdict(self.options),
+            'implementation': self._implementation.name}
 
   def _projection(self, units, name, use_relu=False, gamma='ones'):
-    std = (2 * self._filters) ** -0.5
+    std = (2 * self.options.filters) ** -0.5
     initializer = (tf_keras.initializers.TruncatedNormal(stddev=std)
                    if not use_relu else 'he_normal')
-    return self._linear_bn_class(units, use_relu=use_relu,
-                                 gamma_initializer=gamma,
-                                 kernel_initializer=initializer, name=name)
+    return self._implementation.linear_bn(
+        units, use_relu=use_relu, gamma_initializer=gamma,
+        kernel_initializer=initializer, name=name)
 
   def build(self, input_shape):
+    options = self.options
+    rules = options.center_update_rules
     pixel_channels = input_shape[-1]
-    center_channels = self._center_channels
-    bottleneck, key_depth, value_depth = (2 * self._filters, self._filters,
-                                          2 * self._filters)
-    pixel_attention_by_query = (self._update_pixels and
-                                not self._pixel_update_from_assignment)
-    needs_pixel_kv = (self.computes_assignment or self._use_cross_attention)
-    needs_center_key = self._use_self_attention or pixel_attention_by_query
-    needs_center_value = self._use_self_attention or self._update_pixels
+    center_channels = options.center_channels
+    bottleneck, key_depth, value_depth = (
+        2 * options.filters, options.filters, 2 * options.filters)
+    pixel_attention_by_query = (options.update_pixels and
+                                not options.pixel_update_from_assignment)
+    needs_pixel_kv = options.computes_assignment or ATTENTION in rules
+    needs_center_key = (options.use_center_self_attention or
+                        pixel_attention_by_query)
+    needs_center_value = (options.use_center_self_attention or
+                          options.update_pixels)
     self._pixel_in = self._projection(bottleneck, 'pixel_conv1_bn_act', True)
     self._center_in = self._projection(bottleneck, 'center_conv1_bn_act', True)
     self._center_query = self._projection(key_depth, 'center_query')
@@ -306,52 +344,54 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     self._pixel_key = (self._projection(key_depth, 'pixel_key')
                        if needs_pixel_kv else None)
     self._pixel_value = (self._projection(value_depth, 'pixel_value')
-                         if (self._use_clustering_update or
-                             self._use_cross_attention) else None)
+                         if CLUSTERING in rules or ATTENTION in rules else None)
     self._pixel_query = (self._projection(key_depth, 'pixel_query')
                          if pixel_attention_by_query else None)
     self._clustering = None
-    if self.computes_assignment:
-      self._clustering = self._attention_class(
-          self._num_heads, self._assignment_class.SOFTMAX_OVER,
+    if options.computes_assignment:
+      self._clustering = self._implementation.attention(
+          options.num_heads, self._implementation.assignment.SOFTMAX_OVER,
           name='clustering')
     self._clustering_out = (
         self._projection(center_channels, 'clustering_conv3_bn', gamma='zeros')
-        if self._use_clustering_update else None)
+        if CLUSTERING in rules else None)
     self._center_attention = None
-    if self._use_cross_attention or self._use_self_attention:
-      self._center_attention = self._attention_class(
-          self._num_heads, attention.SOFTMAX_OVER_KEYS, name='center_attention')
+    if options.uses_center_attention:
+      self._center_attention = self._implementation.attention(
+          options.num_heads, attention.SOFTMAX_OVER_KEYS,
+          name='center_attention')
       self._center_attention_out = self._projection(
           center_channels, 'center_conv3_bn', gamma='zeros')
     self._ffn = None
-    if self._feed_forward_channels:
+    if options.feed_forward_channels:
       self._ffn = [
-          self._projection(self._feed_forward_channels, 'ffn_conv1_bn_act',
+          self._projection(options.feed_forward_channels, 'ffn_conv1_bn_act',
                            True),
           self._projection(center_channels, 'ffn_conv2_bn', gamma='zeros')]
     self._pixel_attention = None
-    if self._update_pixels:
-      self._pixel_attention = self._attention_class(
-          self._num_heads, attention.SOFTMAX_OVER_KEYS, name='pixel_attention')
+    if options.update_pixels:
+      self._pixel_attention = self._implementation.attention(
+          options.num_heads, attention.SOFTMAX_OVER_KEYS,
+          name='pixel_attention')
       self._pixel_out = self._projection(pixel_channels, 'pixel_conv3_bn',
                                          gamma='zeros')
     self._reference = None
-    if self._reference_mask == reference_mask_lib.GAUSSIAN:
+    if options.reference_mask == reference_mask_lib.GAUSSIAN:
       self._reference = reference_mask_lib.GaussianReferenceMask(
           name='reference_mask')
-    self._drop_path = drop_path.DropPath(self._drop_path_rate)
+    self._drop_path = drop_path.DropPath(options.drop_path_rate)
     super().build(input_shape)
 
   def _pixel_inputs(self, pixels):
-    """(S1) [B, HW, Cp (+ 2)]: relu(pixels) with their coordinates."""
+    """(S1) [[B, HW, Cp], [B, HW, 2]]: relu(pixels) and their coordinates.
+
+    The projection reads the list as its concatenation [B, HW, Cp (+ 2)].
+    """
     flat = [_flatten_pixels(tf.nn.relu(pixels))]
-    if self._use_coordinates:
+    if self.options.use_coordinate_features:
       flat.append(_flatten_pixels(
           reference_mask_lib.coordinate_features(pixels)))
-    if self._fused:  # Projected as if concatenated (see `fast_path`).
-      return flat
-    return tf.concat(flat, axis=-1)
+    return flat
 
   def _assignment_bias(self, centers, previous_assignment, height, width):
     """Residual logits L_prev + log reference prior (S2, S3), [B, H, W, N].
@@ -361,14 +401,13 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     """
     outputs = {}
     bias = None
-    if self._use_residual and previous_assignment is not None:
+    if self.options.use_assignment_residual and previous_assignment is not None:
       bias = resize.resize_align_corners(previous_assignment, height, width)
     if self._reference is not None:
       parameters = self._reference(centers)
       outputs[REFERENCE_PARAMETERS] = parameters
-      log_prior = (fast_path.separable_log_reference_prior if self._fused else
-                   reference_mask_lib.log_reference_prior)
-      prior = log_prior(parameters, height, width)  # (S2)
+      prior = self._implementation.log_reference_prior(  # (S2)
+          parameters, height, width)
       bias = prior if bias is None else bias + prior
     return bias, outputs
 
@@ -400,50 +439,29 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
 
     def project(layer, inputs):
       return None if layer is None else layer(inputs, training=training)
-    center_query = project(self._center_query, center_hidden)
-    center_key = project(self._center_key, center_hidden)
-    center_value = project(self._center_value, center_hidden)
-    pixel_key = project(self._pixel_key, pixel_hidden)
-    pixel_value = project(self._pixel_value, pixel_hidden)
+    step = _Step(
+        height=height, width=width, training=training, return_maps=return_maps,
+        center_query=project(self._center_query, center_hidden),
+        center_key=project(self._center_key, center_hidden),
+        center_value=project(self._center_value, center_hidden),
+        pixel_key=project(self._pixel_key, pixel_hidden),
+        pixel_value=project(self._pixel_value, pixel_hidden))
 
     outputs = {}
-    center_updates = []
-    assignment = None
     if self._clustering is not None:
       bias, reference_outputs = self._assignment_bias(
           centers, previous_assignment, height, width)
       outputs.update(reference_outputs)
-      assignment = self._assignment_class(  # (S3), (S4)
-          self._clustering, center_query, pixel_key, bias, training)
-      outputs[ASSIGNMENT_LOGITS] = assignment.logits_map(height, width)
+      step.assignment = self._implementation.assignment(  # (S3), (S4)
+          self._clustering, step.center_query, step.pixel_key, bias, training)
+      outputs[ASSIGNMENT_LOGITS] = step.assignment.logits_map(height, width)
       if return_maps:
-        outputs[CLUSTERING_MAP] = assignment.probability_map(height, width)
-      if self._use_clustering_update:
-        clustered = assignment.centers_from_pixels(  # (S5)
-            self._clustering, pixel_value, training)
-        center_updates.append(self._clustering_out(clustered,
-                                                   training=training))
-
-    if self._center_attention is not None:
-      keys, values = [], []
-      if self._use_cross_attention:
-        keys.append(pixel_key)
-        values.append(pixel_value)
-      if self._use_self_attention:
-        keys.append(center_key)
-        values.append(center_value)
-      result = self._center_attention(center_query, keys, values,  # (S6)
-                                      training=training)
-      center_updates.append(self._center_attention_out(result.output,
-                                                       training=training))
-      if return_maps and self._use_cross_attention:
-        num_pixels = height * width
-        outputs[ATTENTION_MAP] = _centers_by_pixels_to_map(
-            attention.mean_over_heads(result.probabilities[..., :num_pixels]),
-            height, width)
+        outputs[CLUSTERING_MAP] = step.assignment.probability_map(height,
+                                                                  width)
 
     new_centers = centers
-    for update in center_updates:
+    for rule in self._center_update_rules():
+      update = _CENTER_UPDATES[rule](self, step, outputs)
       new_centers += self._drop_path(update, training=training)
     new_centers = tf.nn.relu(new_centers)
     if self._ffn is not None:
@@ -453,21 +471,83 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
                                self._drop_path(update, training=training))
     outputs[CENTERS] = new_centers
     outputs[PIXELS] = pixels
-    if self._update_pixels:
-      outputs[PIXELS] = self._update_pixel_features(
-          pixels, pixel_hidden, assignment, center_key, center_value, training)
+    if self.options.update_pixels:
+      outputs[PIXELS] = self._update_pixel_features(pixels, pixel_hidden, step)
     return outputs
 
-  def _update_pixel_features(self, pixels, pixel_hidden, assignment,
-                             center_key, center_value, training):
+  def _center_update_rules(self):
+    """The rules whose updates are summed; center self-attention alone runs
+    as the attention rule with the centers as its only keys."""
+    rules = self.options.center_update_rules
+    if self.options.uses_center_attention and ATTENTION not in rules:
+      rules += (ATTENTION,)
+    return rules
+
+  def _clustering_update(self, step, outputs):
+    """(S5) LinearBN(ReLU(BN(A V_p))), [B, N, Cc]: centers gather pixels."""
+    del outputs  # Adds no output.
+    clustered = step.assignment.centers_from_pixels(
+        self._clustering, step.pixel_value, step.training)
+    return self._clustering_out(clustered, training=step.training)
+
+  def _attention_update(self, step, outputs):
+    """(S6) LinearBN(ReLU(BN(softmax(Q_c [K_p; K_c]^T) [V_p; V_c]))), [B, N, Cc].
+
+    Pixel keys with the 'attention' rule, center keys with
+    `use_center_self_attention`; one softmax over all keys. Adds
+    ATTENTION_MAP to `outputs` with `return_maps`.
+    """
+    cross = ATTENTION in self.options.center_update_rules
+    keys, values = [], []
+    if cross:
+      keys.append(step.pixel_key)
+      values.append(step.pixel_value)
+    if self.options.use_center_self_attention:
+      keys.append(step.center_key)
+      values.append(step.center_value)
+    result = self._center_attention(step.center_query, keys, values,
+                                    training=step.training)
+    if step.return_maps and cross:
+      outputs[ATTENTION_MAP] = _centers_by_pixels_to_map(
+          attention.mean_over_heads(
+              result.probabilities[..., :step.height * step.width]),
+          step.height, step.width)
+    return self._center_attention_out(result.output, training=step.training)
+
+  def _update_pixel_features(self, pixels, pixel_hidden, step):
     """(S7) Pixels read the center values, by the assignment or by attention."""
-    if self._pixel_update_from_assignment:
-      retrieved = assignment.pixels_from_centers(self._pixel_attention,
-                                                 center_value, training)
+    training = step.training
+    if self.options.pixel_update_from_assignment:
+      retrieved = step.assignment.pixels_from_centers(
+          self._pixel_attention, step.center_value, training)
     else:
       pixel_query = self._pixel_query(pixel_hidden, training=training)
       retrieved = self._pixel_attention(
-          pixel_query, center_key, center_value, training=training).output
+          pixel_query, step.center_key, step.center_value,
+          training=training).output
     update = self._pixel_out(retrieved, training=training)
     update = tf.reshape(update, tf.shape(pixels))
     return pixels + self._drop_path(update, training=training)
+
+
+@dataclasses.dataclass
+class _Step:
+  """What one call of a layer computed, handed to its center-update rules."""
+  height: tf.Tensor
+  width: tf.Tensor
+  training: Optional[bool]
+  return_maps: bool
+  center_query: tf.Tensor
+  center_key: Optional[tf.Tensor]
+  center_value: Optional[tf.Tensor]
+  pixel_key: Optional[tf.Tensor]
+  pixel_value: Optional[tf.Tensor]
+  assignment: Optional[Assignment] = None
+
+
+# The center-update rules by name: one method each, returning [B, N, Cc]. A
+# new rule is one method and one entry here.
+_CENTER_UPDATES = {
+    CLUSTERING: ClusteringTransformerLayer._clustering_update,  # pylint: disable=protected-access
+    ATTENTION: ClusteringTransformerLayer._attention_update,  # pylint: disable=protected-access
+}

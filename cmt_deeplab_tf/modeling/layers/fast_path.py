@@ -1,8 +1,7 @@
 """The fast implementation of the CMT layer: same variables, same outputs.
 
-`ClusteringTransformerLayer(implementation=FUSED)` (the default) runs these
-in place of the plain forms that read as the paper writes them
-(`implementation=PLAIN`). Each piece computes what its plain counterpart
+`cmt_implementations.FUSED` (the models' default) runs these in place of the
+plain forms that read as the paper writes them (`cmt_implementations.PLAIN`). Each piece computes what its plain counterpart
 computes, with the same variables (names and shapes), so checkpoints and the
 two implementations are interchangeable; `tests/modeling/test_fast_path.py`
 checks the equality in training and inference mode at random parameters and
@@ -30,11 +29,6 @@ from cmt_deeplab_tf.modeling.layers import attention
 from cmt_deeplab_tf.modeling.layers import linear_bn
 from cmt_deeplab_tf.modeling.layers import normalization
 from cmt_deeplab_tf.modeling.layers import reference_mask
-
-PLAIN = 'plain'
-FUSED = 'fused'
-IMPLEMENTATIONS = (PLAIN, FUSED)
-
 
 def _is_shorter(first, second):
   """Whether [B, heads, L, d] `first` has statically fewer positions L."""

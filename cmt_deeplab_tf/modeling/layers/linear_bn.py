@@ -43,12 +43,15 @@ class LinearBN(tf_keras.layers.Layer):
     """Projects [..., C_in] to [..., units].
 
     Args:
-      inputs: A tensor [..., C_in].
+      inputs: A tensor [..., C_in], or a list of tensors [..., C_i] with the
+        same leading shape, projected as their concatenation [..., sum C_i].
       training: Whether the batch norm uses batch statistics.
 
     Returns:
       [..., units].
     """
+    if isinstance(inputs, (list, tuple)):
+      inputs = tf.concat([tf.cast(x, inputs[0].dtype) for x in inputs], axis=-1)
     x = normalization.normalize_last_axis(self._norm, self._dense(inputs),
                                           training=training)
     return tf.nn.relu(x) if self._use_relu else x

@@ -5,7 +5,9 @@ the backward pass; the backward pass runs `fn` again to get them
 (`tf.recompute_grad`; Chen et al., "Training Deep Nets with Sublinear Memory
 Cost", 2016). Only the inputs of each recomputed block stay in memory. DeepLab2
 recomputes the axial blocks of its backbones by default
-(`axial_use_recompute_grad`).
+(`axial_use_recompute_grad`). Which parts of a model are recomputed is one
+setting, the memory policy `build_model.recompute` (`recompute_policy`), which
+the model's forward loop applies.
 
 A recomputed function must compute exactly what it computed in the forward pass,
 and must change state only once. Two things in this model would otherwise differ:
@@ -195,16 +197,3 @@ def after(inputs: tf.Tensor, earlier: tf.Tensor) -> tf.Tensor:
     with tf.control_dependencies([earlier]):
       return tf.identity(inputs), gradient
   return tie(inputs, earlier)
-
-
-def set_recompute(model: tf.Module, enabled: bool) -> int:
-  """Sets the `recompute` switch of every block and layer stack in `model`.
-
-  The switch is read when a training step is traced, so one model can be traced
-  with and without recompute (benchmarks, tests). Returns how many were set.
-  """
-  switched = [module for module in model.submodules
-              if isinstance(getattr(module, 'recompute', None), bool)]
-  for module in switched:
-    module.recompute = enabled
-  return len(switched)

@@ -14,16 +14,14 @@ first block of stage 2 strides instead (DeepLab2 `ResNet50`: "We replace the
 strided max pooling layer in the stem by applying strided convolution in the
 immediate next residual block").
 
-Each stem has a gin switch `recompute`, as the blocks: in training, the backward
-pass recomputes the stem instead of keeping its stride-2 activations, the
-largest tensors of the backbone (`recompute.recompute`).
+Whether the backward pass recomputes the stem (its stride-2 activations are the
+largest tensors of the backbone) is the model's memory policy
+(`build_model.recompute`, kind 'stem').
 """
-import gin
 import tf_keras
 
 from cmt_deeplab_tf.modeling.layers import activations
 from cmt_deeplab_tf.modeling.layers import conv_bn
-from cmt_deeplab_tf.modeling.layers import recompute as recompute_lib
 
 INCEPTION = 'inception'
 RESNET = 'resnet'
@@ -36,25 +34,16 @@ def _check_width(class_name, width_multiplier):
                      f'width_multiplier={width_multiplier}.')
 
 
-def _recomputed_call(stem, forward, images, training):
-  """`forward(images)`, recomputed in the backward pass if `stem.recompute`."""
-  return recompute_lib.recompute(forward, [images],
-                                 enabled=stem.recompute and training is True,
-                                 layer=stem)
-
-
-@gin.configurable(denylist=['width_multiplier'])
 class InceptionStem(tf_keras.layers.Layer):
   """Three 3x3 conv-BN-activation layers; output stride 2."""
 
   def __init__(self, width_multiplier=1.0, activation=activations.RELU,
-               recompute=False, name='stem'):
+               name='stem'):
     """Initializes the stem.
 
     Args:
       width_multiplier: Scales the channels (64, 64, 128).
       activation: 'relu' or 'gelu', see `activations`.
-      recompute: Recompute the stem in the backward pass of training.
       name: The layer name.
 
     Raises:
@@ -62,7 +51,6 @@ class InceptionStem(tf_keras.layers.Layer):
     """
     _check_width('InceptionStem', width_multiplier)
     super().__init__(name=name)
-    self.recompute = recompute
     narrow = int(round(64 * width_multiplier))
     self._convs = [
         conv_bn.ConvBN(narrow, 3, strides=2, activation=activation,
@@ -83,25 +71,22 @@ class InceptionStem(tf_keras.layers.Layer):
       A [batch, ceil(height / 2), ceil(width / 2), 128 * width_multiplier]
       tensor, activated.
     """
-    def forward(x):
-      for conv in self._convs:
-        x = conv(x, training=training)
-      return x
-    return _recomputed_call(self, forward, images, training)
+    x = images
+    for conv in self._convs:
+      x = conv(x, training=training)
+    return x
 
 
-@gin.configurable(denylist=['width_multiplier', 'activation'])
 class ResNetStem(tf_keras.layers.Layer):
   """One 7x7 conv-BN-activation layer with stride 2, no max-pool."""
 
   def __init__(self, width_multiplier=1.0, activation=activations.RELU,
-               recompute=False, name='stem'):
+               name='stem'):
     """Initializes the stem.
 
     Args:
       width_multiplier: Scales the 64 channels.
       activation: 'relu' or 'gelu', see `activations`.
-      recompute: Recompute the stem in the backward pass of training.
       name: The layer name.
 
     Raises:
@@ -109,15 +94,13 @@ class ResNetStem(tf_keras.layers.Layer):
     """
     _check_width('ResNetStem', width_multiplier)
     super().__init__(name=name)
-    self.recompute = recompute
     self.output_channels = int(round(64 * width_multiplier))
     self._conv = conv_bn.ConvBN(self.output_channels, 7, strides=2,
                                 activation=activation, name='conv1')
 
   def call(self, images, training=None):
     """[batch, H, W, 3] -> activated [batch, ceil(H / 2), ceil(W / 2), 64w]."""
-    return _recomputed_call(self, lambda x: self._conv(x, training=training),
-                            images, training)
+    return self._conv(images, training=training)
 
 
 def build_stem(stem_type, width_multiplier=1.0, activation=activations.RELU):
