@@ -123,7 +123,7 @@ class KMaXDeepLab(tf_keras.Model):
 def build_network(backbone, num_classes, num_clusters, width_multiplier=1.0,
                   decoder_blocks=kmax_pixel_decoder.COCO_BLOCKS,
                   transformer_blocks=(2, 2, 2), num_heads=8,
-                  name='kmax_deeplab'):
+                  transformer_filters=None, name='kmax_deeplab'):
   """Assembles a `KMaXDeepLab` with DeepLab2's widths times `width_multiplier`.
 
   Args:
@@ -137,6 +137,9 @@ def build_network(backbone, num_classes, num_clusters, width_multiplier=1.0,
     decoder_blocks: Pixel-decoder blocks at strides 32, 16, 8, 4.
     transformer_blocks: k-means layers at strides 32, 16, 8.
     num_heads: Heads of the center self-attention.
+    transformer_filters: The k-means layers' base width; default
+      width(128). DeepLab2's reduced-width test fixtures scale it apart
+      (the heads need filters divisible by `num_heads`).
     name: The model name.
 
   Returns:
@@ -149,7 +152,8 @@ def build_network(backbone, num_classes, num_clusters, width_multiplier=1.0,
       num_blocks=decoder_blocks)
   transformer = kmax_transformer_decoder.KMaXTransformerDecoder(
       num_classes, num_clusters, num_blocks=transformer_blocks,
-      center_channels=width(256), filters=width(128), num_heads=num_heads,
+      center_channels=width(256),
+      filters=transformer_filters or width(128), num_heads=num_heads,
       feed_forward_channels=width(2048), embedding_channels=width(128),
       head_channels=width(256))
   heads = mask_transformer_heads.MaskTransformerHeads(

@@ -2,7 +2,8 @@
 
 `full_size_variables.json` (written by scripts/make_deeplab2_fixtures.py with
 DeepLab2's code; in each fixture set) lists each key and shape of the four
-full-size layouts (no weights). Each key must land, element for element, in variables of
+full-size layouts (no weights), `full_size_kmax_variables.json` those of the
+two kMaX-DeepLab COCO checkpoints. Each key must land, element for element, in variables of
 our full-size model, except the keys listed in `EXCEPTIONS` with their reason.
 The variables are built on a 17x17 input: the relative positional encodings of
 axial attention have a fixed span, so no shape depends on the input size.
@@ -14,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from cmt_deeplab_tf.checkpoints import deeplab2
+from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.modeling import max_deeplab
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.layers import stems
@@ -32,8 +34,8 @@ EXCEPTIONS = {
 _BUILD_INPUT = tf.zeros([1, 17, 17, 3])
 
 
-def _listing(fixture_set):
-  with open(fixture_set.file(fixtures.FULL_SIZE_VARIABLES)) as f:
+def _listing(fixture_set, name=fixtures.FULL_SIZE_VARIABLES):
+  with open(fixture_set.file(name)) as f:
     return json.load(f)
 
 
@@ -116,3 +118,20 @@ def test_max_deeplab_s_layout_has_the_published_widths(full_size):
 def test_the_committed_listing_equals_the_shared_one():
   fixtures.SHARED.require()
   assert _listing(fixtures.COMMITTED) == _listing(fixtures.SHARED)
+
+
+# kMaX-DeepLab listing folder -> our named config.
+_KMAX_MODELS = {fixtures.KMAX_RESNET50_COCO: 'kmax_deeplab_r50',
+                fixtures.KMAX_AXIAL_RESNET50_COCO: 'kmax_deeplab_axial_r50'}
+
+
+@pytest.mark.parametrize('folder', sorted(_KMAX_MODELS))
+def test_kmax_coco_checkpoints_map_onto_the_kmax_configs(folder):
+  full_size = _listing(fixtures.COMMITTED, fixtures.FULL_SIZE_KMAX_VARIABLES)
+  model = builder.build_model(_KMAX_MODELS[folder], num_classes=133,
+                              num_clusters=128)
+  model(tf.zeros([1, 33, 33, 3]), training=False)
+  plan = _assert_covered(model, full_size, folder)
+  assert not plan.kept_initial  # Built for inference: no semantic head yet.
+  # One layout for both: the backbone is told apart by its stem.
+  assert plan.layout == deeplab2.KMAX_DEEPLAB

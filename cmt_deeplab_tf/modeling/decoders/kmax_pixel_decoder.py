@@ -4,10 +4,16 @@ As DeepLab2's `KMaXPixelDecoder` (kMaX-DeepLab [1], Sec. 3.3 and Fig. 2): every
 backbone endpoint it reads (the unactivated `stage5`, `stage4`, ...) first goes
 through a layer norm; the stride-32 stage runs on the normalised `stage5`, and
 each finer stage on the fusion (`pixel_decoder.ResizedFuse`) of the upsampled
-coarser output with the normalised backbone features of its stride. COCO: one
-axial block (width 2048) at stride 32, five axial blocks (1024) at stride 16,
-one bottleneck block at stride 8 (512) and at stride 4 (256); Cityscapes adds a
-bottleneck stage at stride 2 (128) on the stem output. All activations GeLU.
+coarser output with the normalised backbone features of its stride, both
+projected to the stage's base width (DeepLab2's `ResizedFuse` with
+`num_channels=dims[i]`: 256, 128, 64). COCO: one axial block (output width 2048)
+at stride 32, five axial blocks (1024) at stride 16, one bottleneck block at
+stride 8 (512) and at stride 4 (256); Cityscapes adds a bottleneck stage at
+stride 2 (128) on the stem output. All activations GeLU.
+
+The 3x3 convolutions of the bottleneck blocks are dilated by 2: DeepLab2
+builds the decoder's block groups as ResNet stages at input stride 32 in a
+network of output stride 16, whose rule dilates them by 32 / 16.
 
 Every stage output is returned unactivated (DeepLab2's block-group output): the
 transformer layers and the heads read them as DeepLab2 does.
@@ -34,6 +40,14 @@ COCO_FILTERS = (512, 256, 128, 64)
 COCO_BLOCKS = (1, 5, 1, 1)
 COCO_BLOCK_TYPES = (AXIAL, AXIAL, BOTTLENECK, BOTTLENECK)
 _LAYER_NORM_EPSILON = 1e-6
+BOTTLENECK_ATROUS_RATE = 2
+
+
+def _block(block_type, filters, activation, name):
+  if block_type == AXIAL:
+    return blocks.AxialBlock(filters, activation=activation, name=name)
+  return blocks.BottleneckBlock(filters, atrous_rate=BOTTLENECK_ATROUS_RATE,
+                                activation=activation, name=name)
 
 
 class KMaXPixelDecoder(tf_keras.layers.Layer):
@@ -75,17 +89,14 @@ class KMaXPixelDecoder(tf_keras.layers.Layer):
     self.norms = [tf_keras.layers.LayerNormalization(
         epsilon=_LAYER_NORM_EPSILON, name=f'stride{s}_backbone_norm')
                   for s in self.strides]
-    self.fuses = [pixel_decoder.ResizedFuse(channels, name=f'stride{s}_fuse')
-                  for s, channels in zip(self.strides[1:],
-                                         self.output_channels[1:])]
+    self.fuses = [pixel_decoder.ResizedFuse(width, name=f'stride{s}_fuse')
+                  for s, width in zip(self.strides[1:], filters[1:])]
     self.stages = []
     for stride, count, block_type, width in zip(self.strides, num_blocks,
                                                  block_types, filters):
-      block_class = (blocks.AxialBlock if block_type == AXIAL else
-                     blocks.BottleneckBlock)
       self.stages.append([
-          block_class(width, activation=activation,
-                      name=f'stride{stride}_block{index + 1}')
+          _block(block_type, width, activation,
+                 f'stride{stride}_block{index + 1}')
           for index in range(count)])
 
   def call(self, endpoints, training=None):

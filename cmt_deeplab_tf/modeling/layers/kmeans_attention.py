@@ -90,6 +90,7 @@ class KMaXTransformerLayer(tf_keras.layers.Layer):
     """
     super().__init__(name=name)
     bottleneck = 2 * filters
+    self.filters = filters
     self._activation = activations.get_activation(activation)
 
     def projection(units, name, use_relu=False, gamma='ones', qkv=False):
