@@ -9,6 +9,7 @@ The variables are built on a 17x17 input: the relative positional encodings of
 axial attention have a fixed span, so no shape depends on the input size.
 """
 import json
+import re
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import tensorflow as tf
 from cmt_deeplab_tf.checkpoints import deeplab2
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.modeling import max_deeplab
+from cmt_deeplab_tf.modeling import parameter_count
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.layers import stems
 from tests.checkpoints import fixtures
@@ -123,15 +125,48 @@ def test_the_committed_listing_equals_the_shared_one():
 # kMaX-DeepLab listing folder -> our named config.
 _KMAX_MODELS = {fixtures.KMAX_RESNET50_COCO: 'kmax_deeplab_r50',
                 fixtures.KMAX_AXIAL_RESNET50_COCO: 'kmax_deeplab_axial_r50'}
+# DeepLab2's trainable parameters of its COCO kMaX-DeepLab models in training
+# mode (their auxiliary semantic branch included), as DeepLab2 counts them.
+_KMAX_DEEPLAB2_TRAINABLE = {fixtures.KMAX_RESNET50_COCO: 72_436_862,
+                            fixtures.KMAX_AXIAL_RESNET50_COCO: 90_272_254}
+_NOT_TRAINABLE = re.compile(r'(moving_mean|moving_variance)$|^global_step$|'
+                            r'^_CHECKPOINTABLE_OBJECT_GRAPH$')
+_SEMANTIC_BRANCH = re.compile(
+    r'^(semantic_decoder|semantic_head_without_last_layer|semantic_last_layer)/')
 
 
-@pytest.mark.parametrize('folder', sorted(_KMAX_MODELS))
-def test_kmax_coco_checkpoints_map_onto_the_kmax_configs(folder):
+@pytest.fixture(scope='module', params=sorted(_KMAX_MODELS))
+def kmax(request):
+  """(listing folder, its keys, our full-size model built for inference)."""
   full_size = _listing(fixtures.COMMITTED, fixtures.FULL_SIZE_KMAX_VARIABLES)
-  model = builder.build_model(_KMAX_MODELS[folder], num_classes=133,
+  model = builder.build_model(_KMAX_MODELS[request.param], num_classes=133,
                               num_clusters=128)
   model(tf.zeros([1, 33, 33, 3]), training=False)
+  return request.param, full_size, model
+
+
+def test_kmax_coco_checkpoints_map_onto_the_kmax_configs(kmax):
+  folder, full_size, model = kmax
   plan = _assert_covered(model, full_size, folder)
   assert not plan.kept_initial  # Built for inference: no semantic head yet.
   # One layout for both: the backbone is told apart by its stem.
   assert plan.layout == deeplab2.KMAX_DEEPLAB
+
+
+def trainable_elements(shapes):
+  """(all, semantic branch) trainable elements of a DeepLab2 key listing."""
+  counts = [0, 0]
+  for key, shape in _normalised(shapes).items():
+    if not _NOT_TRAINABLE.search(key):
+      counts[0] += int(np.prod(shape))
+      counts[1] += int(np.prod(shape)) if _SEMANTIC_BRANCH.search(key) else 0
+  return tuple(counts)
+
+
+def test_kmax_parameter_count_equals_deeplab2s(kmax):
+  """Ours = DeepLab2's trainable count without its ASPP semantic branch."""
+  folder, full_size, model = kmax
+  total, semantic = trainable_elements(full_size[folder])
+  assert total == _KMAX_DEEPLAB2_TRAINABLE[folder]
+  counts = parameter_count.parameter_breakdown(model)
+  assert counts[parameter_count.INFERENCE_TOTAL] == total - semantic
