@@ -821,17 +821,40 @@ def apply_plan(plan: ImportPlan, checkpoint: DeepLab2Checkpoint) -> None:
         mapping.variable.dtype.as_numpy_dtype))
 
 
-def summary(plan: ImportPlan) -> str:
-  """A human-readable account: mapped, skipped (with reasons), kept initial."""
+def _top_module(variable):
+  """The model's direct sublayer holding `variable` (e.g. 'semantic_head')."""
+  parts = variable.name.split(':')[0].split('/')
+  return parts[1] if len(parts) > 2 else parts[0]
+
+
+def summary(plan: ImportPlan, verbose: bool = False) -> str:
+  """A human-readable account of an import.
+
+  Counts the mapped variables, the skipped keys per reason and, per top module
+  of the model, the variables (and parameters) that keep their initial values;
+  `verbose` also lists every mapped variable, skipped key and initial variable.
+  """
   reasons = collections.defaultdict(list)
   for key, reason in plan.skipped.items():
     reasons[reason].append(key)
   lines = [f'Layout {plan.layout}: mapped {len(plan.mappings)} variables.']
-  for mapping in plan.mappings:
-    lines.append(f'  mapped  {mapping.key} -> {mapping.variable.name}')
+  if verbose:
+    lines.extend(f'  mapped  {m.key} -> {m.variable.name}'
+                 for m in plan.mappings)
   for reason, keys in sorted(reasons.items()):
-    lines.append(f'Skipped {len(keys)} keys ({reason}):')
-    lines.extend(f'  skipped {key}' for key in keys)
+    lines.append(f'Skipped {len(keys)} keys ({reason}).')
+    if verbose:
+      lines.extend(f'  skipped {key}' for key in keys)
   lines.append(f'Kept initial values: {len(plan.kept_initial)} variables.')
-  lines.extend(f'  initial {v.name}' for v in plan.kept_initial)
+  modules = collections.defaultdict(list)
+  for variable in plan.kept_initial:
+    modules[_top_module(variable)].append(variable)
+  for module, variables in sorted(modules.items()):
+    parameters = sum(int(np.prod(v.shape)) for v in variables)
+    lines.append(f'  {module}: {len(variables)} variables, {parameters:,} '
+                 'parameters')
+    if verbose:
+      lines.extend(f'    initial {v.name}' for v in variables)
+  if not verbose and (plan.mappings or plan.skipped or plan.kept_initial):
+    lines.append('(--verbose lists every variable and key.)')
   return '\n'.join(lines)

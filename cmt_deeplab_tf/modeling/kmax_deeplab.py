@@ -14,7 +14,6 @@ per-layer predictors belong to `transformer`).
 
 [1] k-means Mask Transformer, Yu et al., ECCV 2022.
 """
-import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf import common

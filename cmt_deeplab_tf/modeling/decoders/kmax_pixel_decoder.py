@@ -20,7 +20,6 @@ transformer layers and the heads read them as DeepLab2 does.
 
 [1] k-means Mask Transformer, Yu et al., ECCV 2022.
 """
-import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf.modeling.backbones import axial_resnet

@@ -6,7 +6,6 @@ pixel-space head and its auxiliary semantic head: 5x5 depthwise conv + BN + ReLU
 1x1 conv to `head_channels` + BN + ReLU, 1x1 conv (with bias) to the outputs;
 kMaX-DeepLab's heads use GeLU instead of ReLU.
 """
-import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf.modeling.layers import activations
