@@ -115,21 +115,22 @@ class _Sampled(Exception):
 
 def _instance_discrimination(parameter, value):
   def check():  # PanopticLoss calls the loss with the bound sampling.
+    seen = {}
+
     def record(targets, sample_k, sample_temperature):
       del targets, sample_k
-      raise _Sampled(sample_temperature)
+      seen['sample_temperature'] = sample_temperature
+      raise _Sampled()
     original = instance_discrimination._sample_pixels  # pylint: disable=protected-access
     instance_discrimination._sample_pixels = record  # pylint: disable=protected-access
     try:
-      instance_discrimination.instance_discrimination_loss(
-          tf.zeros([1, 2, 2, 3]), types.SimpleNamespace(
-              mask_index=None, pixel_valid=None), sample_k=1)
-    except _Sampled as sampled:
-      assert sampled.args[0] == value
-    else:
-      raise AssertionError('no sampling')
+      with pytest.raises(_Sampled):
+        instance_discrimination.instance_discrimination_loss(
+            tf.zeros([1, 2, 2, 3]), types.SimpleNamespace(
+                mask_index=None, pixel_valid=None), sample_k=1)
     finally:
       instance_discrimination._sample_pixels = original  # pylint: disable=protected-access
+    assert seen[parameter] == value
   return f'instance_discrimination_loss.{parameter}', value, check
 
 

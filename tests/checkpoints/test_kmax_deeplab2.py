@@ -48,9 +48,14 @@ def _model(folder):
   return model, plan
 
 
-@pytest.mark.parametrize('folder', sorted(_BACKBONES))
-def test_kmax_outputs_equal_deeplab2(folder):
-  model, plan = _model(folder)
+@pytest.fixture(scope='module', params=sorted(_BACKBONES))
+def imported(request):
+  """(fixture folder, our imported model, the import plan)."""
+  return (request.param,) + _model(request.param)
+
+
+def test_kmax_outputs_equal_deeplab2(imported):
+  folder, model, plan = imported
   assert plan.layout == deeplab2.KMAX_DEEPLAB
   # Ours has no ASPP semantic decoder: only the training-only semantic head
   # keeps its initial values.
@@ -78,3 +83,13 @@ def test_kmax_layout_is_detected_and_backbone_importable():
   assert not plan.kept_initial
   assert all(m.key.startswith('encoder/') for m in plan.mappings)
   assert any(k.startswith('transformer_decoder/') for k in plan.skipped)
+
+
+def test_all_but_class_head_reinitialises_every_class_logit_layer(imported):
+  folder, model, _ = imported
+  checkpoint = deeplab2.DeepLab2Checkpoint(_SET.checkpoint_path(folder))
+  plan = deeplab2.plan_import(model, checkpoint, deeplab2.ALL_BUT_CLASS_HEAD)
+  kept = [v.name for v in plan.kept_initial if '/semantic_head/' not in v.name]
+  # The final classifier and the six k-means layers' predictors' classifiers.
+  assert len(kept) == 2 * 7
+  assert all('/class_head/classifier/' in name for name in kept)
