@@ -51,7 +51,7 @@ def test_imported_max_deeplab_s_run_reproduces_deeplab2(tmp_path, fixture_set):
   assert (f'Kept initial values: {len(plan.kept_initial)} variables.\n'
           f'  semantic_head: {len(plan.kept_initial)} variables, {semantic:,} '
           'parameters') in summary
-  assert 'mapped  ' not in summary and 'initial ' not in summary
+  assert '  mapped  ' not in summary and '    initial ' not in summary
   verbose = deeplab2.summary(plan, verbose=True)
   assert 'skipped semantic_decoder/' in verbose
   assert 'initial ' in verbose and 'mapped  encoder/memory_feature' in verbose
