@@ -17,6 +17,7 @@ def clean_gin():
   gin.clear_config()
 
 
+@pytest.mark.slow  # Two steps and an eval: 20 min on the loaded 2-core machine.
 def test_kmax_demo_trains_and_evaluates(tfrecord_dir, tmp_path):
   model_dir = str(tmp_path / 'run')
   train_lib.parse_gin(['synthetic/kmax_demo.gin'], [
