@@ -10,9 +10,10 @@ classes of the run's class table: `ExperimentConfig`'s shards or `dataset_name`)
 Garden's with `backbone/_encoder/`) and writes `--model_dir` as a run directory:
 a checkpoint at step 0 (the model and the global step) and the operative gin
 config and the class table. `train` resumes (fine-tunes) from it; `train --mode=eval`, `export`,
-`predict` and `visualize` read it as any run. It prints every mapped variable,
-every skipped checkpoint key with its reason (bookkeeping, optimizer slots,
-training-only heads) and our variables that keep their initial values; a shape
+`predict` and `visualize` read it as any run. It prints how many variables it
+mapped, how many checkpoint keys it skipped per reason (bookkeeping, optimizer
+slots, training-only heads) and, per top module of the model, how many of our
+variables keep their initial values (`--verbose`: every one of them); a shape
 mismatch, an unknown layout or a checkpoint variable that maps nowhere stops it
 with an error naming the variable.
 """
@@ -39,6 +40,9 @@ def _define_flags():
   flags.DEFINE_enum('modules', deeplab2.ALL, deeplab2.MODULES,
                     'What to import: all the checkpoint holds, the backbone only, '
                     'or all but the class-logit layer (another class set).')
+  flags.DEFINE_bool('verbose', False,
+                    'List every mapped variable, skipped key and variable '
+                    'that keeps its initial value.')
 
 
 def import_checkpoint(checkpoint_path: str, model_dir: str,
@@ -79,7 +83,7 @@ def main(argv):
   FLAGS = flags.FLAGS
   experiment.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
   plan = import_checkpoint(FLAGS.checkpoint, FLAGS.model_dir, FLAGS.modules)
-  print(deeplab2.summary(plan))
+  print(deeplab2.summary(plan, verbose=FLAGS.verbose))
   logging.info('Imported %s (%s) into %s.', FLAGS.checkpoint, plan.layout,
                FLAGS.model_dir)
 

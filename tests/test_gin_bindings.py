@@ -7,6 +7,7 @@ object the code builds (as the task / build_model build it) must carry it.
 import os
 import pathlib
 import re
+import types
 
 import gin
 import numpy as np
@@ -15,6 +16,7 @@ import tensorflow as tf
 
 from cmt_deeplab_tf import config_files
 from cmt_deeplab_tf.data import augment
+from cmt_deeplab_tf.losses import instance_discrimination
 from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.modeling import recompute_policy
@@ -109,6 +111,31 @@ def _post_processor(parameter, value):
   return f'PostProcessor.{parameter}', value, check
 
 
+class _Sampled(Exception):
+  pass
+
+
+def _instance_discrimination(parameter, value):
+  def check():  # PanopticLoss calls the loss with the bound sampling.
+    seen = {}
+
+    def record(targets, sample_k, sample_temperature):
+      del targets, sample_k
+      seen['sample_temperature'] = sample_temperature
+      raise _Sampled()
+    original = instance_discrimination._sample_pixels  # pylint: disable=protected-access
+    instance_discrimination._sample_pixels = record  # pylint: disable=protected-access
+    try:
+      with pytest.raises(_Sampled):
+        instance_discrimination.instance_discrimination_loss(
+            tf.zeros([1, 2, 2, 3]), types.SimpleNamespace(
+                mask_index=None, pixel_valid=None), sample_k=1)
+    finally:
+      instance_discrimination._sample_pixels = original  # pylint: disable=protected-access
+    assert seen[parameter] == value
+  return f'instance_discrimination_loss.{parameter}', value, check
+
+
 def _training_dataset(config):
   """The training dataset as the task builds it."""
   return task_lib.PanopticTask(config).build_inputs(True)
@@ -179,6 +206,11 @@ _CHECKS = [
     _post_processor('stuff_area_limit', 5),
     _post_processor('thing_class_threshold', 0.25),
     _post_processor('stuff_class_threshold', 0.125),
+    _post_processor('pixel_confidence_threshold', 0.25),
+    _post_processor('overlap_threshold', 0.375),
+    _post_processor('reorder_class_weight', 0.5),
+    _post_processor('reorder_mask_weight', 0.75),
+    _instance_discrimination('sample_temperature', 1.25),
 ]
 _DATASET_CHECKS = [
     _dataset('min_scale', 0.75),

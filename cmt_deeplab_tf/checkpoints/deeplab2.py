@@ -2,21 +2,24 @@
 
 DeepLab2 (google-research/deeplab2) publishes TF2 object-based checkpoints keyed
 by `model.checkpoint_items` (model zoo: g3doc/projects/
-imagenet_pretrained_checkpoints.md and g3doc/projects/max_deeplab.md). Keys name
+imagenet_pretrained_checkpoints.md, g3doc/projects/max_deeplab.md and
+g3doc/projects/kmax_deeplab.md). Keys name
 DeepLab2's private attributes, e.g.
 `encoder/_stage4/_block2/_attention/_height_axis/qkv_kernel`; a checkpoint
 written by Model Garden's vision trainer has `backbone/_encoder/` where DeepLab2
-has `encoder/`. Three layouts are known (`LAYOUTS`):
+has `encoder/`. Four layouts are known (`LAYOUTS`):
 
 | layout          | published checkpoints                                   | maps onto |
 |-----------------|---------------------------------------------------------|-----------|
 | `max_deeplab_s` | max_deeplab_s_os16_res{641,1025}_{100k,200k,400k}_coco_train | the whole `max_deeplab_s` |
 | `axial_resnet50`| max_deeplab_s_backbone_imagenet1k_strong_training_strategy (ReLU), maxs_gelu_imagenet_22k_1k_224 (GeLU) | the Axial-R50 backbone of `max_deeplab_s` or `cmt_deeplab_s` (`AxialResNet.activation`: 'relu' or 'gelu') |
 | `resnet50`      | resnet50_imagenet1k                                     | the backbone of `cmt_deeplab_r50` |
+| `kmax_deeplab`  | kmax_resnet50_coco_train, kmax_maxs_gelu_coco_train      | the whole `kmax_deeplab_r50` / `kmax_deeplab_axial_r50` (by the stem) |
 
 The activation (ReLU or GeLU) is not stored in a checkpoint: the gin switch
 `AxialResNet.activation` must match the weights. The MaX-DeepLab-S layout also
-holds the backbone, so its backbone alone can initialise the Axial-R50 models.
+holds the backbone, so its backbone alone can initialise the Axial-R50 models;
+so do the kMaX-DeepLab layouts (`modules='backbone'`).
 
 Every variable of ours is mapped from exactly one checkpoint key, by these rules
 (DeepLab2 name -> ours; the tensor layouts differ only where a transform says so):
@@ -86,6 +89,30 @@ MaX-DeepLab-S heads:
   pixel_space_head/final_conv                  -> .../conv_head/output
   pixel_space_feature_batch_norm               -> pixel_embedding_head/embedding_batch_norm
 
+kMaX-DeepLab (ours: `KMaXDeepLab`; backbone as above, output stride 32):
+  pixel_decoder/_backbone_norms/{i}/{gamma,beta} -> kmax_pixel_decoder/stride{s}_backbone_norm
+  pixel_decoder/_skip_connections/{i}/_resized_conv_bn{j} -> stride{s}_fuse/project{j-1}
+      (s the stride of decoder stage i + 1; j = 1 the coarse input, 2 the
+      backbone's)
+  pixel_decoder/_stages/{i}/_block{b}          -> stride{s}_block{b} (blocks as above)
+  transformer_decoder/cluster_centers [1, N, C] -> initial_centers [N, C]
+  transformer_decoder/_kmax_decoder/{l}/_block1_transformer/ -> the l-th
+      `KMaXTransformerLayer` (stride{s}_layer{k}):
+    _pixel_conv1_bn_act, _memory_conv1_bn_act  -> pixel_conv1_bn_act, center_conv1_bn_act
+    _memory_qkv_conv_bn                        -> center_{query,key,value} (columns
+                                                  as for the dual-path layers)
+    _pixel_v_conv_bn                           -> pixel_value
+    _memory_attention                          -> center_attention (as above)
+    _memory_conv3_bn                           -> center_conv3_bn
+    _kmeans_memory_batch_norm_retrieved_value  -> kmeans_value_batch_norm
+    _kmeans_memory_conv3_bn                    -> kmeans_conv3_bn
+    _memory_ffn_conv{1_bn_act,2_bn}            -> ffn_conv1_bn_act, ffn_conv2_bn
+    _auxiliary_clustering_predictor/_<head>    -> predictor: the MaX heads below
+      with a leading underscore and no center projections
+  transformer_decoder/_class_embedding_projection -> heads/class_head/class_feature
+  transformer_decoder/_mask_embedding_projection  -> heads/mask_head/mask_feature
+  transformer_class_head, transformer_mask_head, pixel_space_* -> heads, as MaX's.
+
 Skipped, never mapped: `global_step` and checkpoint bookkeeping, optimizer slots,
 and DeepLab2's training-only auxiliary semantic branch (`semantic_decoder`,
 `semantic_head_without_last_layer`, `semantic_last_layer`: an ASPP decoder on
@@ -100,16 +127,22 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from cmt_deeplab_tf.modeling import kmax_deeplab
 from cmt_deeplab_tf.modeling import max_deeplab
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
+from cmt_deeplab_tf.modeling.decoders import kmax_transformer_decoder
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
+from cmt_deeplab_tf.modeling.layers import kmeans_attention
 from cmt_deeplab_tf.modeling.layers import stems
 
 # Layouts.
 MAX_DEEPLAB_S = 'max_deeplab_s'
 AXIAL_RESNET50 = 'axial_resnet50'
 RESNET50 = 'resnet50'
-LAYOUTS = (MAX_DEEPLAB_S, AXIAL_RESNET50, RESNET50)
+KMAX_DEEPLAB = 'kmax_deeplab'
+LAYOUTS = (MAX_DEEPLAB_S, AXIAL_RESNET50, RESNET50, KMAX_DEEPLAB)
+# Layouts of whole models (not only a backbone).
+_WHOLE_MODELS = (MAX_DEEPLAB_S, KMAX_DEEPLAB)
 
 # What to restore (`ExperimentConfig.init_checkpoint_modules`).
 ALL = 'all'
@@ -240,6 +273,9 @@ def detect_layout(shapes: Dict[str, Tuple[int, ...]], path: str = '') -> str:
   if 'encoder/memory_feature' in shapes and (
       'transformer_class_head/_conv/kernel' in shapes):
     return MAX_DEEPLAB_S
+  if 'transformer_decoder/cluster_centers' in shapes and (
+      'transformer_class_head/_conv/kernel' in shapes):
+    return KMAX_DEEPLAB
   if 'encoder/_stem/_conv/kernel' in shapes and not any(
       '/_attention/' in key for key in shapes):
     return RESNET50
@@ -373,6 +409,16 @@ def _attention_rule(prefix):
   return rule
 
 
+def _qkv_rule(source, columns, rest):
+  """A query / key / value LinearBN from columns of a DeepLab2 qkv Conv1D."""
+  start, size = columns
+  if rest == 'dense/kernel':
+    return f'{source}/_conv/kernel', _columns(start, size, squeeze=True)
+  bn = re.fullmatch(r'batch_norm/(\w+)', rest)
+  return bn and (f'{source}/_batch_norm/{bn.group(1)}',
+                 _columns(start, size, squeeze=False))
+
+
 def _dual_path_rule(layer):
   """A `ClusteringTransformerLayer` with `DUAL_PATH_SWITCHES`."""
   key_depth = layer.options.filters
@@ -399,17 +445,35 @@ def _dual_path_rule(layer):
       return None
     source = '_pixel_qkv_conv_bn' if match.group(1) == 'pixel' else (
         '_memory_qkv_conv_bn')
-    start, size = qkv_columns[match.group(2)]
-    if rest == 'dense/kernel':
-      return f'{source}/_conv/kernel', _columns(start, size, squeeze=True)
-    bn = re.fullmatch(r'batch_norm/(\w+)', rest)
-    return bn and (f'{source}/_batch_norm/{bn.group(1)}',
-                   _columns(start, size, squeeze=False))
+    return _qkv_rule(source, qkv_columns[match.group(2)], rest)
   return rule
 
 
-def _head_rules(heads, num_classes):
-  """(layer, prefix, rule) of MaX-DeepLab-S's heads."""
+# DeepLab2 names of the heads' parts: MaX-DeepLab-S's (`checkpoint_items`).
+_MAX_HEAD_NAMES = dict(
+    class_feature='encoder/_class_feature_extra',
+    class_head='transformer_class_head',
+    mask_feature='encoder/_mask_feature_extra',
+    mask_head='transformer_mask_head',
+    mask_norm='pixel_space_mask_batch_norm',
+    pixel_head='pixel_space_head',
+    pixel_norm='pixel_space_feature_batch_norm')
+# kMaX-DeepLab's final heads: the center projections are the decoder's.
+_KMAX_HEAD_NAMES = dict(
+    _MAX_HEAD_NAMES,
+    class_feature='transformer_decoder/_class_embedding_projection',
+    mask_feature='transformer_decoder/_mask_embedding_projection')
+
+
+def _auxiliary_head_names(prefix):
+  """A kMaX layer's predictor: attributes of a DeepLab2 `MaXDeepLab` head."""
+  return {part: f'{prefix}_{name}' for part, name in _MAX_HEAD_NAMES.items()
+          if part not in ('class_feature', 'mask_feature')}
+
+
+def _head_rules(heads, num_classes, names=None):
+  """(layer, prefix, rule) of mask-transformer heads; `names`: DeepLab2's."""
+  names = names or _MAX_HEAD_NAMES
   void_bias = math.log(num_classes * _VOID_PRIOR / (1.0 - _VOID_PRIOR))
 
   def add_void_bias(value):
@@ -419,35 +483,35 @@ def _head_rules(heads, num_classes):
 
   def class_rule(name):
     part, _, rest = name.partition('/')
-    if part == 'class_feature':
-      return _linear_bn_rule('encoder/_class_feature_extra')(rest)
+    if part == 'class_feature' and 'class_feature' in names:
+      return _linear_bn_rule(names['class_feature'])(rest)
     if part == 'classifier' and rest == 'kernel':
-      return 'transformer_class_head/_conv/kernel', _squeeze_conv1d
+      return f'{names["class_head"]}/_conv/kernel', _squeeze_conv1d
     if part == 'classifier' and rest == 'bias':
-      return 'transformer_class_head/_conv/bias', add_void_bias
+      return f'{names["class_head"]}/_conv/bias', add_void_bias
     return None
 
   def mask_rule(name):
     part, _, rest = name.partition('/')
-    if part == 'mask_feature':
-      return _linear_bn_rule('encoder/_mask_feature_extra')(rest)
+    if part == 'mask_feature' and 'mask_feature' in names:
+      return _linear_bn_rule(names['mask_feature'])(rest)
     if part == 'mask_embedding':
-      return _linear_bn_rule('transformer_mask_head')(rest)
+      return _linear_bn_rule(names['mask_head'])(rest)
     match = re.fullmatch(r'mask_logit_batch_norm/(\w+)', name)
-    return match and (f'pixel_space_mask_batch_norm/{match.group(1)}',
-                      _identity)
+    return match and (f'{names["mask_norm"]}/{match.group(1)}', _identity)
 
-  block = 'pixel_space_head/conv_block/_conv1_bn_act'
+  pixel_head = names['pixel_head']
+  block = f'{pixel_head}/conv_block/_conv1_bn_act'
 
   def pixel_rule(name):
     match = re.fullmatch(r'embedding_batch_norm/(\w+)', name)
     if match:
-      return f'pixel_space_feature_batch_norm/{match.group(1)}', _identity
+      return f'{names["pixel_norm"]}/{match.group(1)}', _identity
     renames = {
         'conv_head/depthwise/depthwise_kernel':
             f'{block}/_depthwise/_depthwise_conv/depthwise_kernel',
-        'conv_head/output/kernel': 'pixel_space_head/final_conv/kernel',
-        'conv_head/output/bias': 'pixel_space_head/final_conv/bias'}
+        'conv_head/output/kernel': f'{pixel_head}/final_conv/kernel',
+        'conv_head/output/bias': f'{pixel_head}/final_conv/bias'}
     if name in renames:
       return renames[name], _identity
     match = re.fullmatch(r'conv_head/depthwise_batch_norm/(\w+)', name)
@@ -524,12 +588,96 @@ def _max_deeplab_units(model, num_classes):
   return units
 
 
+def _kmax_layer_rule(layer):
+  """A `KMaXTransformerLayer` without its predictor."""
+  key_depth = layer.filters
+  qkv_columns = {'center_query': (0, key_depth),
+                 'center_key': (key_depth, key_depth),
+                 'center_value': (2 * key_depth, 2 * key_depth)}
+  renames = {'pixel_conv1_bn_act': '_pixel_conv1_bn_act',
+             'center_conv1_bn_act': '_memory_conv1_bn_act',
+             'pixel_value': '_pixel_v_conv_bn',
+             'center_conv3_bn': '_memory_conv3_bn',
+             'kmeans_conv3_bn': '_kmeans_memory_conv3_bn',
+             'ffn_conv1_bn_act': '_memory_ffn_conv1_bn_act',
+             'ffn_conv2_bn': '_memory_ffn_conv2_bn'}
+
+  def rule(name):
+    part, _, rest = name.partition('/')
+    if part in renames:
+      return _linear_bn_rule(renames[part])(rest)
+    if part == 'center_attention':
+      return _attention_rule('_memory_attention')(rest)
+    if part in qkv_columns:
+      return _qkv_rule('_memory_qkv_conv_bn', qkv_columns[part], rest)
+    if part == 'kmeans_value_batch_norm':
+      return (f'_kmeans_memory_batch_norm_retrieved_value/{rest}', _identity)
+    return None
+  return rule
+
+
+def _kmax_deeplab_units(model, num_classes):
+  """(layer, rule) of kMaX-DeepLab beyond its backbone."""
+  if not isinstance(model, kmax_deeplab.KMaXDeepLab):
+    raise ValueError(f'The {KMAX_DEEPLAB} layout maps onto a kMaX-DeepLab '
+                     f'model (kmax_deeplab_r50 / kmax_deeplab_axial_r50); '
+                     f"{model.name} is not one: import only its backbone "
+                     "(modules='backbone').")
+  decoder = model.pixel_decoder
+  units = []
+  for index, norm in enumerate(decoder.norms):
+    units.append((norm, _prefixed(f'pixel_decoder/_backbone_norms/{index}/',
+                                  lambda name: (name, _identity))))
+  for index, stage in enumerate(decoder.stages):
+    units.extend(
+        (block, _prefixed(f'pixel_decoder/_stages/{index}/_block{b + 1}/',
+                          _block_rule))
+        for b, block in enumerate(stage))
+  for index, fuse in enumerate(decoder.fuses):
+    def fuse_rule(name, index=index):
+      match = re.fullmatch(r'project(\d)/(.*)', name)
+      rule = match and _conv_bn_rule(match.group(2))
+      return rule and (
+          f'pixel_decoder/_skip_connections/{index}/'
+          f'_resized_conv_bn{int(match.group(1)) + 1}/{rule[0]}', rule[1])
+    units.append((fuse, fuse_rule))
+  transformer = model.transformer
+  num_clusters = transformer.num_clusters
+
+  def centers_rule(name):
+    if name != 'initial_centers':
+      return None
+    return ('transformer_decoder/cluster_centers',
+            lambda value: value[0, :num_clusters])
+  units.append((transformer, centers_rule))
+  for index, layer in enumerate(transformer.transformer_layers):
+    prefix = f'transformer_decoder/_kmax_decoder/{index}/_block1_transformer/'
+    units.append((layer, _prefixed(prefix, _kmax_layer_rule(layer))))
+    names = _auxiliary_head_names(prefix + '_auxiliary_clustering_predictor/')
+    units.extend((head, rule) for head, _, rule in _head_rules(
+        layer.predictor, num_classes, names))
+  units.extend((head, rule) for head, _, rule in _head_rules(
+      model.heads, num_classes, _KMAX_HEAD_NAMES))
+  return units
+
+
+def _unit_variables(layer):
+  """A unit's variables: a decoder's own (its layers are units of their own),
+  a k-means layer's without its predictor's, any other layer's all."""
+  if isinstance(layer, (transformer_decoder.TransformerDecoder,
+                        kmax_transformer_decoder.KMaXTransformerDecoder)):
+    return _own_weights(layer)
+  if isinstance(layer, kmeans_attention.KMaXTransformerLayer):
+    predictor = {id(w) for w in layer.predictor.weights}
+    return [w for w in layer.weights if id(w) not in predictor]
+  return layer.weights
+
+
 def _plan_units(units, checkpoint, layout):
   """Mappings of every unit variable that a rule maps to a stored key."""
   mappings, unmatched = [], []
   for layer, rule in units:
-    variables = (_own_weights(layer) if isinstance(
-        layer, transformer_decoder.TransformerDecoder) else layer.weights)
+    variables = _unit_variables(layer)
     for variable in variables:
       converted = rule(_relative_name(variable, layer))
       if converted is None or converted[0] not in checkpoint.shapes:
@@ -578,16 +726,16 @@ def plan_import(model, checkpoint: CheckpointKeys,
                      f'AxialResNet backbone; {model.name} has none.')
   _check_stem(backbone, layout, checkpoint.path)
   units = backbone_units(backbone)
-  whole = layout == MAX_DEEPLAB_S and modules != BACKBONE and (
+  whole = layout in _WHOLE_MODELS and modules != BACKBONE and (
       backbone is not model)
   skip_class_head = modules == ALL_BUT_CLASS_HEAD
   if whole:
     num_classes = checkpoint.shapes['transformer_class_head/_conv/bias'][0] - 1
-    units += _max_deeplab_units(model, num_classes)
+    units += (_kmax_deeplab_units if layout == KMAX_DEEPLAB else
+              _max_deeplab_units)(model, num_classes)
   mappings = _plan_units(units, checkpoint, layout)
   if skip_class_head:
-    mappings = [a for a in mappings
-                   if not a.key.startswith('transformer_class_head/')]
+    mappings = [a for a in mappings if not _is_class_logit_key(a.key)]
   _check_shapes(mappings, checkpoint, whole and not skip_class_head)
   mapped = {a.key for a in mappings}
   skipped = {}
@@ -610,8 +758,15 @@ def plan_import(model, checkpoint: CheckpointKeys,
   return ImportPlan(layout, mappings, skipped, kept)
 
 
+def _is_class_logit_key(key):
+  """A class-logit layer: the final one or a kMaX layer's predictor's."""
+  return re.search(r'(^|/)_?transformer_class_head/', key) is not None
+
+
 def _check_stem(backbone, layout, path):
   resnet_stem = isinstance(backbone.stem, stems.ResNetStem)
+  if layout == KMAX_DEEPLAB:  # Either stem; the checkpoint's keys tell which.
+    return
   if resnet_stem != (layout == RESNET50):
     want = 'ResNet (7x7)' if layout == RESNET50 else 'inception'
     raise ValueError(
@@ -623,9 +778,9 @@ def _skip_reason(key, layout, modules, whole):
   for pattern, reason in _SKIPPED:
     if pattern.search(key):
       return reason
-  if layout == MAX_DEEPLAB_S and not whole:
+  if layout in _WHOLE_MODELS and not whole:
     return 'outside the backbone (only the backbone is restored)'
-  if modules == ALL_BUT_CLASS_HEAD and key.startswith('transformer_class_head/'):
+  if modules == ALL_BUT_CLASS_HEAD and _is_class_logit_key(key):
     return 'the class-logit layer (all_but_class_head: re-initialised)'
   return None
 
@@ -637,8 +792,7 @@ def _check_shapes(mappings, checkpoint, class_count_matters):
     shape = _transformed_shape(mapping, stored)
     if shape != tuple(mapping.variable.shape):
       hint = ''
-      if class_count_matters and mapping.key.startswith(
-          'transformer_class_head/'):
+      if class_count_matters and _is_class_logit_key(mapping.key):
         hint = (" The class counts differ: use init_checkpoint_modules="
                 "'all_but_class_head' to re-initialise the class-logit layer.")
       elif len(shape) == len(mapping.variable.shape) and mapping.variable.shape[-1]:
@@ -667,17 +821,40 @@ def apply_plan(plan: ImportPlan, checkpoint: DeepLab2Checkpoint) -> None:
         mapping.variable.dtype.as_numpy_dtype))
 
 
-def summary(plan: ImportPlan) -> str:
-  """A human-readable account: mapped, skipped (with reasons), kept initial."""
+def _top_module(variable):
+  """The model's direct sublayer holding `variable` (e.g. 'semantic_head')."""
+  parts = variable.name.split(':')[0].split('/')
+  return parts[1] if len(parts) > 2 else parts[0]
+
+
+def summary(plan: ImportPlan, verbose: bool = False) -> str:
+  """A human-readable account of an import.
+
+  Counts the mapped variables, the skipped keys per reason and, per top module
+  of the model, the variables (and parameters) that keep their initial values;
+  `verbose` also lists every mapped variable, skipped key and initial variable.
+  """
   reasons = collections.defaultdict(list)
   for key, reason in plan.skipped.items():
     reasons[reason].append(key)
   lines = [f'Layout {plan.layout}: mapped {len(plan.mappings)} variables.']
-  for mapping in plan.mappings:
-    lines.append(f'  mapped  {mapping.key} -> {mapping.variable.name}')
+  if verbose:
+    lines.extend(f'  mapped  {m.key} -> {m.variable.name}'
+                 for m in plan.mappings)
   for reason, keys in sorted(reasons.items()):
-    lines.append(f'Skipped {len(keys)} keys ({reason}):')
-    lines.extend(f'  skipped {key}' for key in keys)
+    lines.append(f'Skipped {len(keys)} keys ({reason}).')
+    if verbose:
+      lines.extend(f'  skipped {key}' for key in keys)
   lines.append(f'Kept initial values: {len(plan.kept_initial)} variables.')
-  lines.extend(f'  initial {v.name}' for v in plan.kept_initial)
+  modules = collections.defaultdict(list)
+  for variable in plan.kept_initial:
+    modules[_top_module(variable)].append(variable)
+  for module, variables in sorted(modules.items()):
+    parameters = sum(int(np.prod(v.shape)) for v in variables)
+    lines.append(f'  {module}: {len(variables)} variables, {parameters:,} '
+                 'parameters')
+    if verbose:
+      lines.extend(f'    initial {v.name}' for v in variables)
+  if not verbose and (plan.mappings or plan.skipped or plan.kept_initial):
+    lines.append('(--verbose lists every variable and key.)')
   return '\n'.join(lines)

@@ -8,6 +8,12 @@
 | cmt_deeplab_l      | Axial-R104  | 4, 2, 2                      | 8 CMT              |
 | cmt_deeplab_l_rfn  | 2 x Axial-R104 (RFN) | 4, 2, 2 each        | 2 x 8 CMT, shared centers |
 | tiny               | Axial-ResNet, width 1/8, 1-1-1-1 | 1, 1, 1 | 3 CMT, width 1/8 |
+| kmax_deeplab_r50   | ResNet-50, 7x7 stem, OS 32 | kMaX: 1, 5, 1, 1 (s32..s4) | 6 k-means (2 per s32, s16, s8) |
+| kmax_deeplab_axial_r50 | Axial-R50 GeLU, OS 32 | kMaX: 1, 5, 1, 1      | 6 k-means          |
+| kmax_tiny          | Axial-ResNet GeLU, width 1/8, 1-1-1-1 | kMaX: 1, 1, 1, 1 | 3 k-means, width 1/8 |
+
+The kMaX-DeepLab configs (`kmax_deeplab`) have their own decoders: they take
+neither `decoder_blocks` nor a `transformer_expansion` other than 1.0.
 
 CMT-DeepLab moves MaX-S's three stage-5 transformer modules out of the backbone
 and stacks more decoder blocks (supplement Fig. 1): the stride-16 decoder stage
@@ -35,6 +41,7 @@ import gin
 
 from cmt_deeplab_tf.modeling import cmt_deeplab
 from cmt_deeplab_tf.modeling import gin_checks
+from cmt_deeplab_tf.modeling import kmax_deeplab
 from cmt_deeplab_tf.modeling import max_deeplab
 from cmt_deeplab_tf.modeling import recompute_policy
 from cmt_deeplab_tf.modeling import rfn
@@ -136,7 +143,15 @@ MODELS = {
     'cmt_deeplab_l': cmt_deeplab_l,
     'cmt_deeplab_l_rfn': cmt_deeplab_l_rfn,
     'tiny': tiny,
+    'kmax_deeplab_r50': kmax_deeplab.kmax_deeplab_r50,
+    'kmax_deeplab_axial_r50': kmax_deeplab.kmax_deeplab_axial_r50,
+    'kmax_tiny': kmax_deeplab.kmax_tiny,
 }
+# Configs whose only width argument is `width_multiplier`.
+_WIDTH_ONLY = ('tiny', 'kmax_deeplab_r50', 'kmax_deeplab_axial_r50',
+               'kmax_tiny')
+_FIXED_DECODER = ('max_deeplab_s', 'kmax_deeplab_r50',
+                  'kmax_deeplab_axial_r50', 'kmax_tiny')
 
 
 def num_classes_for(num_classes: int) -> int:
@@ -171,9 +186,13 @@ def set_recompute(model, recompute):
     ValueError: On an unknown kind, naming the valid ones.
   """
   parts = recompute_policy.parse(recompute)
-  for network in [model] + list(model.submodules):
-    if isinstance(network, cmt_deeplab.CMTDeepLab):
-      network.recompute_parts = parts
+  networks = [network for network in [model] + list(model.submodules)
+              if isinstance(network, cmt_deeplab.CMTDeepLab)]
+  if parts and not networks:
+    raise ValueError(f'build_model.recompute={recompute!r}: {model.name} has no '
+                     "recompute parts; only 'none' applies to it.")
+  for network in networks:
+    network.recompute_parts = parts
 
 
 @gin.configurable
@@ -205,8 +224,9 @@ def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
 
   Raises:
     ValueError: On an unknown name, non-positive sizes, width or expansion,
-      an expansion for `tiny`, decoder_blocks given for max_deeplab_s (its
-      decoder is fixed by MaX-DeepLab-S), or an unknown recompute part kind.
+      an expansion for `tiny` or a kMaX config, decoder_blocks given for
+      max_deeplab_s or a kMaX config (their decoders are fixed), or an unknown
+      recompute part kind (or any for a model without recompute: kMaX).
   """
   if name not in MODELS:
     raise ValueError(f'Unknown model name={name!r}; expected one of '
@@ -220,16 +240,16 @@ def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
                      f'{transformer_expansion}.')
   recompute_policy.parse(recompute)  # Checked before anything is built.
   widths = dict(width_multiplier=width_multiplier)
-  if name == 'tiny':
+  if name in _WIDTH_ONLY:
     if transformer_expansion != 1.0:
       raise ValueError("build_model.transformer_expansion cannot be set for "
-                       f"name='tiny', got {transformer_expansion}.")
+                       f"name={name!r}, got {transformer_expansion}.")
   else:
     widths['transformer_expansion'] = transformer_expansion
   if decoder_blocks is None:
     model = MODELS[name](num_classes, num_clusters, **widths)
-  elif name == 'max_deeplab_s':
-    raise ValueError('decoder_blocks cannot be set for max_deeplab_s, got '
+  elif name in _FIXED_DECODER:
+    raise ValueError(f'decoder_blocks cannot be set for {name}, got '
                      f'decoder_blocks={decoder_blocks}.')
   else:
     model = MODELS[name](num_classes, num_clusters, tuple(decoder_blocks),

@@ -26,7 +26,10 @@ MAX_DEEPLAB_S_COCO = 'max_deeplab_s_coco'
 MAX_DEEPLAB_S_BACKBONE = 'max_deeplab_s_backbone_imagenet'
 AXIAL_RESNET50_GELU = 'axial_resnet50_gelu_imagenet'
 RESNET50 = 'resnet50_imagenet'
+KMAX_RESNET50_COCO = 'kmax_resnet50_coco'
+KMAX_AXIAL_RESNET50_COCO = 'kmax_axial_resnet50_coco'
 FULL_SIZE_VARIABLES = 'full_size_variables.json'
+FULL_SIZE_KMAX_VARIABLES = 'full_size_kmax_variables.json'  # Committed set only.
 
 
 @dataclasses.dataclass(frozen=True)

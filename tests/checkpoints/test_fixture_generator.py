@@ -40,7 +40,9 @@ def test_the_committed_fixtures_have_the_generators_layouts_and_widths():
   script = _load_script()
   assert sorted(script.LAYOUTS) == sorted(
       name for name in os.listdir(fixtures.COMMITTED.path)
-      if name != fixtures.FULL_SIZE_VARIABLES)
+      if name not in script.FULL_SIZE_FILES)
+  assert set(script.FULL_SIZE_FILES) == {fixtures.FULL_SIZE_VARIABLES,
+                                         fixtures.FULL_SIZE_KMAX_VARIABLES}
   assert (script.WIDTH, script.TRANSFORMER_EXPANSION) == (
       fixtures.COMMITTED.width, fixtures.COMMITTED.transformer_expansion)
 
@@ -54,10 +56,11 @@ def test_the_script_remakes_the_committed_fixtures(tmp_path):
                   f'--output_dir={tmp_path}'], check=True, capture_output=True,
                  env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
   committed = fixtures.COMMITTED.path
-  with open(os.path.join(tmp_path, fixtures.FULL_SIZE_VARIABLES)) as f:
-    remade = json.load(f)
-  with open(os.path.join(committed, fixtures.FULL_SIZE_VARIABLES)) as f:
-    assert remade == json.load(f)
+  for name in _load_script().FULL_SIZE_FILES:
+    with open(os.path.join(tmp_path, name)) as f:
+      remade = json.load(f)
+    with open(os.path.join(committed, name)) as f:
+      assert remade == json.load(f), name
   for layout in _load_script().LAYOUTS:
     ours = tf.train.load_checkpoint(os.path.join(tmp_path, layout, 'ckpt-1'))
     theirs = tf.train.load_checkpoint(os.path.join(committed, layout, 'ckpt-1'))

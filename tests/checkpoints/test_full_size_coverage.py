@@ -2,19 +2,23 @@
 
 `full_size_variables.json` (written by scripts/make_deeplab2_fixtures.py with
 DeepLab2's code; in each fixture set) lists each key and shape of the four
-full-size layouts (no weights). Each key must land, element for element, in variables of
+full-size layouts (no weights), `full_size_kmax_variables.json` those of the
+two kMaX-DeepLab COCO checkpoints. Each key must land, element for element, in variables of
 our full-size model, except the keys listed in `EXCEPTIONS` with their reason.
 The variables are built on a 17x17 input: the relative positional encodings of
 axial attention have a fixed span, so no shape depends on the input size.
 """
 import json
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from cmt_deeplab_tf.checkpoints import deeplab2
+from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.modeling import max_deeplab
+from cmt_deeplab_tf.modeling import parameter_count
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.layers import stems
 from tests.checkpoints import fixtures
@@ -32,8 +36,8 @@ EXCEPTIONS = {
 _BUILD_INPUT = tf.zeros([1, 17, 17, 3])
 
 
-def _listing(fixture_set):
-  with open(fixture_set.file(fixtures.FULL_SIZE_VARIABLES)) as f:
+def _listing(fixture_set, name=fixtures.FULL_SIZE_VARIABLES):
+  with open(fixture_set.file(name)) as f:
     return json.load(f)
 
 
@@ -116,3 +120,53 @@ def test_max_deeplab_s_layout_has_the_published_widths(full_size):
 def test_the_committed_listing_equals_the_shared_one():
   fixtures.SHARED.require()
   assert _listing(fixtures.COMMITTED) == _listing(fixtures.SHARED)
+
+
+# kMaX-DeepLab listing folder -> our named config.
+_KMAX_MODELS = {fixtures.KMAX_RESNET50_COCO: 'kmax_deeplab_r50',
+                fixtures.KMAX_AXIAL_RESNET50_COCO: 'kmax_deeplab_axial_r50'}
+# DeepLab2's trainable parameters of its COCO kMaX-DeepLab models in training
+# mode (their auxiliary semantic branch included), as DeepLab2 counts them.
+_KMAX_DEEPLAB2_TRAINABLE = {fixtures.KMAX_RESNET50_COCO: 72_436_862,
+                            fixtures.KMAX_AXIAL_RESNET50_COCO: 90_272_254}
+_NOT_TRAINABLE = re.compile(r'(moving_mean|moving_variance)$|^global_step$|'
+                            r'^_CHECKPOINTABLE_OBJECT_GRAPH$')
+_SEMANTIC_BRANCH = re.compile(
+    r'^(semantic_decoder|semantic_head_without_last_layer|semantic_last_layer)/')
+
+
+@pytest.fixture(scope='module', params=sorted(_KMAX_MODELS))
+def kmax(request):
+  """(listing folder, its keys, our full-size model built for inference)."""
+  full_size = _listing(fixtures.COMMITTED, fixtures.FULL_SIZE_KMAX_VARIABLES)
+  model = builder.build_model(_KMAX_MODELS[request.param], num_classes=133,
+                              num_clusters=128)
+  model(tf.zeros([1, 33, 33, 3]), training=False)
+  return request.param, full_size, model
+
+
+def test_kmax_coco_checkpoints_map_onto_the_kmax_configs(kmax):
+  folder, full_size, model = kmax
+  plan = _assert_covered(model, full_size, folder)
+  assert not plan.kept_initial  # Built for inference: no semantic head yet.
+  # One layout for both: the backbone is told apart by its stem.
+  assert plan.layout == deeplab2.KMAX_DEEPLAB
+
+
+def trainable_elements(shapes):
+  """(all, semantic branch) trainable elements of a DeepLab2 key listing."""
+  counts = [0, 0]
+  for key, shape in _normalised(shapes).items():
+    if not _NOT_TRAINABLE.search(key):
+      counts[0] += int(np.prod(shape))
+      counts[1] += int(np.prod(shape)) if _SEMANTIC_BRANCH.search(key) else 0
+  return tuple(counts)
+
+
+def test_kmax_parameter_count_equals_deeplab2s(kmax):
+  """Ours = DeepLab2's trainable count without its ASPP semantic branch."""
+  folder, full_size, model = kmax
+  total, semantic = trainable_elements(full_size[folder])
+  assert total == _KMAX_DEEPLAB2_TRAINABLE[folder]
+  counts = parameter_count.parameter_breakdown(model)
+  assert counts[parameter_count.INFERENCE_TOTAL] == total - semantic

@@ -48,8 +48,15 @@ def test_imported_max_deeplab_s_run_reproduces_deeplab2(tmp_path, fixture_set):
   assert plan.kept_initial and all(
       '/semantic_head/' in v.name for v in plan.kept_initial)
   summary = deeplab2.summary(plan)
-  assert 'skipped semantic_decoder/' in summary
-  assert 'initial ' in summary and 'mapped  encoder/memory_feature' in summary
+  semantic = sum(int(np.prod(v.shape)) for v in plan.kept_initial)
+  assert (f'Kept initial values: {len(plan.kept_initial)} variables.\n'
+          f'  semantic_head: {len(plan.kept_initial)} variables, {semantic:,} '
+          'parameters') in summary
+  assert '  mapped  ' not in summary and '    initial ' not in summary
+  verbose = deeplab2.summary(plan, verbose=True)
+  assert 'skipped semantic_decoder/' in verbose
+  assert 'initial ' in verbose and 'mapped  encoder/memory_feature' in verbose
+  assert verbose.count('    initial ') == len(plan.kept_initial)
   assert os.path.basename(tf.train.latest_checkpoint(model_dir)) == 'ckpt-0'
   # What export, predict and visualize load: the run's config and checkpoint.
   gin.clear_config()

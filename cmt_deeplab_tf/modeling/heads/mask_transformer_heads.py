@@ -18,13 +18,15 @@ from cmt_deeplab_tf import common
 from cmt_deeplab_tf.modeling.heads import class_head
 from cmt_deeplab_tf.modeling.heads import mask_head
 from cmt_deeplab_tf.modeling.heads import pixel_embedding_head
+from cmt_deeplab_tf.modeling.layers import activations
 
 
 class MaskTransformerHeads(tf_keras.layers.Layer):
   """Class, mask and pixel-embedding heads."""
 
   def __init__(self, num_classes, embedding_channels=128, head_channels=256,
-               center_feature_channels=256, name='heads'):
+               center_feature_channels=256, activation=activations.RELU,
+               name='heads'):
     """Initializes the heads.
 
     Args:
@@ -32,17 +34,20 @@ class MaskTransformerHeads(tf_keras.layers.Layer):
       embedding_channels: Width D of pixel and mask embeddings (MaX: 128).
       head_channels: Hidden width of the pixel-embedding head (MaX: 256).
       center_feature_channels: Width of the class / mask center projections
-        (MaX: 256).
+        (MaX: 256); None for none (kMaX's per-layer predictions).
+      activation: Activation of every head, 'relu' (MaX, CMT) or 'gelu' (kMaX).
       name: The layer name.
     """
     super().__init__(name=name)
     # Stride-4 features [B, h, w, C] -> PIXEL_EMBEDDINGS [B, h, w, D].
     self.pixel_embedding_head = pixel_embedding_head.PixelEmbeddingHead(
-        embedding_channels, head_channels)
+        embedding_channels, head_channels, activation=activation)
     self.class_head = class_head.ClassHead(num_classes,
-                                           center_feature_channels)
+                                           center_feature_channels,
+                                           activation=activation)
     self.mask_head = mask_head.MaskHead(embedding_channels,
-                                        center_feature_channels)
+                                        center_feature_channels,
+                                        activation=activation)
 
   def call(self, pixel_embeddings, centers, training=None):
     """Returns {CLASS_LOGITS [B, N, C + 1], MASK_LOGITS [B, h, w, N]}."""

@@ -10,25 +10,29 @@ import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf.modeling.heads import conv_head
+from cmt_deeplab_tf.modeling.layers import activations
 from cmt_deeplab_tf.modeling.layers import normalization
 
 
-@gin.configurable(denylist=['embedding_channels', 'head_channels'])
+@gin.configurable(denylist=['embedding_channels', 'head_channels',
+                            'activation'])
 class PixelEmbeddingHead(tf_keras.layers.Layer):
   """Features [B, h, w, C] -> float32 unit-norm embeddings [B, h, w, D]."""
 
   def __init__(self, embedding_channels=128, head_channels=256,
-               name='pixel_embedding_head'):
+               activation=activations.RELU, name='pixel_embedding_head'):
     """Initializes the head.
 
     Args:
       embedding_channels: Embedding width D.
       head_channels: Hidden width of the convolution head.
+      activation: Activation of the convolution head, 'relu' or 'gelu'.
       name: The layer name.
     """
     super().__init__(name=name)
     self.embedding_channels = embedding_channels
     self._head = conv_head.SeparableConvHead(head_channels, embedding_channels,
+                                             activation=activation,
                                              name='conv_head')
     self._norm = normalization.get_norm_layer(name='embedding_batch_norm')
 

@@ -156,7 +156,7 @@ def recompute(fn: Callable[..., Any], inputs: Sequence[Any], enabled: bool = Tru
   if layer is not None and len(layer.variables) != num_variables:
     raise RuntimeError(
         f'Layer {layer.name!r} created variables inside a recomputed call; call it '
-        'once in training mode before (e.g. train_lib.create_all_variables).')
+        'once in training mode before (e.g. task.create_all_variables).')
   return tf.nest.pack_sequence_as(structure[0], flat)
 
 
