@@ -12,7 +12,7 @@ from tests.modeling import variable_listing
 
 # Full-size models take 10-60 s each to build; tiny and MaX-DeepLab-S (the one
 # with transformer layers inside its backbone) run in the default suite.
-_FAST = ('tiny', 'max_deeplab_s')
+_FAST = ('tiny', 'kmax_tiny', 'max_deeplab_s')
 
 
 def test_the_listing_covers_every_named_model():

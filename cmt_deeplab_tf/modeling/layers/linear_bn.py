@@ -11,6 +11,7 @@ with act ReLU or exact GeLU (`activations`; kMaX-DeepLab's layers use GeLU).
 This is the plain form; `fast_path.FusedLinearBN` folds the inference batch
 norm into the projection, with the same variables.
 """
+import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf.modeling.layers import activations
