@@ -66,7 +66,7 @@ def _assert_same_parameters(a, b, atol):
   assert worst <= atol, f'largest parameter difference {worst:.3g} > {atol}'
 
 
-@pytest.mark.slow  # ~5 min on 2 cores; the loss under MirroredStrategy stays in the default suite.
+@pytest.mark.slow  # ~5 min on 2 cores; the loss under MirroredStrategy stays default.
 def test_mirrored_two_replicas_match_one_device(tfrecord_dir, init_checkpoint, tmp_path):
   one = _start(tmp_path, 'one', 'one_device', tfrecord_dir, init_checkpoint)
   two = _start(tmp_path, 'two', 'mirrored', tfrecord_dir, init_checkpoint)
