@@ -1,4 +1,4 @@
-"""Every named model keeps its variables and checkpoint keys (issue 22).
+"""Every named model keeps its variables and checkpoint keys.
 
 Compares each model of `builder.MODELS` with the listing committed before the
 forward pass was restructured (`variable_listing.py`): the same variables with

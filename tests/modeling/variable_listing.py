@@ -1,12 +1,13 @@
 """Variable names, shapes and checkpoint keys of every named model.
 
 The listing in `tests/fixtures/model_variables.json.gz` was written by this
-module from the code before the forward pass was restructured (issue 22), so
+module from the code before the forward pass was restructured into one loop, so
 `test_variable_listing.py` proves that a refactoring moved no variable: for
 every model of `builder.MODELS` at the COCO sizes (133 classes, 128 clusters),
 each variable's name and shape, and its key in a `tf.train.Checkpoint(model=...)`
 (the object-graph path, which changes when an attribute or a dict of layers is
-replaced even if the variable names stay).
+replaced even if the variable names stay). A model added later is appended to the
+listing without rewriting the others' entries.
 
 Regenerate (only when a change of names is intended) with
   python -m tests.modeling.variable_listing
