@@ -190,6 +190,7 @@ def test_xla_matches_eager():
 
 
 def test_mixed_bfloat16_keeps_logits_in_float32():
+  tf.random.set_seed(0)  # Weights and input: bfloat16 rounding is checked on fixed ones.
   x = tf.random.normal([2, 5, 7, 4])
   reference = axial_attention.AxialAttention(axial_attention.WIDTH, 8, 16,
                                              num_heads=2)
