@@ -82,6 +82,7 @@ def test_accumulation_must_divide_the_batch():
                                                           gradient_accumulation_steps=3))
 
 
+@pytest.mark.slow  # ~2 min on 2 cores; keeps the default suite under 15 minutes.
 def test_float16_update_that_overflows_is_skipped_and_logged(caplog):
   tf_keras.mixed_precision.set_global_policy('mixed_float16')
   try:
