@@ -190,10 +190,14 @@ def _corrupt_copy(tfrecord_dir, target):
 
 def test_a_bad_training_record_stops_the_run_naming_it(tfrecord_dir, tmp_path):
   pattern, bad_shard = _corrupt_copy(tfrecord_dir, str(tmp_path / 'records'))
-  # Six steps of two read all 12 examples, whatever the seed's shuffle order; no
-  # periodic checkpoint, so any checkpoint would be one written on the failure.
+  # Six steps of two read the first 12 examples; with one-example shuffling and a
+  # fixed interleave order they are one full pass, so the bad record is among them
+  # however the machine schedules the readers. No periodic checkpoint, so any
+  # checkpoint would be one written on the failure.
   config = _tiny_config(tfrecord_dir, train_file_pattern=pattern, train_steps=6,
                         checkpoint_interval=100)
+  gin.bind_parameter('panoptic_dataset.shuffle_buffer_size', 1)
+  gin.bind_parameter('panoptic_dataset.deterministic', True)
   with pytest.raises(record_errors.BadRecordsError,
                      match=f'{re.escape(bad_shard)}#1 undecodable'):
     train_lib.run('train', str(tmp_path / 'run'), tf.distribute.get_strategy(), config)
