@@ -66,6 +66,7 @@ def test_output_shapes_with_a_coarser_previous_assignment():
 @pytest.mark.parametrize('switch,value', [
     ('center_update', ct.ATTENTION),    # No clustering update.
     ('center_update', ct.CLUSTERING),   # No cross-attention update.
+    ('center_update', 'kmeans+attention'),  # kMaX's hard clustering.
     ('use_center_self_attention', False),
     ('use_assignment_residual', False),
     ('update_pixels', False),
@@ -153,7 +154,7 @@ def test_cross_attention_alone_normalises_over_pixels():
 
 
 @pytest.mark.parametrize('kwargs', [
-    dict(center_update='kmeans'),
+    dict(center_update='sinkhorn'),
     dict(center_update='attention+attention'),
     dict(center_update=''),
     dict(reference_mask='box'),
@@ -351,3 +352,33 @@ def test_cmt_layer_matches_a_numpy_derivation_with_centers_as_queries(
   np.testing.assert_allclose(outputs[ct.PIXELS],
                              new_pixels.reshape(pixels.shape), atol=1e-4,
                              rtol=1e-4)
+
+
+@pytest.mark.parametrize('implementation', list(cmt_implementations.NAMES))
+def test_kmeans_rule_matches_a_numpy_derivation(implementation):
+  """center_update='kmeans' alone: each pixel's value goes to the center of its
+  largest head-mean assignment logit (kMaX-DeepLab's argmax), then BN and
+  LinearBN, re-derived in NumPy for both implementations."""
+  layer = _layer(implementation=implementation, center_update=ct.KMEANS,
+                 use_center_self_attention=False, feed_forward_channels=0,
+                 update_pixels=False)
+  _randomize_norm_statistics(layer)
+  pixels, centers = _inputs(seed=6, activated=False)
+  previous = tf.random.stateless_normal([2, 7, 9, NUM_CENTERS], [9, 10])
+  outputs = layer(pixels, centers, previous, training=False)
+  logits = outputs[ct.ASSIGNMENT_LOGITS].numpy().reshape([2, 63, NUM_CENTERS])
+  # The argmax must not hinge on rounding: every pixel's best center leads.
+  top2 = np.sort(logits, -1)[..., -2:]
+  assert (top2[..., 1] - top2[..., 0]).min() > 1e-4
+  p = np.concatenate([np.maximum(pixels.numpy(), 0.0), np.broadcast_to(
+      np.stack(np.meshgrid(np.linspace(-1, 1, 7), np.linspace(-1, 1, 9),
+                           indexing='ij'), -1), (2, 7, 9, 2))], -1)
+  x = _project(layer, p.reshape([2, 63, -1]), centers.numpy())
+  hard = np.eye(NUM_CENTERS)[logits.argmax(-1)]  # [B, HW, N]
+  gathered = _norm(layer._kmeans_value_norm,
+                   np.einsum('bpn,bpd->bnd', hard, x['pixel_value']))
+  expected = np.maximum(
+      centers.numpy() + _linear_bn(layer._kmeans_out, gathered), 0.0)
+  np.testing.assert_allclose(outputs[ct.CENTERS], expected, atol=1e-4,
+                             rtol=1e-4)
+  assert not hasattr(layer, '_clustering_out') or layer._clustering_out is None

@@ -92,6 +92,7 @@ _SWITCHES = [
     ct.DUAL_PATH_SWITCHES,
     dict(pixel_update_from_assignment=False, use_center_self_attention=False,
          use_coordinate_features=False),
+    dict(center_update='kmeans+attention'),
 ]
 _KEYS = (ct.PIXELS, ct.CENTERS, ct.ASSIGNMENT_LOGITS, ct.CLUSTERING_MAP,
          ct.ATTENTION_MAP)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import tensorflow as tf
 
 SCRIPT = os.path.join(os.path.dirname(__file__), 'repeat_run.py')
@@ -48,6 +49,19 @@ def _differing(a, b, ignore=()):
                 or a[n].tobytes() != b[n].tobytes())
 
 
+def test_same_seed_repeats_bitwise(tfrecord_dir, tmp_path):
+  processes = {name: _start(tmp_path, name, tfrecord_dir) for name in ('first', 'second')}
+  for name, process in processes.items():
+    _wait(process, tmp_path, name)
+  first, first_results = _final_state(tmp_path / 'first')
+  assert any(n.startswith('model/') for n in first) and 'global_step' in ' '.join(first)
+  assert any('OPTIMIZER_SLOT' in n for n in first)
+  second, second_results = _final_state(tmp_path / 'second')
+  assert not _differing(first, second)
+  assert second_results == first_results
+
+
+@pytest.mark.slow  # Five training processes: about 6 minutes on 2 cores.
 def test_same_seed_repeats_bitwise_across_a_preemption_other_seed_differs(
     tfrecord_dir, tmp_path):
   runs = {'first': {}, 'second': {}, 'other_seed': {'seed': 1},

@@ -26,8 +26,13 @@ line in `ClusteringTransformerLayer.call` and the methods named here):
   (S6) cross-attention update   U_att = ReLU(BN(softmax over [pixels; centers]
                                 of BN_h(Q_c [K_p; K_c]^T) [V_p; V_c]))
                                 `_attention_update`
+  (S5k) k-means update          U_km = BN(one_hot(argmax_N mean_h L)^T V_p),
+        (rule 'kmeans')         kMaX-DeepLab's hard assignment [3]
+                                `_kmeans_update`,
+                                `kmeans_attention.kmeans_update`
        center update            C' = ReLU(C + LinearBN(U_clu)
-                                          + LinearBN(U_att)),
+                                          + LinearBN(U_att)) (+ the
+                                LinearBN(U_km) of 'kmeans'),
                                 C'' = ReLU(C' + FFN(C'))   (`call`)
   (S7) pixel update             P' = P + LinearBN(ReLU(BN(A^T V_c))), left
                                 unactivated for the next block's ReLU
@@ -51,7 +56,9 @@ implementation`), so this module does not know it.
 Every mechanism is an option of `LayerOptions` (gin:
 `ClusteringTransformerLayer.<option>`), written once there. The center update is
 a sum of named rules, `center_update='clustering+attention'` (S5 + S6; a rule is
-one method of the layer and one entry of `_CENTER_UPDATES`). With
+one method of the layer and one entry of `_CENTER_UPDATES`); 'kmeans' (S5k)
+replaces the clustering update's softmax over clusters by kMaX-DeepLab's
+argmax, with the same functions as `kmeans_attention.KMaXTransformerLayer`. With
 `center_update='attention'`, `use_assignment_residual`,
 `pixel_update_from_assignment`, `use_coordinate_features` off and
 `reference_mask=None` (see `DUAL_PATH_SWITCHES`), the layer computes exactly MaX-DeepLab's dual-path transformer layer [2]
@@ -65,6 +72,7 @@ Widths follow DeepLab2: bottleneck = 2 * filters, keys = filters, values =
     Yu et al., CVPR 2022.
 [2] MaX-DeepLab: End-to-End Panoptic Segmentation with Mask Transformers,
     Wang et al., CVPR 2021.
+[3] k-means Mask Transformer, Yu et al., ECCV 2022.
 """
 import dataclasses
 from typing import Callable, Optional, Tuple
@@ -75,7 +83,9 @@ import tf_keras
 
 from cmt_deeplab_tf.modeling.layers import attention
 from cmt_deeplab_tf.modeling.layers import drop_path
+from cmt_deeplab_tf.modeling.layers import kmeans_attention
 from cmt_deeplab_tf.modeling.layers import linear_bn
+from cmt_deeplab_tf.modeling.layers import normalization
 from cmt_deeplab_tf.modeling.layers import reference_mask as reference_mask_lib
 from cmt_deeplab_tf.modeling.layers import resize
 
@@ -91,6 +101,7 @@ ATTENTION_MAP = 'attention_map'    # float32 [B, H, W, N], softmax over pixels.
 # method of the layer returning an update [B, N, Cc] (see `_CENTER_UPDATES`).
 CLUSTERING = 'clustering'  # (S5) the assignment gathers pixel values.
 ATTENTION = 'attention'    # (S6) MaX-DeepLab's cross-attention over pixels.
+KMEANS = 'kmeans'          # (S5k) kMaX-DeepLab's hard (argmax) clustering.
 
 # The option values that turn a CMT layer into MaX-DeepLab's dual-path layer.
 DUAL_PATH_SWITCHES = dict(
@@ -215,8 +226,10 @@ class LayerOptions:
     feed_forward_channels: Hidden width of the center FFN; 0 disables it.
     center_update: The center-update rules, joined by '+' and summed:
       'clustering' (S5, pixel values aggregated by the assignment, softmax
-      over clusters) and / or 'attention' (S6, cross-attention over the
-      pixels, softmax over pixels, as MaX-DeepLab). CMT: both.
+      over clusters), 'attention' (S6, cross-attention over the pixels,
+      softmax over pixels, as MaX-DeepLab) and 'kmeans' (S5k, each pixel's
+      value to the center of its largest assignment logit, as kMaX-DeepLab).
+      CMT: 'clustering+attention'.
     use_center_self_attention: Centers also attend to centers (their keys
       join the cross-attention's softmax, as MaX-DeepLab's memory attention;
       alone if the update has no 'attention').
@@ -274,6 +287,7 @@ class LayerOptions:
   def computes_assignment(self) -> bool:
     """Whether the layer computes the pixel-cluster assignment."""
     return (CLUSTERING in self.center_update_rules or
+            KMEANS in self.center_update_rules or
             self.use_assignment_residual or self.reference_mask is not None or
             (self.update_pixels and self.pixel_update_from_assignment))
 
@@ -344,7 +358,8 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     self._pixel_key = (self._projection(key_depth, 'pixel_key')
                        if needs_pixel_kv else None)
     self._pixel_value = (self._projection(value_depth, 'pixel_value')
-                         if CLUSTERING in rules or ATTENTION in rules else None)
+                         if set(rules) & {CLUSTERING, ATTENTION, KMEANS}
+                         else None)
     self._pixel_query = (self._projection(key_depth, 'pixel_query')
                          if pixel_attention_by_query else None)
     self._clustering = None
@@ -355,6 +370,11 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
     self._clustering_out = (
         self._projection(center_channels, 'clustering_conv3_bn', gamma='zeros')
         if CLUSTERING in rules else None)
+    if KMEANS in rules:
+      self._kmeans_value_norm = normalization.get_norm_layer(
+          name='kmeans_value_batch_norm')
+      self._kmeans_out = self._projection(center_channels, 'kmeans_conv3_bn',
+                                          gamma='zeros')
     self._center_attention = None
     if options.uses_center_attention:
       self._center_attention = self._implementation.attention(
@@ -490,6 +510,16 @@ class ClusteringTransformerLayer(tf_keras.layers.Layer):
         self._clustering, step.pixel_value, step.training)
     return self._clustering_out(clustered, training=step.training)
 
+  def _kmeans_update(self, step, outputs):
+    """(S5k) LinearBN(BN(A_hard^T V_p)), [B, N, Cc]: kMaX-DeepLab's update.
+
+    A_hard is the one-hot argmax over the N centers of the head-mean
+    assignment logits L (S3: residual and reference prior included).
+    """
+    return kmeans_attention.kmeans_update(
+        _flatten_pixels(outputs[ASSIGNMENT_LOGITS]), step.pixel_value, self._kmeans_value_norm, self._kmeans_out,
+        training=step.training)
+
   def _attention_update(self, step, outputs):
     """(S6) LinearBN(ReLU(BN(softmax(Q_c [K_p; K_c]^T) [V_p; V_c]))), [B, N, Cc].
 
@@ -550,4 +580,5 @@ class _Step:
 _CENTER_UPDATES = {
     CLUSTERING: ClusteringTransformerLayer._clustering_update,  # pylint: disable=protected-access
     ATTENTION: ClusteringTransformerLayer._attention_update,  # pylint: disable=protected-access
+    KMEANS: ClusteringTransformerLayer._kmeans_update,  # pylint: disable=protected-access
 }

@@ -65,6 +65,30 @@ def kmeans_center_update(pixel_values, assignment):
                    pixel_values)
 
 
+def kmeans_update(mask_logits, pixel_values, value_norm, projection,
+                  training=None):
+  """The whole k-means center update: assignment, update, normalisation.
+
+  LinearBN(BN(A^T V_p)) with A = `kmeans_assignment(mask_logits)`, as DeepLab2's
+  kMaX layer adds it to the centers. The CMT layer's 'kmeans' center-update
+  rule calls it with its own assignment logits.
+
+  Args:
+    mask_logits: [B, HW, N] pixel-center affinities.
+    pixel_values: [B, HW, D] pixel values V_p.
+    value_norm: A batch norm over the D channels of the update.
+    projection: A `LinearBN` to the center width Cc (zero-initialised gamma).
+    training: Training mode of the norms.
+
+  Returns:
+    [B, N, Cc], the residual update of the centers.
+  """
+  update = kmeans_center_update(pixel_values, kmeans_assignment(mask_logits))
+  update = normalization.normalize_last_axis(value_norm, update,
+                                             training=training)
+  return projection(update, training=training)
+
+
 class KMaXTransformerLayer(tf_keras.layers.Layer):
   """Centers [B, N, Cc] and pixels [B, h, w, Cp] -> updated centers, prediction."""
 
@@ -144,12 +168,10 @@ class KMaXTransformerLayer(tf_keras.layers.Layer):
     prediction[common.PIXEL_EMBEDDINGS] = embeddings
     # Assignment and update steps on flattened pixels [B, hw, .].
     flat = lambda x: tf.reshape(x, [shape[0], -1, x.shape[-1]])
-    assignment = kmeans_assignment(flat(prediction[common.MASK_LOGITS]))
     values = self._pixel_value(flat(pixel_space), training=training)
-    update = normalization.normalize_last_axis(
-        self._kmeans_value_norm, kmeans_center_update(values, assignment),
-        training=training)
-    update = self._kmeans_conv3(update, training=training)
+    update = kmeans_update(flat(prediction[common.MASK_LOGITS]), values,
+                           self._kmeans_value_norm, self._kmeans_conv3,
+                           training=training)
     outputs = centers + self._drop_paths[0](update, training=training)
     attended = self._center_attention(
         self._center_query(center_space, training=training),
