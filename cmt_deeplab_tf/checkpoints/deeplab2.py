@@ -113,10 +113,31 @@ kMaX-DeepLab (ours: `KMaXDeepLab`; backbone as above, output stride 32):
   transformer_decoder/_mask_embedding_projection  -> heads/mask_head/mask_feature
   transformer_class_head, transformer_mask_head, pixel_space_* -> heads, as MaX's.
 
-Skipped, never mapped: `global_step` and checkpoint bookkeeping, optimizer slots,
-and DeepLab2's training-only auxiliary semantic branch (`semantic_decoder`,
-`semantic_head_without_last_layer`, `semantic_last_layer`: an ASPP decoder on
-stride 16 that ours replaces by a head on the stride-4 decoder features).
+kMaX-DeepLab's training-only semantic branch (COCO; ours: the 'aspp' branch,
+`semantic_decoder` and `semantic_head`; every ConvBN as above):
+  semantic_decoder/_aspp/_conv_bn_act          -> semantic_decoder/aspp/pointwise
+  semantic_decoder/_aspp/_aspp_conv{i}/_conv_bn_act -> .../aspp/atrous{i}
+  semantic_decoder/_aspp/_aspp_pool/_conv_bn_act -> .../aspp/pooling
+  semantic_decoder/_aspp/_proj_conv_bn_act     -> .../aspp/projection
+  semantic_decoder/_low_level_conv{1,2}        -> .../{res3,res2}_projection
+  semantic_decoder/_fusion_conv{1,2}/_conv1_bn_act/_depthwise/
+      {_depthwise_conv/depthwise_kernel, _batch_norm} -> .../{res3,res2}_fusion/
+      {depthwise/depthwise_kernel, depthwise_batch_norm}
+  semantic_decoder/_fusion_conv{1,2}/_conv1_bn_act/_pointwise -> .../_fusion/pointwise
+  semantic_head_without_last_layer/_conv1_bn_act -> semantic_head/conv_head
+      (depthwise and pointwise as the fusions')
+  semantic_last_layer/{kernel,bias} [.., 1 + C] -> semantic_head/conv_head/
+      output/{kernel,bias} [.., C + 1]: DeepLab2 predicts one logit per COCO
+      label, void (0) first; ours class k (label k + 1) at k and void last
+      (channel 0 rolled to the end).
+The branch is mapped only onto a kMaX model with the 'aspp' branch whose
+variables exist (run once in training); otherwise its keys are skipped with
+the reason (a 'pixel_decoder' head keeps its initial values).
+
+Skipped, never mapped: `global_step` and checkpoint bookkeeping, optimizer
+slots, and in the MaX-DeepLab-S layout DeepLab2's training-only auxiliary
+semantic branch (the same keys: an ASPP decoder on stride 16 that ours
+replaces by a head on the stride-4 decoder features).
 """
 import collections
 import dataclasses
@@ -131,6 +152,7 @@ from cmt_deeplab_tf.modeling import kmax_deeplab
 from cmt_deeplab_tf.modeling import max_deeplab
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.decoders import kmax_transformer_decoder
+from cmt_deeplab_tf.modeling.decoders import semantic_decoder
 from cmt_deeplab_tf.modeling.decoders import transformer_decoder
 from cmt_deeplab_tf.modeling.layers import kmeans_attention
 from cmt_deeplab_tf.modeling.layers import stems
@@ -163,10 +185,11 @@ _SKIPPED = (
     (re.compile(r'^(global_step|save_counter|_CHECKPOINTABLE_OBJECT_GRAPH)$'),
      'checkpoint bookkeeping'),
     (re.compile(r'(^optimizer/|\.OPTIMIZER_SLOT)'), 'optimizer state'),
-    (re.compile(r'^(semantic_decoder|semantic_head_without_last_layer|'
-                r'semantic_last_layer)/'),
-     "DeepLab2's training-only auxiliary semantic branch"),
 )
+# DeepLab2's training-only auxiliary semantic branch: mapped by the kMaX layout
+# onto an 'aspp' semantic branch, skipped otherwise (`_semantic_skip_reason`).
+_SEMANTIC_BRANCH = re.compile(
+    r'^(semantic_decoder|semantic_head_without_last_layer|semantic_last_layer)/')
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -501,29 +524,94 @@ def _head_rules(heads, num_classes, names=None):
     return match and (f'{names["mask_norm"]}/{match.group(1)}', _identity)
 
   pixel_head = names['pixel_head']
-  block = f'{pixel_head}/conv_block/_conv1_bn_act'
+  head_rule = _conv_head_rule(f'{pixel_head}/conv_block/_conv1_bn_act',
+                              f'{pixel_head}/final_conv')
 
   def pixel_rule(name):
     match = re.fullmatch(r'embedding_batch_norm/(\w+)', name)
     if match:
       return f'{names["pixel_norm"]}/{match.group(1)}', _identity
-    renames = {
-        'conv_head/depthwise/depthwise_kernel':
-            f'{block}/_depthwise/_depthwise_conv/depthwise_kernel',
-        'conv_head/output/kernel': f'{pixel_head}/final_conv/kernel',
-        'conv_head/output/bias': f'{pixel_head}/final_conv/bias'}
-    if name in renames:
-      return renames[name], _identity
-    match = re.fullmatch(r'conv_head/depthwise_batch_norm/(\w+)', name)
-    if match:
-      return f'{block}/_depthwise/_batch_norm/{match.group(1)}', _identity
-    if name.startswith('conv_head/pointwise/'):
-      rule = _conv_bn_rule(name[len('conv_head/pointwise/'):])
-      return rule and (f'{block}/_pointwise/{rule[0]}', rule[1])
-    return None
+    part, _, rest = name.partition('/')
+    return head_rule(rest) if part == 'conv_head' else None
 
   return [(heads.class_head, '', class_rule), (heads.mask_head, '', mask_rule),
           (heads.pixel_embedding_head, '', pixel_rule)]
+
+
+def _separable_rule(prefix):
+  """`SeparableConvBN` -> DeepLab2's `SeparableConv2DSame` at `prefix`."""
+  def rule(name):
+    part, _, rest = name.partition('/')
+    if part == 'depthwise' and rest == 'depthwise_kernel':
+      return f'{prefix}/_depthwise/_depthwise_conv/depthwise_kernel', _identity
+    match = re.fullmatch(r'depthwise_batch_norm/(\w+)', name)
+    if match:
+      return f'{prefix}/_depthwise/_batch_norm/{match.group(1)}', _identity
+    converted = _conv_bn_rule(rest) if part == 'pointwise' else None
+    return converted and (f'{prefix}/_pointwise/{converted[0]}', converted[1])
+  return rule
+
+
+def _conv_head_rule(separable, final, final_transform=_identity):
+  """`SeparableConvHead` -> DeepLab2's `PanopticDeepLabSingleHead` parts."""
+  separable_rule = _separable_rule(separable)
+
+  def rule(name):
+    match = re.fullmatch(r'output/(kernel|bias)', name)
+    if match:
+      return f'{final}/{match.group(1)}', final_transform
+    return separable_rule(name)
+  return rule
+
+
+def _void_last(value):
+  """DeepLab2's semantic logits [..., 1 + C] (void, label 0, first) -> ours
+  [..., C + 1] (class k = label k + 1, void last)."""
+  return np.roll(value, -1, axis=-1)
+
+
+# Our ASPP's ConvBNs -> DeepLab2's `ASPP` attributes.
+_ASPP_PARTS = {'pointwise': '_conv_bn_act', 'pooling': '_aspp_pool/_conv_bn_act',
+               'projection': '_proj_conv_bn_act'}
+
+
+def _semantic_decoder_rule(name):
+  """`SemanticDecoder` -> DeepLab2's `semantic_decoder/`
+  (`PanopticDeepLabSingleDecoder`); low-level endpoint i (RES3, RES2) is
+  DeepLab2's `_low_level_conv{i + 1}` / `_fusion_conv{i + 1}`."""
+  part, _, rest = name.partition('/')
+  if part == 'aspp':
+    branch, _, rest = rest.partition('/')
+    atrous = re.fullmatch(r'atrous(\d)', branch)
+    target = (f'_aspp_conv{atrous.group(1)}/_conv_bn_act' if atrous else
+              _ASPP_PARTS.get(branch))
+    converted = target and _conv_bn_rule(rest)
+    return converted and (f'semantic_decoder/_aspp/{target}/{converted[0]}',
+                          converted[1])
+  for index, endpoint in enumerate(semantic_decoder.LOW_LEVEL, start=1):
+    if part == f'{endpoint}_projection':
+      converted = _conv_bn_rule(rest)
+      return converted and (
+          f'semantic_decoder/_low_level_conv{index}/{converted[0]}',
+          converted[1])
+    if part == f'{endpoint}_fusion':
+      return _separable_rule(
+          f'semantic_decoder/_fusion_conv{index}/_conv1_bn_act')(rest)
+  return None
+
+
+def _semantic_units(model):
+  """(layer, rule) of kMaX's 'aspp' semantic branch: DeepLab2's
+  `semantic_decoder/`, `semantic_head_without_last_layer/` and
+  `semantic_last_layer/` (its void logit moved last)."""
+  head_rule = _conv_head_rule('semantic_head_without_last_layer/_conv1_bn_act',
+                              'semantic_last_layer', _void_last)
+
+  def semantic_head_rule(name):
+    part, _, rest = name.partition('/')
+    return head_rule(rest) if part == 'conv_head' else None
+  return [(model.semantic_decoder, _semantic_decoder_rule),
+          (model.semantic_head, semantic_head_rule)]
 
 
 def _prefixed(prefix, rule):
@@ -658,6 +746,8 @@ def _kmax_deeplab_units(model, num_classes):
         layer.predictor, num_classes, names))
   units.extend((head, rule) for head, _, rule in _head_rules(
       model.heads, num_classes, _KMAX_HEAD_NAMES))
+  if model.semantic_decoder is not None:
+    units.extend(_semantic_units(model))
   return units
 
 
@@ -743,7 +833,7 @@ def plan_import(model, checkpoint: CheckpointKeys,
   for key in sorted(checkpoint.shapes):
     if key in mapped:
       continue
-    reason = _skip_reason(key, layout, modules, whole)
+    reason = _skip_reason(key, layout, modules, whole, model)
     if reason is None:
       unmapped.append(key)
     else:
@@ -759,8 +849,10 @@ def plan_import(model, checkpoint: CheckpointKeys,
 
 
 def _is_class_logit_key(key):
-  """A class-logit layer: the final one or a kMaX layer's predictor's."""
-  return re.search(r'(^|/)_?transformer_class_head/', key) is not None
+  """A class-logit layer: the final one, a kMaX layer's predictor's, or the
+  semantic branch's last layer."""
+  return re.search(r'(^|/)_?transformer_class_head/|^semantic_last_layer/',
+                   key) is not None
 
 
 def _check_stem(backbone, layout, path):
@@ -774,14 +866,33 @@ def _check_stem(backbone, layout, path):
         f'{backbone.name} has {type(backbone.stem).__name__}.')
 
 
-def _skip_reason(key, layout, modules, whole):
+def _skip_reason(key, layout, modules, whole, model):
   for pattern, reason in _SKIPPED:
     if pattern.search(key):
       return reason
   if layout in _WHOLE_MODELS and not whole:
     return 'outside the backbone (only the backbone is restored)'
+  semantic = _SEMANTIC_BRANCH.search(key) and _semantic_skip_reason(layout,
+                                                                    model)
+  if semantic:
+    return semantic
   if modules == ALL_BUT_CLASS_HEAD and _is_class_logit_key(key):
     return 'the class-logit layer (all_but_class_head: re-initialised)'
+  return None
+
+
+def _semantic_skip_reason(layout, model):
+  """Why DeepLab2's training-only semantic branch is not mapped, or None
+  (an error) if it should have been."""
+  branch = "DeepLab2's training-only auxiliary semantic branch"
+  if layout != KMAX_DEEPLAB:
+    return (f'{branch} (ours reads the stride-4 pixel-decoder features: '
+            'MaX-DeepLab-S has no ASPP semantic decoder)')
+  if model.semantic_decoder is None:
+    return (f"{branch} (the model's kMaX semantic head is "
+            f"'{kmax_deeplab.PIXEL_DECODER}', not '{kmax_deeplab.ASPP}')")
+  if not model.semantic_decoder.weights:
+    return f'{branch} (not built: the model has run only at inference)'
   return None
 
 

@@ -2,7 +2,8 @@
 
 A training-only semantic head at stride 4 is supervised with per-pixel softmax
 cross-entropy over the C classes; void and crowd pixels (pixel weight 0) are
-ignored.
+ignored. A head may add a void logit after the C class logits (kMaX-DeepLab's
+DeepLab2 head): it enters the softmax but is never a target.
 """
 import tensorflow as tf
 
@@ -14,7 +15,8 @@ def semantic_cross_entropy(semantic_logits: tf.Tensor,
   """Mean over weighted pixels of the semantic cross-entropy.
 
   Args:
-    semantic_logits: float32 [B, h, w, C].
+    semantic_logits: float32 [B, h, w, C], or [B, h, w, C + 1] with a void
+      logit last.
     targets: the stride-4 `LossTargets`.
 
   Returns:

@@ -33,6 +33,12 @@ multipliers do not scale either), so `max_deeplab_s` at 0.125 has the shapes of
 DeepLab2's 1/8-width MaX-DeepLab-S; `build_model(transformer_expansion=e)`
 scales those 128 filters as DeepLab2's `base_transformer_expansion` does.
 
+`build_model(kmax_semantic_head=...)` chooses a kMaX config's training-only
+semantic branch (`kmax_deeplab.SEMANTIC_HEADS`): 'aspp' (DeepLab2's COCO ASPP
+decoder on the backbone; kmax_deeplab_r50 / kmax_deeplab_axial_r50 default)
+or 'pixel_decoder' (a head on the stride-4 pixel-decoder output; kmax_tiny's
+default). The CMT and MaX configs always use the latter and reject the binding.
+
 `build_model(recompute=...)` is the memory policy: 'none', 'all' or a list of
 part kinds (`recompute_policy`) the backward pass of training recomputes;
 `set_recompute` applies it to every network of a model.
@@ -152,6 +158,8 @@ _WIDTH_ONLY = ('tiny', 'kmax_deeplab_r50', 'kmax_deeplab_axial_r50',
                'kmax_tiny')
 _FIXED_DECODER = ('max_deeplab_s', 'kmax_deeplab_r50',
                   'kmax_deeplab_axial_r50', 'kmax_tiny')
+# Configs with a choice of semantic branch (`kmax_semantic_head`).
+_KMAX = ('kmax_deeplab_r50', 'kmax_deeplab_axial_r50', 'kmax_tiny')
 
 
 def num_classes_for(num_classes: int) -> int:
@@ -198,7 +206,8 @@ def set_recompute(model, recompute):
 @gin.configurable
 def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
                 decoder_blocks=None, width_multiplier=1.0,
-                transformer_expansion=1.0, recompute=recompute_policy.NONE):
+                transformer_expansion=1.0, recompute=recompute_policy.NONE,
+                kmax_semantic_head=None):
   """Builds a named model.
 
   Args:
@@ -217,6 +226,10 @@ def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
       comma-separated kinds of `recompute_policy.KINDS` (stem,
       backbone_stage2..5, pixel_decoder_s16/s8/s4, transformer_s16/s8/s4,
       heads). Outputs and gradients are the same.
+    kmax_semantic_head: A kMaX config's training-only semantic branch, one of
+      `kmax_deeplab.SEMANTIC_HEADS` ('aspp', 'pixel_decoder'); default (None):
+      the config's own ('aspp' for kmax_deeplab_r50 / kmax_deeplab_axial_r50,
+      'pixel_decoder' for kmax_tiny). Only the kMaX configs take it.
 
   Returns:
     A `tf_keras.Model` whose call(images, training=..., return_visualization=...)
@@ -226,7 +239,8 @@ def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
     ValueError: On an unknown name, non-positive sizes, width or expansion,
       an expansion for `tiny` or a kMaX config, decoder_blocks given for
       max_deeplab_s or a kMaX config (their decoders are fixed), or an unknown
-      recompute part kind (or any for a model without recompute: kMaX).
+      recompute part kind (or any for a model without recompute: kMaX), or
+      a kmax_semantic_head that is unknown or given for a non-kMaX config.
   """
   if name not in MODELS:
     raise ValueError(f'Unknown model name={name!r}; expected one of '
@@ -239,20 +253,30 @@ def build_model(name='cmt_deeplab_s', num_classes=133, num_clusters=128,
                      f'must be positive, got {width_multiplier} and '
                      f'{transformer_expansion}.')
   recompute_policy.parse(recompute)  # Checked before anything is built.
-  widths = dict(width_multiplier=width_multiplier)
+  options = dict(width_multiplier=width_multiplier)
+  if kmax_semantic_head is not None:
+    if name not in _KMAX:
+      raise ValueError(f'build_model.kmax_semantic_head={kmax_semantic_head!r} '
+                       f'cannot be set for name={name!r}: only the kMaX configs '
+                       f'{_KMAX} have a choice of semantic head.')
+    if kmax_semantic_head not in kmax_deeplab.SEMANTIC_HEADS:
+      raise ValueError(f'Unknown build_model.kmax_semantic_head='
+                       f'{kmax_semantic_head!r}; expected one of '
+                       f'{kmax_deeplab.SEMANTIC_HEADS}.')
+    options['semantic_head'] = kmax_semantic_head
   if name in _WIDTH_ONLY:
     if transformer_expansion != 1.0:
       raise ValueError("build_model.transformer_expansion cannot be set for "
                        f"name={name!r}, got {transformer_expansion}.")
   else:
-    widths['transformer_expansion'] = transformer_expansion
+    options['transformer_expansion'] = transformer_expansion
   if decoder_blocks is None:
-    model = MODELS[name](num_classes, num_clusters, **widths)
+    model = MODELS[name](num_classes, num_clusters, **options)
   elif name in _FIXED_DECODER:
     raise ValueError(f'decoder_blocks cannot be set for {name}, got '
                      f'decoder_blocks={decoder_blocks}.')
   else:
     model = MODELS[name](num_classes, num_clusters, tuple(decoder_blocks),
-                         **widths)
+                         **options)
   set_recompute(model, recompute)
   return model

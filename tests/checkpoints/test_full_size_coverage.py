@@ -4,9 +4,11 @@
 DeepLab2's code; in each fixture set) lists each key and shape of the four
 full-size layouts (no weights), `full_size_kmax_variables.json` those of the
 two kMaX-DeepLab COCO checkpoints. Each key must land, element for element, in variables of
-our full-size model, except the keys listed in `EXCEPTIONS` with their reason.
-The variables are built on a 17x17 input: the relative positional encodings of
-axial attention have a fixed span, so no shape depends on the input size.
+our full-size model, except the keys listed in `EXCEPTIONS` with their reason
+(for kMaX-DeepLab only the bookkeeping: its 'aspp' semantic branch takes
+DeepLab2's). The variables are built on a 17x17 (kMaX: 33x33) input: the
+relative positional encodings of axial attention have a fixed span, so no shape
+depends on the input size.
 """
 import json
 import re
@@ -24,12 +26,15 @@ from cmt_deeplab_tf.modeling.layers import stems
 from tests.checkpoints import fixtures
 
 # Key prefix -> why no variable of ours takes it.
-EXCEPTIONS = {
+BOOKKEEPING = {
     '_CHECKPOINTABLE_OBJECT_GRAPH': 'checkpoint bookkeeping',
     'global_step': 'checkpoint bookkeeping',
-    'semantic_decoder/': "DeepLab2's training-only auxiliary ASPP decoder; our "
-                         'auxiliary semantic head reads the stride-4 decoder '
-                         'features instead',
+}
+EXCEPTIONS = {
+    **BOOKKEEPING,
+    'semantic_decoder/': "MaX-DeepLab-S: DeepLab2's training-only auxiliary ASPP "
+                         'decoder; our auxiliary semantic head reads the '
+                         'stride-4 decoder features instead',
     'semantic_head_without_last_layer/': 'the same auxiliary branch',
     'semantic_last_layer/': 'the same auxiliary branch',
 }
@@ -68,7 +73,8 @@ def _memory_widths(shapes):
                   'encoder/_class_feature_extra/_conv/kernel'][-1])
 
 
-def _assert_covered(model, full_size, layout_folder, modules=deeplab2.ALL):
+def _assert_covered(model, full_size, layout_folder, modules=deeplab2.ALL,
+                    exceptions=EXCEPTIONS):
   keys = deeplab2.CheckpointKeys(full_size[layout_folder], layout_folder)
   plan = deeplab2.plan_import(model, keys, modules)
   mapped_elements = {}
@@ -77,7 +83,7 @@ def _assert_covered(model, full_size, layout_folder, modules=deeplab2.ALL):
         np.prod(mapping.variable.shape))
   for key, shape in keys.shapes.items():
     if key in plan.skipped:
-      assert any(key.startswith(p) for p in EXCEPTIONS), (key, plan.skipped[key])
+      assert any(key.startswith(p) for p in exceptions), (key, plan.skipped[key])
     else:
       assert mapped_elements.get(key) == int(np.prod(shape)), key
   return plan
@@ -137,18 +143,19 @@ _SEMANTIC_BRANCH = re.compile(
 
 @pytest.fixture(scope='module', params=sorted(_KMAX_MODELS))
 def kmax(request):
-  """(listing folder, its keys, our full-size model built for inference)."""
+  """(listing folder, its keys, our full-size model built for training)."""
   full_size = _listing(fixtures.COMMITTED, fixtures.FULL_SIZE_KMAX_VARIABLES)
   model = builder.build_model(_KMAX_MODELS[request.param], num_classes=133,
                               num_clusters=128)
-  model(tf.zeros([1, 33, 33, 3]), training=False)
+  model(tf.zeros([1, 33, 33, 3]), training=True)  # The semantic branch too.
   return request.param, full_size, model
 
 
 def test_kmax_coco_checkpoints_map_onto_the_kmax_configs(kmax):
   folder, full_size, model = kmax
-  plan = _assert_covered(model, full_size, folder)
-  assert not plan.kept_initial  # Built for inference: no semantic head yet.
+  plan = _assert_covered(model, full_size, folder, exceptions=BOOKKEEPING)
+  assert not plan.kept_initial  # The training-only semantic branch included.
+  assert not [key for key in plan.skipped if _SEMANTIC_BRANCH.search(key)]
   # One layout for both: the backbone is told apart by its stem.
   assert plan.layout == deeplab2.KMAX_DEEPLAB
 
@@ -164,9 +171,18 @@ def trainable_elements(shapes):
 
 
 def test_kmax_parameter_count_equals_deeplab2s(kmax):
-  """Ours = DeepLab2's trainable count without its ASPP semantic branch."""
+  """Ours in training = DeepLab2's trainable count; at inference, without the
+  semantic branch (the paper's count)."""
   folder, full_size, model = kmax
   total, semantic = trainable_elements(full_size[folder])
   assert total == _KMAX_DEEPLAB2_TRAINABLE[folder]
   counts = parameter_count.parameter_breakdown(model)
-  assert counts[parameter_count.INFERENCE_TOTAL] == total - semantic
+  ours = counts[parameter_count.INFERENCE_TOTAL] + counts[
+      parameter_count.TRAINING_ONLY]
+  assert ours == total == sum(
+      int(np.prod(v.shape)) for v in model.trainable_variables), (
+          f'{folder}: ours {ours:,} trainable in training mode, DeepLab2 '
+          f'{total:,}')
+  assert counts[parameter_count.INFERENCE_TOTAL] == total - semantic, (
+      f'{folder}: ours {counts[parameter_count.INFERENCE_TOTAL]:,} at '
+      f'inference, DeepLab2 {total - semantic:,} without its semantic branch')

@@ -30,3 +30,14 @@ def test_crowd_pixels_are_ignored():
   logits[0, 0, 0, 0] = 50.0  # A huge error on the crowd pixel must not count.
   loss = semantic.semantic_cross_entropy(tf.constant(logits), targets)
   np.testing.assert_allclose(loss.numpy(), [np.log(3.0)], rtol=1e-5)
+
+
+def test_a_void_logit_enters_the_softmax_but_is_never_a_target():
+  # kMaX's 'aspp' semantic head predicts C + 1 logits, void last (DeepLab2).
+  rng = np.random.default_rng(4)
+  logits = rng.normal(size=(1, 2, 3, tiny_case.NUM_CLASSES + 1)).astype(np.float32)
+  loss = semantic.semantic_cross_entropy(tf.constant(logits), tiny_case.targets())
+  probs = tiny_case.softmax(logits[0].reshape(6, -1))
+  labels = tiny_case.SEMANTIC[0].reshape(6)
+  expected = np.mean([-np.log(probs[p, labels[p]]) for p in range(6) if labels[p] != 255])
+  np.testing.assert_allclose(loss.numpy(), [expected], rtol=1e-5)

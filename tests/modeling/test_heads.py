@@ -61,6 +61,9 @@ def test_semantic_head_shape():
   head = semantic_head.SemanticHead(num_classes=5, head_channels=8)
   logits = head(tf.random.normal([1, 9, 11, 6]), training=True)
   assert logits.shape == (1, 9, 11, 5) and logits.dtype == tf.float32
+  void = semantic_head.SemanticHead(num_classes=5, head_channels=8,
+                                    void_logit=True)
+  assert void(tf.random.normal([1, 9, 11, 6])).shape == (1, 9, 11, 6)
 
 
 def test_shared_heads_predict_classes_and_masks():

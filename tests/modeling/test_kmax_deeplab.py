@@ -5,6 +5,8 @@ import tensorflow as tf
 
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf.modeling import builder
+from cmt_deeplab_tf.modeling import kmax_deeplab
+from cmt_deeplab_tf.modeling import parameter_count
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.decoders import kmax_pixel_decoder
 from cmt_deeplab_tf.modeling.decoders import kmax_transformer_decoder
@@ -86,5 +88,52 @@ def test_a_backbone_binding_the_config_sets_is_an_error():
   try:
     with pytest.raises(ValueError, match='AxialResNet.activation'):
       builder.build_model('kmax_tiny', num_classes=3, num_clusters=4)
+  finally:
+    gin.clear_config()
+
+
+def test_tiny_semantic_head_reads_the_pixel_decoder(tiny):
+  assert tiny.semantic_decoder is None
+
+
+@pytest.fixture(scope='module')
+def tiny_aspp():
+  return builder.build_model('kmax_tiny', num_classes=5, num_clusters=8,
+                             kmax_semantic_head=kmax_deeplab.ASPP)
+
+
+def test_aspp_semantic_branch_predicts_classes_and_void_at_stride_4(tiny_aspp):
+  outputs = tiny_aspp(tf.zeros([2, 65, 49, 3]), training=True)
+  assert outputs[common.SEMANTIC_LOGITS].shape == (2, 17, 13, 5 + 1)
+  assert common.SEMANTIC_LOGITS not in tiny_aspp(tf.zeros([1, 33, 33, 3]),
+                                                 training=False)
+  outputs, _ = tiny_aspp.forward(tf.zeros([1, 33, 33, 3]), training=False,
+                                 with_semantic=True)
+  assert outputs[common.SEMANTIC_LOGITS].shape == (1, 9, 9, 6)
+
+
+def test_aspp_semantic_branch_is_training_only_in_the_count(tiny_aspp):
+  counts = parameter_count.parameter_breakdown(tiny_aspp)
+  semantic = sum(int(tf.size(v)) for v in
+                 tiny_aspp.semantic_decoder.trainable_variables +
+                 tiny_aspp.semantic_head.trainable_variables)
+  assert counts[parameter_count.TRAINING_ONLY] == semantic > 0
+  assert counts[parameter_count.INFERENCE_TOTAL] + semantic == sum(
+      int(tf.size(v)) for v in tiny_aspp.trainable_variables)
+
+
+def test_kmax_semantic_head_binding_is_checked():
+  with pytest.raises(ValueError, match='kmax_semantic_head'):
+    builder.build_model('tiny', num_classes=3, num_clusters=4,
+                        kmax_semantic_head=kmax_deeplab.ASPP)
+  with pytest.raises(ValueError, match="'stride4'"):
+    builder.build_model('kmax_tiny', num_classes=3, num_clusters=4,
+                        kmax_semantic_head='stride4')
+  with gin.unlock_config():
+    gin.bind_parameter('build_model.kmax_semantic_head',
+                       kmax_deeplab.PIXEL_DECODER)
+  try:
+    with pytest.raises(ValueError, match='max_deeplab_s'):
+      builder.build_model('max_deeplab_s', num_classes=3, num_clusters=4)
   finally:
     gin.clear_config()

@@ -10,11 +10,14 @@ replaced even if the variable names stay). A model added later is appended to th
 listing without rewriting the others' entries.
 
 Regenerate (only when a change of names is intended) with
-  python -m tests.modeling.variable_listing
+  python -m tests.modeling.variable_listing [name ...]
+which rewrites the entries of the named models (default: every model) and keeps
+the others'.
 """
 import gzip
 import json
 import pathlib
+import sys
 
 import tensorflow as tf
 import tf_keras
@@ -59,9 +62,14 @@ def load():
     return json.load(f)
 
 
-def main():
-  listing = {}
-  for name in sorted(builder.MODELS):
+def main(names):
+  """Rewrites the entries of `names` (all models if empty), keeps the rest."""
+  unknown = sorted(set(names) - set(builder.MODELS))
+  if unknown:
+    raise SystemExit(f'Unknown model names {unknown}; expected some of '
+                     f'{sorted(builder.MODELS)}.')
+  listing = load() if names and FIXTURE.exists() else {}
+  for name in sorted(names or builder.MODELS):
     listing[name] = list_model(name)
     tf_keras.backend.clear_session()
   FIXTURE.parent.mkdir(parents=True, exist_ok=True)
@@ -72,4 +80,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  main(sys.argv[1:])
