@@ -22,8 +22,9 @@ backbone or the decoder runs alone. The memory policy `recompute_parts` (set by
 `builder.build_model(recompute=...)`, kinds of `recompute_policy`) says which
 parts the backward pass of training recomputes; the loop applies it.
 
-Attributes `backbone`, `pixel_decoder`, `transformer`, `heads` and the
-training-only `semantic_head` split the parameters as the paper counts them.
+The parts (`backbone`, `pixel_decoder`, `transformer`, `heads`, the
+training-only `semantic_head`) are those of every model of the family
+(`mask_transformer_model`).
 
 [1] CMT-DeepLab: Clustering Mask Transformers for Panoptic Segmentation,
     Yu et al., CVPR 2022.
@@ -31,9 +32,9 @@ training-only `semantic_head` split the parameters as the paper counts them.
     Wang et al., CVPR 2021.
 """
 import tensorflow as tf
-import tf_keras
 
 from cmt_deeplab_tf import common
+from cmt_deeplab_tf.modeling import mask_transformer_model
 from cmt_deeplab_tf.modeling import recompute_policy
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.decoders import pixel_decoder as pixel_decoder_lib
@@ -51,7 +52,7 @@ def _add_reference_mask(outputs, layer_outputs):
         ct.REFERENCE_PARAMETERS]
 
 
-class CMTDeepLab(tf_keras.Model):
+class CMTDeepLab(mask_transformer_model.MaskTransformerModel):
   """Backbone + pixel decoder + transformer layers + heads."""
 
   def __init__(self, backbone, pixel_decoder, transformer, heads,
@@ -67,20 +68,11 @@ class CMTDeepLab(tf_keras.Model):
       semantic_head: Optional training-only `SemanticHead`.
       name: The model name.
     """
-    super().__init__(name=name)
+    super().__init__(backbone, pixel_decoder, transformer, heads,
+                     semantic_head=semantic_head, name=name)
     # Part kinds (`recompute_policy`) recomputed in the backward pass of
     # training; read when a step is traced. `builder.set_recompute` sets it.
     self.recompute_parts = frozenset()
-    self.backbone = backbone
-    self.pixel_decoder = pixel_decoder
-    self.transformer = transformer
-    self.heads = heads
-    self.semantic_head = semantic_head
-
-  @property
-  def backbone_variables(self):
-    """The backbone's trainable variables (trained with a smaller learning rate)."""
-    return self.backbone.trainable_variables
 
   def call(self, images, training=None, return_visualization=False):
     """Runs the model.

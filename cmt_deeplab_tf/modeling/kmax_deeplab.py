@@ -26,10 +26,10 @@ to `transformer`).
 
 [1] k-means Mask Transformer, Yu et al., ECCV 2022.
 """
-import tf_keras
 
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf.modeling import gin_checks
+from cmt_deeplab_tf.modeling import mask_transformer_model
 from cmt_deeplab_tf.modeling.backbones import axial_resnet
 from cmt_deeplab_tf.modeling.decoders import kmax_pixel_decoder
 from cmt_deeplab_tf.modeling.decoders import kmax_transformer_decoder
@@ -54,7 +54,7 @@ _LOW_LEVEL_CHANNELS = (64, 32)
 _SEMANTIC_HEAD_CHANNELS = 256
 
 
-class KMaXDeepLab(tf_keras.Model):
+class KMaXDeepLab(mask_transformer_model.MaskTransformerModel):
   """Backbone + kMaX pixel decoder + k-means transformer decoder + heads."""
 
   def __init__(self, backbone, pixel_decoder, transformer, heads,
@@ -81,18 +81,9 @@ class KMaXDeepLab(tf_keras.Model):
                        f'{pixel_decoder.strides}.')
     if semantic_decoder is not None and semantic_head is None:
       raise ValueError('KMaXDeepLab: a semantic_decoder needs a semantic_head.')
-    super().__init__(name=name)
-    self.backbone = backbone
-    self.pixel_decoder = pixel_decoder
-    self.transformer = transformer
-    self.heads = heads
-    self.semantic_head = semantic_head
+    super().__init__(backbone, pixel_decoder, transformer, heads,
+                     semantic_head=semantic_head, name=name)
     self.semantic_decoder = semantic_decoder
-
-  @property
-  def backbone_variables(self):
-    """The backbone's trainable variables (trained with a smaller learning rate)."""
-    return self.backbone.trainable_variables
 
   def call(self, images, training=None, return_visualization=False):
     """Runs the model.
