@@ -194,13 +194,29 @@ def set_recompute(model, recompute):
     ValueError: On an unknown kind, naming the valid ones.
   """
   parts = recompute_policy.parse(recompute)
-  networks = [network for network in [model] + list(model.submodules)
-              if isinstance(network, cmt_deeplab.CMTDeepLab)]
+  networks = _networks(model)
   if parts and not networks:
     raise ValueError(f'build_model.recompute={recompute!r}: {model.name} has no '
                      "recompute parts; only 'none' applies to it.")
   for network in networks:
     network.recompute_parts = parts
+
+
+def recompute_kinds(model):
+  """The part kinds of `recompute_policy.KINDS` that `model` has, in that order.
+
+  Those of every network (both of RFN's); none for a model without recompute
+  (kMaX), whose only policy is 'none'. A policy naming other kinds is valid
+  but recomputes nothing more.
+  """
+  present = {kind for network in _networks(model) for kind in network.recompute_kinds}
+  return tuple(kind for kind in recompute_policy.KINDS if kind in present)
+
+
+def _networks(model):
+  """The `CMTDeepLab` networks of `model` (itself, or both of RFN's)."""
+  return [network for network in [model] + list(model.submodules)
+          if isinstance(network, cmt_deeplab.CMTDeepLab)]
 
 
 @gin.configurable

@@ -74,6 +74,20 @@ class CMTDeepLab(mask_transformer_model.MaskTransformerModel):
     # training; read when a step is traced. `builder.set_recompute` sets it.
     self.recompute_parts = frozenset()
 
+  @property
+  def recompute_kinds(self):
+    """The part kinds (`recompute_policy.KINDS`, in that order) of this network's
+    forward loop: the stem, each backbone and decoder stage, the strides its
+    transformer layers run at (MaX-S's: 16 only), and the heads."""
+    present = {recompute_policy.STEM, recompute_policy.HEADS}
+    present.update(recompute_policy.backbone_stage(axial_resnet.FIRST_STAGE + index)
+                   for index in range(len(self.backbone.stages)))
+    present.update(recompute_policy.pixel_decoder_stage(stride)
+                   for stride in pixel_decoder_lib.STRIDES[:len(self.pixel_decoder.stages)])
+    present.update(recompute_policy.transformer(self.transformer.stride_of(layer))
+                   for layer in self.transformer.transformer_layers.values())
+    return tuple(kind for kind in recompute_policy.KINDS if kind in present)
+
   def call(self, images, training=None, return_visualization=False):
     """Runs the model.
 
