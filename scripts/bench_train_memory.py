@@ -19,11 +19,26 @@ one training step with recompute and one without, then times them in turns
   python scripts/bench_train_memory.py \
       --configs=max_deeplab_s,cmt_deeplab_s,cmt_deeplab_l,cmt_deeplab_l_rfn \
       --sizes=641,1025
+
+--search: per config and size, the fastest memory policy whose peak memory stays
+within --budget_gib, by the method of `analysis.recompute_search`: the memory of
+'all', 'none' and each 'all - part' (a fresh process each, as above; 'all'
+first, and nothing else if it is over the budget), their step times as ratios
+to 'all' (each timing process traces 'all' and at most --search_group - 1 other
+candidates, so the live traced steps stay bounded), a greedy choice, and its
+verification: a memory measurement (backed off while over the budget) and a
+timing against 'all' and 'none'. Each search prints a Markdown table of the
+candidates and the chosen policy as gin bindings:
+
+  python scripts/bench_train_memory.py --search --configs=cmt_deeplab_s \
+      --sizes=641 --budget_gib=2.28
 """
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -40,7 +55,14 @@ flags.DEFINE_list('time_configs', ['max_deeplab_s', 'cmt_deeplab_s'],
                   'Configs whose step time is compared (each traces two steps).')
 flags.DEFINE_integer('time_rounds', 3, 'Timed steps per setting, in turns.')
 flags.DEFINE_float('headroom_gib', 2.0, 'Memory left to the rest of the machine.')
+flags.DEFINE_bool('search', False, 'Search the fastest policy within --budget_gib '
+                  'per config and size (see the module docstring).')
+flags.DEFINE_float('budget_gib', None, 'Peak-memory budget of --search (GiB).')
+flags.DEFINE_integer('search_group', 4, 'Traced steps per timing process of --search '
+                     "('all' and up to this many - 1 other candidates); >= 2.")
 flags.DEFINE_string('time_one', None, 'Internal: time one config in this process.')
+flags.DEFINE_string('time_policies', None, 'Internal: JSON [[build_model.recompute, '
+                    'PanopticLoss.recompute], ...] the --time_one process times.')
 
 NUM_CLASSES, NUM_CLUSTERS = 133, 128
 # The model's memory policy (modeling/recompute_policy.py) and the loss's switch, as
@@ -49,6 +71,9 @@ POLICY = {'off': 'none', 'on': 'all'}
 RECOMPUTE = {setting: (f"build_model.recompute = '{POLICY[setting]}'",
                        f'PanopticLoss.recompute = {setting == "on"}')
              for setting in POLICY}
+# A timed setting: (build_model.recompute, PanopticLoss.recompute).
+Setting = Tuple[str, bool]
+OFF_ON = [(POLICY[setting], setting == 'on') for setting in ('off', 'on')]
 
 
 def _available_bytes() -> int:
@@ -59,14 +84,21 @@ def _available_bytes() -> int:
   raise RuntimeError('/proc/meminfo has no MemAvailable.')
 
 
+def _limit_bytes() -> int:
+  return _available_bytes() - int(FLAGS.headroom_gib * 2**30)
+
+
+def _memory(name: str, size: int, bindings: Sequence[str], mode: str, limit: int):
+  from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
+  return cost.training_step_peak_memory(name, NUM_CLASSES, NUM_CLUSTERS, size, size,
+                                        bindings, memory_limit_bytes=limit, mode=mode)
+
+
 def _memory_cell(name: str, size: int, setting: str, mode: str) -> str:
   """'total (step alone; allocator peak of the step)' in GiB."""
-  from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
-  limit = _available_bytes() - int(FLAGS.headroom_gib * 2**30)
+  limit = _limit_bytes()
   try:
-    result = cost.training_step_peak_memory(name, NUM_CLASSES, NUM_CLUSTERS, size, size,
-                                            RECOMPUTE[setting], memory_limit_bytes=limit,
-                                            mode=mode)
+    result = _memory(name, size, RECOMPUTE[setting], mode, limit)
   except MemoryError:
     return f'> {limit / 2**30:.1f} (does not fit)'
   except RuntimeError as e:
@@ -76,8 +108,12 @@ def _memory_cell(name: str, size: int, setting: str, mode: str) -> str:
   return f'{result["bytes"] / 2**30:.2f} ({details})'
 
 
-def _time_one(name: str, size: int) -> None:
-  """In this process: median step seconds with recompute off and on (JSON)."""
+def _time_one(name: str, size: int, settings: Sequence[Setting]) -> None:
+  """In this process: median step seconds of each setting, and ratios to the first.
+
+  Prints JSON {'seconds': [...], 'ratios': [...]}: one model, one trainer
+  traced per setting, timed in turns.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.analysis import timing  # pylint: disable=g-import-not-at-top
@@ -88,46 +124,204 @@ def _time_one(name: str, size: int) -> None:
   model = cost.build(name, NUM_CLASSES, NUM_CLUSTERS)
   batch = cost.random_training_batch(size, size, NUM_CLASSES, NUM_CLUSTERS)
   trainers = {}
-  for setting in ('off', 'on'):
-    builder.set_recompute(model, POLICY[setting])
-    trainers[setting] = trainer_lib.PanopticTrainer(
+  for index, (policy, loss_recompute) in enumerate(settings):
+    builder.set_recompute(model, policy)
+    trainers[str(index)] = trainer = trainer_lib.PanopticTrainer(
         strategy=tf.distribute.get_strategy(), model=model,
         loss_fn=panoptic_loss.PanopticLoss(num_classes=NUM_CLASSES, global_batch_size=1,
-                                           recompute=setting == 'on'),
+                                           recompute=loss_recompute),
         optimizer_config=optimization.OptimizerConfig(train_steps=100, warmup_steps=0),
         post_processor=None, evaluator=None,
         train_dataset_fn=lambda _: tf.data.Dataset.from_tensors(batch).repeat())
-    trainers[setting].train(tf.constant(1))  # Traced with this switch.
+    trainer.train(tf.constant(1))  # Traced with this policy.
   timings = timing.interleaved(
-      {setting: (lambda t=trainer: t.train(tf.constant(1)))
-       for setting, trainer in trainers.items()},
+      {key: (lambda t=trainer: t.train(tf.constant(1)))
+       for key, trainer in trainers.items()},
       rounds=FLAGS.time_rounds, warmup=0)
-  print(json.dumps({'off': timings.median('off'), 'on': timings.median('on'),
-                    'ratio': timings.ratio_summary('on', 'off')[0]}), flush=True)
+  print(json.dumps({'seconds': [timings.median(key) for key in trainers],
+                    'ratios': [timings.ratio_summary(key, '0')[0] for key in trainers]}),
+        flush=True)
+
+
+def _time(name: str, size: int,
+          settings: Sequence[Setting]) -> Optional[Dict[str, List[float]]]:
+  """`_time_one` in a fresh process; None if it went over the machine's memory.
+
+  Raises:
+    RuntimeError: If it failed otherwise.
+  """
+  from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
+  command = [sys.executable, __file__, f'--time_one={name}', f'--time_size={size}',
+             f'--time_rounds={FLAGS.time_rounds}',
+             f'--time_policies={json.dumps([list(s) for s in settings])}']
+  with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
+    process = subprocess.Popen(command, stdout=out, stderr=err, text=True)
+    if cost.wait_within_memory(process, _limit_bytes()):
+      return None
+    out.seek(0)
+    err.seek(0)
+    lines, errors = out.read().strip().splitlines(), err.read()
+  if process.returncode != 0 or not lines:
+    raise RuntimeError(f'Timing {name} at {size} failed ({process.returncode}):\n'
+                       f'{errors[-2000:]}')
+  return json.loads(lines[-1])
 
 
 def _time_cell(name: str, size: int) -> str:
-  from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
-  command = [sys.executable, __file__, f'--time_one={name}', f'--time_size={size}',
-             f'--time_rounds={FLAGS.time_rounds}']
-  limit = _available_bytes() - int(FLAGS.headroom_gib * 2**30)
-  with tempfile.TemporaryFile('w+') as out:
-    process = subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL, text=True)
-    if cost.wait_within_memory(process, limit):
-      return f'> {limit / 2**30:.1f} GiB (does not fit)'
-    out.seek(0)
-    lines = out.read().strip().splitlines()
-  if process.returncode != 0 or not lines:
-    return f'failed ({process.returncode})'
-  seconds = json.loads(lines[-1])
-  return (f'{seconds["off"]:.2f} / {seconds["on"]:.2f} s '
-          f'(+{100 * (seconds["ratio"] - 1):.0f}%)')
+  try:
+    seconds = _time(name, size, OFF_ON)
+  except RuntimeError as e:
+    return f'failed: {str(e).splitlines()[0]}'
+  if seconds is None:
+    return f'> {_limit_bytes() / 2**30:.1f} GiB (does not fit)'
+  (off, on), ratio = seconds['seconds'], seconds['ratios'][1]
+  return f'{off:.2f} / {on:.2f} s (+{100 * (ratio - 1):.0f}%)'
+
+
+def _gib(value: Optional[int]) -> str:
+  return 'does not fit' if value is None else f'{value / 2**30:.2f}'
+
+
+class _Search:
+  """The measurements of one (config, size) search, each made once."""
+
+  def __init__(self, name: str, size: int):
+    from cmt_deeplab_tf.analysis import recompute_search as rs  # pylint: disable=g-import-not-at-top
+    from cmt_deeplab_tf.modeling import builder  # pylint: disable=g-import-not-at-top
+    self.name, self.size = name, size
+    # The kinds need no variables: the model is not built further.
+    self.kinds = builder.recompute_kinds(
+        builder.build_model(name, NUM_CLASSES, NUM_CLUSTERS))
+    self.parts = rs.parts_of(self.kinds)
+    self.candidates = rs.candidates(self.parts)
+    self.memory = {}  # {policy: peak bytes, None if over the machine's memory}
+
+  def setting(self, policy) -> Setting:
+    from cmt_deeplab_tf.analysis import recompute_search as rs  # pylint: disable=g-import-not-at-top
+    return rs.model_policy(policy, self.kinds), rs.LOSS in policy
+
+  def measure(self, policy) -> Optional[int]:
+    """Peak bytes of one step with `policy` (a fresh process, once per policy)."""
+    from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
+    from cmt_deeplab_tf.analysis import recompute_search as rs  # pylint: disable=g-import-not-at-top
+    if policy not in self.memory:
+      try:
+        self.memory[policy] = _memory(self.name, self.size,
+                                      rs.gin_bindings(policy, self.kinds),
+                                      cost.TRAIN_STEP, _limit_bytes())['bytes']
+      except MemoryError:
+        self.memory[policy] = None
+      print(f'{self.name} {self.size}: {self.setting(policy)} '
+            f'{_gib(self.memory[policy])} GiB', file=sys.stderr, flush=True)
+    return self.memory[policy]
+
+  def time(self, policies) -> Dict[object, Tuple[float, float]]:
+    """{policy: (median seconds, median ratio to 'all')}, 'all' included.
+
+    'all' is traced first in every timing process, with at most
+    --search_group - 1 others; a group over the machine's memory is left out.
+    """
+    everything = self.candidates['all']
+    others = [p for p in dict.fromkeys(policies) if p != everything]
+    size = FLAGS.search_group - 1
+    times, all_seconds = {}, []
+    for start in range(0, len(others), size):
+      group = others[start:start + size]
+      result = _time(self.name, self.size,
+                     [self.setting(p) for p in [everything] + group])
+      if result is None:
+        continue
+      all_seconds.append(result['seconds'][0])
+      for policy, seconds, ratio in zip(group, result['seconds'][1:],
+                                        result['ratios'][1:]):
+        times[policy] = (seconds, ratio)
+    if all_seconds:
+      times[everything] = (statistics.median(all_seconds), 1.0)
+    return times
+
+
+def _search(name: str, size: int, budget: int) -> Tuple[str, bool]:
+  """The Markdown report of one search, and whether a policy fits the budget."""
+  from cmt_deeplab_tf.analysis import paper_tables  # pylint: disable=g-import-not-at-top
+  from cmt_deeplab_tf.analysis import recompute_search as rs  # pylint: disable=g-import-not-at-top
+  search = _Search(name, size)
+  lines = [f'### {name}, {size}x{size}, budget {budget / 2**30:.2f} GiB', '']
+  if not search.kinds:
+    lines += [f"{name} has no recompute parts: only build_model.recompute = 'none' "
+              "exists; the search covers the loss's switch only.", '']
+  everything = search.candidates['all']
+  all_bytes = search.measure(everything)
+  try:
+    if all_bytes is None:
+      raise ValueError(f"'all' does not fit this machine's "
+                       f'{_limit_bytes() / 2**30:.1f} GiB (--headroom_gib).')
+    rs.check_budget(all_bytes, budget)
+  except ValueError as e:
+    return '\n'.join(lines + [f'No policy fits: {e}']), False
+  for policy in search.candidates.values():
+    search.measure(policy)
+  times = search.time([p for p in search.candidates.values()
+                       if search.memory[p] is not None])
+  costs = rs.part_costs(search.parts, search.memory,
+                        {policy: ratio for policy, (_, ratio) in times.items()})
+  choice = rs.choose(costs, all_bytes, budget,
+                     lambda dropped: search.measure(everything - set(dropped)))
+  cost_of = {everything - {cost.part}: cost for cost in costs}
+  rows = []
+  for label, policy in search.candidates.items():
+    seconds, ratio = times.get(policy, (None, None))
+    cost = cost_of.get(policy)
+    rows.append([label, _gib(search.memory[policy]),
+                 '-' if seconds is None else f'{seconds:.2f}',
+                 '-' if ratio is None else f'{ratio:.3f}',
+                 '-' if cost is None else f'{cost.added_bytes / 2**30:+.2f}',
+                 '-' if cost is None else f'{100 * cost.saved_fraction:+.1f}%'])
+  lines += [paper_tables.markdown_table(
+      ['candidate', 'memory (GiB)', 'step time (s)', "time / 'all'",
+       'memory added', 'time saved'], rows), '']
+  chosen, nothing = choice.policy(search.parts), search.candidates['none']
+  verified = search.time([nothing, chosen] if search.memory[nothing] is not None
+                         else [chosen])
+  seconds, to_all = verified.get(chosen, (None, None))
+  to_none = (to_all / verified[nothing][1]
+             if to_all is not None and nothing in verified else None)
+  lines += [f"Dropped from 'all' (greedy order): {', '.join(choice.dropped) or '-'}; "
+            f"backed off after verification: {', '.join(choice.backed_off) or '-'}.", '',
+            paper_tables.markdown_table(
+                ['chosen policy', 'memory (GiB)', 'step time (s)', "time / 'none'",
+                 "time / 'all'"],
+                [[f'`{search.setting(chosen)}`', _gib(choice.memory_bytes),
+                  '-' if seconds is None else f'{seconds:.2f}',
+                  '-' if to_none is None else f'{to_none:.3f}',
+                  '-' if to_all is None else f'{to_all:.3f}']]), '',
+            '```', *rs.gin_bindings(chosen, search.kinds), '```']
+  return '\n'.join(lines), True
+
+
+def _search_main() -> None:
+  if FLAGS.budget_gib is None or FLAGS.budget_gib <= 0:
+    raise app.UsageError(f'--search needs --budget_gib > 0, got {FLAGS.budget_gib}.')
+  if FLAGS.search_group < 2:
+    raise app.UsageError(f'--search_group must be >= 2, got {FLAGS.search_group}.')
+  budget = int(FLAGS.budget_gib * 2**30)
+  fits = True
+  for name in FLAGS.configs:
+    for size in FLAGS.sizes:
+      report, fit = _search(name, int(size), budget)
+      print(report + '\n', flush=True)
+      fits &= fit
+  if not fits:
+    sys.exit(1)
 
 
 def main(argv):
   del argv
   if FLAGS.time_one:
-    _time_one(FLAGS.time_one, FLAGS.time_size)
+    _time_one(FLAGS.time_one, FLAGS.time_size,
+              [tuple(setting) for setting in json.loads(FLAGS.time_policies)])
+    return
+  if FLAGS.search:
+    _search_main()
     return
   sizes = [int(s) for s in FLAGS.sizes]
   settings = FLAGS.recompute

@@ -175,6 +175,16 @@ def _max_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB.
 
 
+def _allocator_stats(device: str) -> Optional[Dict[str, int]]:
+  """TensorFlow's {'current', 'peak'} allocated bytes on `device`, or None where
+  its allocator keeps no statistics (the default CPU allocator; a GPU's and the
+  CPU's BFC allocator, TF_CPU_ALLOCATOR_USE_BFC=true, keep them)."""
+  try:
+    return tf.config.experimental.get_memory_info(device)
+  except ValueError:
+    return None
+
+
 def measure_training_step_memory(name: str, num_classes: int, num_clusters: int,
                                  height: int, width: int,
                                  mode: str = TRAIN_STEP) -> Dict[str, object]:
@@ -188,15 +198,17 @@ def measure_training_step_memory(name: str, num_classes: int, num_clusters: int,
   model = build(name, num_classes, num_clusters)
   batch = random_training_batch(height, width, num_classes, num_clusters)
   rss_built = _max_rss_bytes()
-  allocated_built = tf.config.experimental.get_memory_info(device)['current']
-  tf.config.experimental.reset_memory_stats(device)
+  built = _allocator_stats(device)
+  if built is not None:
+    tf.config.experimental.reset_memory_stats(device)
   run = run_one_training_step if mode == TRAIN_STEP else run_forward_backward
   loss = run(model, num_classes, batch)
-  # TensorFlow's own peak allocation during the step, over what the built model
-  # held: tensors only (no graph, allocator slack, oneDNN caches or Python).
-  allocator_peak = tf.config.experimental.get_memory_info(device)['peak']
-  result = {'loss': float(loss),
-            'allocator_step_bytes': int(allocator_peak - allocated_built)}
+  result = {'loss': float(loss)}
+  if built is not None:
+    # TensorFlow's own peak allocation during the step, over what the built model
+    # held: tensors only (no graph, allocator slack, oneDNN caches or Python).
+    allocator_peak = _allocator_stats(device)['peak']
+    result['allocator_step_bytes'] = int(allocator_peak - built['current'])
   if device.startswith('GPU'):
     result.update(bytes=int(allocator_peak), what=GPU_PEAK)
   else:
@@ -231,8 +243,10 @@ def training_step_peak_memory(name: str, num_classes: int, num_clusters: int,
   Returns:
     {'bytes': int, 'what': description of the figure, 'loss': the step's loss,
     'allocator_step_bytes': TensorFlow's peak tensor allocation during the step
-    over what the built model held, on CPU also 'step_bytes': the growth of the
-    peak RSS over the step alone, from after the model's variables exist}.
+    over what the built model held (where the allocator keeps statistics: on a
+    GPU, not with TensorFlow's default CPU allocator), on CPU also
+    'step_bytes': the growth of the peak RSS over the step alone, from after
+    the model's variables exist}.
 
   Raises:
     MemoryError: if the process went over `memory_limit_bytes`.

@@ -55,6 +55,11 @@ SMOKE_RUNS = (
                                            '--recompute=off', '--time_size=65',
                                            '--time_configs=tiny', '--time_rounds=1'],
                  '| tiny | ', marks=pytest.mark.slow),
+    # The whole policy search: 15 memory probes and 3 timing processes (minutes).
+    pytest.param('bench_train_memory.py', ['--search', '--configs=tiny', '--sizes=65',
+                                           '--budget_gib=64', '--time_rounds=1',
+                                           '--search_group=8'],
+                 "build_model.recompute = '", marks=pytest.mark.slow),
 )
 
 
@@ -67,17 +72,31 @@ def test_every_script_is_smoked():
   assert scripts - _NOT_SMOKED == {_script(run) for run in SMOKE_RUNS}
 
 
-@pytest.mark.parametrize('script, arguments, expected_line', SMOKE_RUNS)
-def test_script_runs_at_tiny_size(script, arguments, expected_line, tmp_path):
-  if script == 'bench_layers.py' and subprocess.run(
-      ['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True).returncode:
-    pytest.skip('bench_layers.py compares with a git revision: not a git checkout.')
+def _run(script, arguments, tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
              PYTHONPATH=os.pathsep.join([str(ROOT)] + [
                  p for p in [os.environ.get('PYTHONPATH')] if p]))
   command = [sys.executable, str(ROOT / 'scripts' / script)] + [
       argument.format(tmp=tmp_path) for argument in arguments]
-  process = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True,
-                           text=True, check=False)
+  return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True,
+                        text=True, check=False)
+
+
+@pytest.mark.parametrize('script, arguments, expected_line', SMOKE_RUNS)
+def test_script_runs_at_tiny_size(script, arguments, expected_line, tmp_path):
+  if script == 'bench_layers.py' and subprocess.run(
+      ['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True).returncode:
+    pytest.skip('bench_layers.py compares with a git revision: not a git checkout.')
+  process = _run(script, arguments, tmp_path)
   assert process.returncode == 0, process.stderr[-3000:]
   assert expected_line in process.stdout, process.stdout[-3000:]
+
+
+def test_a_policy_search_over_a_budget_even_all_exceeds_names_the_flag(tmp_path):
+  # One memory probe ('all' goes first); kMaX has the loss's switch only.
+  process = _run('bench_train_memory.py', ['--search', '--configs=kmax_tiny',
+                                           '--sizes=65', '--budget_gib=0.001'], tmp_path)
+  assert process.returncode == 1, process.stderr[-3000:]
+  assert ("kmax_tiny has no recompute parts: only build_model.recompute = 'none' "
+          'exists' in process.stdout), process.stdout
+  assert 'No policy fits: --budget_gib=0.00' in process.stdout, process.stdout
