@@ -43,6 +43,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from absl import app
 from absl import flags
 
+from cmt_deeplab_tf.analysis import recompute_search as rs
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list('configs', ['max_deeplab_s', 'cmt_deeplab_s', 'cmt_deeplab_l',
                               'cmt_deeplab_l_rfn'], 'Named model configs.')
@@ -65,15 +67,11 @@ flags.DEFINE_string('time_policies', None, 'Internal: JSON [[build_model.recompu
                     'PanopticLoss.recompute], ...] the --time_one process times.')
 
 NUM_CLASSES, NUM_CLUSTERS = 133, 128
-# The model's memory policy (modeling/recompute_policy.py) and the loss's switch, as
-# coco/base.gin sets them.
-POLICY = {'off': 'none', 'on': 'all'}
-RECOMPUTE = {setting: (f"build_model.recompute = '{POLICY[setting]}'",
-                       f'PanopticLoss.recompute = {setting == "on"}')
-             for setting in POLICY}
 # A timed setting: (build_model.recompute, PanopticLoss.recompute).
 Setting = Tuple[str, bool]
-OFF_ON = [(POLICY[setting], setting == 'on') for setting in ('off', 'on')]
+# Recompute off and on: the model's memory policy (modeling/recompute_policy.py)
+# and the loss's switch, as coco/base.gin sets them.
+SETTINGS = {'off': (rs.NONE, False), 'on': (rs.ALL, True)}
 
 
 def _available_bytes() -> int:
@@ -98,7 +96,7 @@ def _memory_cell(name: str, size: int, setting: str, mode: str) -> str:
   """'total (step alone; allocator peak of the step)' in GiB."""
   limit = _limit_bytes()
   try:
-    result = _memory(name, size, RECOMPUTE[setting], mode, limit)
+    result = _memory(name, size, rs.bindings(*SETTINGS[setting]), mode, limit)
   except MemoryError:
     return f'> {limit / 2**30:.1f} (does not fit)'
   except RuntimeError as e:
@@ -169,7 +167,7 @@ def _time(name: str, size: int,
 
 def _time_cell(name: str, size: int) -> str:
   try:
-    seconds = _time(name, size, OFF_ON)
+    seconds = _time(name, size, [SETTINGS['off'], SETTINGS['on']])
   except RuntimeError as e:
     return f'failed: {str(e).splitlines()[0]}'
   if seconds is None:
@@ -186,7 +184,6 @@ class _Search:
   """The measurements of one (config, size) search, each made once."""
 
   def __init__(self, name: str, size: int):
-    from cmt_deeplab_tf.analysis import recompute_search as rs  # pylint: disable=g-import-not-at-top
     from cmt_deeplab_tf.modeling import builder  # pylint: disable=g-import-not-at-top
     self.name, self.size = name, size
     # The kinds need no variables: the model is not built further.
@@ -197,13 +194,11 @@ class _Search:
     self.memory = {}  # {policy: peak bytes, None if over the machine's memory}
 
   def setting(self, policy) -> Setting:
-    from cmt_deeplab_tf.analysis import recompute_search as rs  # pylint: disable=g-import-not-at-top
     return rs.model_policy(policy, self.kinds), rs.LOSS in policy
 
   def measure(self, policy) -> Optional[int]:
     """Peak bytes of one step with `policy` (a fresh process, once per policy)."""
     from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
-    from cmt_deeplab_tf.analysis import recompute_search as rs  # pylint: disable=g-import-not-at-top
     if policy not in self.memory:
       try:
         self.memory[policy] = _memory(self.name, self.size,
@@ -221,7 +216,7 @@ class _Search:
     'all' is traced first in every timing process, with at most
     --search_group - 1 others; a group over the machine's memory is left out.
     """
-    everything = self.candidates['all']
+    everything = self.candidates[rs.ALL]
     others = [p for p in dict.fromkeys(policies) if p != everything]
     size = FLAGS.search_group - 1
     times, all_seconds = {}, []
@@ -240,16 +235,56 @@ class _Search:
     return times
 
 
+def _fmt(value: Optional[float], fmt: str) -> str:
+  return '-' if value is None else fmt.format(value)
+
+
+def _candidate_table(search: _Search, times, costs) -> str:
+  """Each candidate's memory, step time and ratio to 'all'; each part's cost."""
+  from cmt_deeplab_tf.analysis import paper_tables  # pylint: disable=g-import-not-at-top
+  everything = search.candidates[rs.ALL]
+  cost_of = {everything - {cost.part}: cost for cost in costs}
+  rows = []
+  for label, policy in search.candidates.items():
+    seconds, ratio = times.get(policy, (None, None))
+    cost = cost_of.get(policy)
+    part_cells = (['-', '-'] if cost is None else
+                  [f'{cost.added_bytes / 2**30:+.2f}',
+                   f'{100 * cost.saved_fraction:+.1f}%'])
+    rows.append([label, _gib(search.memory[policy]), _fmt(seconds, '{:.2f}'),
+                 _fmt(ratio, '{:.3f}'), *part_cells])
+  return paper_tables.markdown_table(
+      ['candidate', 'memory (GiB)', 'step time (s)', "time / 'all'",
+       'memory added (GiB)', 'time saved'], rows)
+
+
+def _chosen_lines(search: _Search, choice: rs.Choice) -> List[str]:
+  """The chosen policy, verified: memory, a timing against 'all' and 'none', gin."""
+  from cmt_deeplab_tf.analysis import paper_tables  # pylint: disable=g-import-not-at-top
+  chosen, nothing = choice.policy(search.parts), search.candidates[rs.NONE]
+  verified = search.time([nothing, chosen] if search.memory[nothing] is not None
+                         else [chosen])
+  seconds, to_all = verified.get(chosen, (None, None))
+  to_none = (to_all / verified[nothing][1]
+             if to_all is not None and nothing in verified else None)
+  table = paper_tables.markdown_table(
+      ['chosen policy', 'memory (GiB)', 'step time (s)', "time / 'none'",
+       "time / 'all'"],
+      [[f'`{search.setting(chosen)}`', _gib(choice.memory_bytes),
+        _fmt(seconds, '{:.2f}'), _fmt(to_none, '{:.3f}'), _fmt(to_all, '{:.3f}')]])
+  return [f"Dropped from 'all' (greedy order): {', '.join(choice.dropped) or '-'}; "
+          f"backed off by the verification: {', '.join(choice.backed_off) or '-'}.",
+          '', table, '', '```', *rs.gin_bindings(chosen, search.kinds), '```']
+
+
 def _search(name: str, size: int, budget: int) -> Tuple[str, bool]:
   """The Markdown report of one search, and whether a policy fits the budget."""
-  from cmt_deeplab_tf.analysis import paper_tables  # pylint: disable=g-import-not-at-top
-  from cmt_deeplab_tf.analysis import recompute_search as rs  # pylint: disable=g-import-not-at-top
   search = _Search(name, size)
   lines = [f'### {name}, {size}x{size}, budget {budget / 2**30:.2f} GiB', '']
   if not search.kinds:
     lines += [f"{name} has no recompute parts: only build_model.recompute = 'none' "
               "exists; the search covers the loss's switch only.", '']
-  everything = search.candidates['all']
+  everything = search.candidates[rs.ALL]
   all_bytes = search.measure(everything)
   try:
     if all_bytes is None:
@@ -266,35 +301,7 @@ def _search(name: str, size: int, budget: int) -> Tuple[str, bool]:
                         {policy: ratio for policy, (_, ratio) in times.items()})
   choice = rs.choose(costs, all_bytes, budget,
                      lambda dropped: search.measure(everything - set(dropped)))
-  cost_of = {everything - {cost.part}: cost for cost in costs}
-  rows = []
-  for label, policy in search.candidates.items():
-    seconds, ratio = times.get(policy, (None, None))
-    cost = cost_of.get(policy)
-    rows.append([label, _gib(search.memory[policy]),
-                 '-' if seconds is None else f'{seconds:.2f}',
-                 '-' if ratio is None else f'{ratio:.3f}',
-                 '-' if cost is None else f'{cost.added_bytes / 2**30:+.2f}',
-                 '-' if cost is None else f'{100 * cost.saved_fraction:+.1f}%'])
-  lines += [paper_tables.markdown_table(
-      ['candidate', 'memory (GiB)', 'step time (s)', "time / 'all'",
-       'memory added', 'time saved'], rows), '']
-  chosen, nothing = choice.policy(search.parts), search.candidates['none']
-  verified = search.time([nothing, chosen] if search.memory[nothing] is not None
-                         else [chosen])
-  seconds, to_all = verified.get(chosen, (None, None))
-  to_none = (to_all / verified[nothing][1]
-             if to_all is not None and nothing in verified else None)
-  lines += [f"Dropped from 'all' (greedy order): {', '.join(choice.dropped) or '-'}; "
-            f"backed off after verification: {', '.join(choice.backed_off) or '-'}.", '',
-            paper_tables.markdown_table(
-                ['chosen policy', 'memory (GiB)', 'step time (s)', "time / 'none'",
-                 "time / 'all'"],
-                [[f'`{search.setting(chosen)}`', _gib(choice.memory_bytes),
-                  '-' if seconds is None else f'{seconds:.2f}',
-                  '-' if to_none is None else f'{to_none:.3f}',
-                  '-' if to_all is None else f'{to_all:.3f}']]), '',
-            '```', *rs.gin_bindings(chosen, search.kinds), '```']
+  lines += [_candidate_table(search, times, costs), '', *_chosen_lines(search, choice)]
   return '\n'.join(lines), True
 
 

@@ -65,10 +65,15 @@ def model_policy(policy: Policy, model_kinds: Sequence[str]) -> str:
   return ','.join(kind for kind in recompute_policy.KINDS if kind in kinds)
 
 
+def bindings(model_recompute: str, loss_recompute: bool) -> Tuple[str, str]:
+  """The gin bindings build_model.recompute and PanopticLoss.recompute."""
+  return (f"build_model.recompute = '{model_recompute}'",
+          f'PanopticLoss.recompute = {loss_recompute}')
+
+
 def gin_bindings(policy: Policy, model_kinds: Sequence[str]) -> Tuple[str, str]:
-  """The gin bindings of `policy`: build_model.recompute and PanopticLoss.recompute."""
-  return (f"build_model.recompute = '{model_policy(policy, model_kinds)}'",
-          f'PanopticLoss.recompute = {LOSS in policy}')
+  """The gin bindings of `policy` (`bindings`)."""
+  return bindings(model_policy(policy, model_kinds), LOSS in policy)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -83,7 +83,7 @@ class CMTDeepLab(mask_transformer_model.MaskTransformerModel):
     present.update(recompute_policy.backbone_stage(axial_resnet.FIRST_STAGE + index)
                    for index in range(len(self.backbone.stages)))
     present.update(recompute_policy.pixel_decoder_stage(stride)
-                   for stride in pixel_decoder_lib.STRIDES[:len(self.pixel_decoder.stages)])
+                   for stride in pixel_decoder_lib.STRIDES)
     present.update(recompute_policy.transformer(self.transformer.stride_of(layer))
                    for layer in self.transformer.transformer_layers.values())
     return tuple(kind for kind in recompute_policy.KINDS if kind in present)
