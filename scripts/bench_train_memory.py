@@ -268,10 +268,11 @@ def _chosen_lines(search: _Search, choice: rs.Choice) -> List[str]:
   to_none = (to_all / verified[nothing][1]
              if to_all is not None and nothing in verified else None)
   table = paper_tables.markdown_table(
-      ['chosen policy', 'memory (GiB)', 'step time (s)', "time / 'none'",
-       "time / 'all'"],
-      [[f'`{search.setting(chosen)}`', _gib(choice.memory_bytes),
-        _fmt(seconds, '{:.2f}'), _fmt(to_none, '{:.3f}'), _fmt(to_all, '{:.3f}')]])
+      ['chosen: model, loss recomputed', 'memory (GiB)', 'step time (s)',
+       "time / 'none'", "time / 'all'"],
+      [[f"`'{rs.model_policy(chosen, search.kinds)}'`, loss {rs.LOSS in chosen}",
+        _gib(choice.memory_bytes), _fmt(seconds, '{:.2f}'), _fmt(to_none, '{:.3f}'),
+        _fmt(to_all, '{:.3f}')]])
   return [f"Dropped from 'all' (greedy order): {', '.join(choice.dropped) or '-'}; "
           f"backed off by the verification: {', '.join(choice.backed_off) or '-'}.",
           '', table, '', '```', *rs.gin_bindings(chosen, search.kinds), '```']
