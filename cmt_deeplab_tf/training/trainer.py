@@ -18,7 +18,9 @@ float16 overflow check and both optimizers' updates; with gradient accumulation,
 the per-micro-batch step (forward, backward, adding to the sums) and the update
 from the sums are each one compiled function. Outside them stay what XLA cannot
 take or the step does not need: string features (image ids) and the count of
-skipped input records.
+skipped input records. Under (Multi-Worker) MirroredStrategy, whose optimizer
+updates sum the replicas' gradients in Python threads, XLA compiles the forward
+and backward pass only. (Under TPUStrategy, all of the step is XLA anyway.)
 
 Fitting a step into memory:
 - gradient accumulation: one train step (one optimizer update, one global step,
@@ -54,6 +56,9 @@ SKIPPED_RECORDS = common.SKIPPED_RECORDS
 
 _EVAL_KEYS = (common.PANOPTIC, common.SEMANTIC, common.VALID_SIZE)
 _PRED_KEYS = (common.PANOPTIC_PRED, common.SEMANTIC_PRED)
+# Their replica contexts sum across replicas (merge_call) in Python threads, which
+# a function nested in the replica step (an XLA one) cannot enter.
+_MERGE_IN_PYTHON = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
 # Strings cannot leave a TPU replica: image ids travel only for a submission.
 _SUBMISSION_KEYS = (common.ORIGINAL_SIZE, common.IMAGE_ID)
 
@@ -153,11 +158,16 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
                       aggregation=tf.VariableAggregation.SUM)
           for v in self.backbone_variables + self.other_variables
       ] if gradient_accumulation_steps > 1 else []
-    compile_update = (lambda fn: tf.function(fn, jit_compile=True)) if jit_compile else (
-        lambda fn: fn)
-    self._update = compile_update(self._losses_and_update)
-    self._accumulate_gradients = compile_update(self._losses_and_gradient_sums)
-    self._apply_sums = compile_update(self._apply_gradient_sums)
+    whole_update = jit_compile and not isinstance(strategy, _MERGE_IN_PYTHON)
+    if jit_compile and not whole_update:
+      logging.info('jit_compile under %s: XLA compiles the forward and backward pass; '
+                   'the updates (cross-replica sums) run outside it.',
+                   type(strategy).__name__)
+    compile_if = lambda fn, on: tf.function(fn, jit_compile=True) if on else fn
+    self._gradients = compile_if(self._losses_and_gradients, jit_compile and not whole_update)
+    self._update = compile_if(self._losses_and_update, whole_update)
+    self._accumulate_gradients = compile_if(self._losses_and_gradient_sums, whole_update)
+    self._apply_sums = compile_if(self._apply_gradient_sums, whole_update)
     self.in_graph_loop = in_graph_loop
     self._progress = None
     self._skipped_records_logged = 0
@@ -227,14 +237,14 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
 
   def _losses_and_update(self, features, seed):
     """One replica's update from one batch (XLA-compiled with `jit_compile`)."""
-    losses, gradients = self._losses_and_gradients(features, seed)
+    losses, gradients = self._gradients(features, seed)
     self._apply_gradients(gradients)
     return losses
 
   def _losses_and_gradient_sums(self, features, seed):
     """Adds one micro-batch's gradients to this replica's sums (XLA-compiled with
     `jit_compile`)."""
-    losses, gradients = self._losses_and_gradients(features, seed)
+    losses, gradients = self._gradients(features, seed)
     for total, gradient in zip(self._gradient_sums, gradients):
       total.assign_add(tf.convert_to_tensor(gradient))
     return losses
