@@ -88,13 +88,17 @@ def _assert_xla_matches(name, num_clusters, size, batch, accumulation, tolerance
                                atol=update_tolerance * largest, err_msg=variable.name)
 
 
-@pytest.mark.parametrize('policy, tolerance', [('float32', FLOAT32_TOLERANCE),
-                                               ('mixed_bfloat16', BFLOAT16_TOLERANCE)])
+# float32 stays in the default suite; the rest is slow (each ~4 CPU-minutes on
+# 2 cores, mostly tracing and XLA compilation).
+@pytest.mark.parametrize('policy, tolerance', [
+    ('float32', FLOAT32_TOLERANCE),
+    pytest.param('mixed_bfloat16', BFLOAT16_TOLERANCE, marks=pytest.mark.slow)])
 def test_xla_update_matches_the_plain_update(policy, tolerance):
   tf_keras.mixed_precision.set_global_policy(policy)
   _assert_xla_matches('tiny', 8, 65, BATCH, 1, tolerance)
 
 
+@pytest.mark.slow
 def test_xla_update_with_recomputation_and_accumulation_matches():
   """The compiled micro-batch step and the compiled update from the sums."""
   gin.parse_config(["build_model.recompute = 'all'", 'PanopticLoss.recompute = True'])
