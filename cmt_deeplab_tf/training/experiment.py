@@ -51,7 +51,13 @@ class ExperimentConfig:
   eval_interval: int = 5000
   eval_steps: int = -1
   continuous_eval_timeout: int = 3600
+  # XLA-compiles each replica's whole update (`trainer`): forward, losses,
+  # gradients, clipping, optimizer updates.
   jit_compile: bool = False
+  # Runs the steps_per_loop steps of a train loop in one tf.while_loop, without a
+  # host round trip per step; a preemption then stops training at the end of the
+  # loop instead of the step. None: on under TPUStrategy, off elsewhere.
+  in_graph_loop: Optional[bool] = None
   # None, 'mixed_bfloat16' (TPUs, recent GPUs) or 'mixed_float16' (GPUs without
   # bfloat16; dynamic loss scaling from `initial_loss_scale`, Keras' 2**15 if None).
   mixed_precision: Optional[str] = None

@@ -2,18 +2,21 @@
 
 TPU VMs, GCE and Kubernetes send SIGTERM some seconds before they stop a
 machine. `SigtermWatcher` turns the signal into a flag; the trainer checks it
-after every step, all workers agree on it (an all-reduce, so that they stop at
-the same step), and `run_until_preempted` saves a checkpoint at that step and
-raises `Preempted`, a `SystemExit` with status 143 (128 + SIGTERM), so that a job
-supervisor restarts the job. The restarted run restores that checkpoint and
-continues with the next step; with a seeded, deterministic input pipeline it
-also skips the batches already trained on (`pipeline.panoptic_dataset`'s
-`skip_batches`), so nothing is lost and nothing repeated.
+after every step (with `ExperimentConfig.in_graph_loop`, after every loop of
+`steps_per_loop` steps, which run in one graph: the signal is honoured at the
+end of the current loop, so keep such loops shorter than the grace period), all
+workers agree on it (an all-reduce, so that they stop at the same step), and
+`run_until_preempted` saves a checkpoint at that step and raises `Preempted`, a
+`SystemExit` with status 143 (128 + SIGTERM), so that a job supervisor restarts
+the job. The restarted run restores that checkpoint and continues with the next
+step; with a seeded, deterministic input pipeline it also skips the batches
+already trained on (`pipeline.panoptic_dataset`'s `skip_batches`), so nothing is
+lost and nothing repeated.
 
 TensorFlow's `tf.distribute.experimental.PreemptionCheckpointHandler` (and
 Orbit's `SaveCheckpointIfPreempted` action built on it) checks at the end of
 each Orbit train loop (`steps_per_loop` steps) and needs a cluster resolver;
-this checks at every step under any strategy.
+this checks at every step (Python loop) under any strategy.
 """
 import signal
 import threading
@@ -53,8 +56,8 @@ class SigtermWatcher:
 
   def _handle(self, signum, frame):
     del signum, frame
-    logging.warning('SIGTERM received: checkpointing after the current step, then '
-                    'exiting.')
+    logging.warning('SIGTERM received: checkpointing after the current step (in-graph '
+                    'loop: the current loop), then exiting.')
     self._event.set()
 
   def __enter__(self):
@@ -76,7 +79,8 @@ def run_until_preempted(trainer, manager: tf.train.CheckpointManager,
   """Runs `train_fn(*args)`; on SIGTERM checkpoints the current step and exits.
 
   Args:
-    trainer: polls its `stop_requested()` after every step (`PanopticTrainer`).
+    trainer: polls its `stop_requested()` after every step or in-graph loop
+      (`PanopticTrainer`).
     manager: saves the checkpoint of the step training stopped at.
     train_fn: e.g. `Controller.train`, with its `args`.
 

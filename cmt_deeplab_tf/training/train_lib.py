@@ -43,6 +43,16 @@ def check_model_dir(model_dir: str) -> None:
     raise ValueError(f'--model_dir={model_dir} is not writable: {e}') from e
 
 
+def uses_in_graph_loop(config: experiment.ExperimentConfig,
+                       strategy: tf.distribute.Strategy) -> bool:
+  """`ExperimentConfig.in_graph_loop`; None: on under TPUStrategy (whose every
+  host round trip costs), off elsewhere."""
+  if config.in_graph_loop is not None:
+    return config.in_graph_loop
+  return isinstance(strategy, (tf.distribute.TPUStrategy,
+                               tf.distribute.experimental.TPUStrategy))
+
+
 def build_trainer(task: task_lib.PanopticTask, strategy: tf.distribute.Strategy,
                   mode: str, prediction_callback=None,
                   start_step: int = 0) -> trainer_lib.PanopticTrainer:
@@ -68,7 +78,8 @@ def build_trainer(task: task_lib.PanopticTask, strategy: tf.distribute.Strategy,
                           if mode in TRAINING_MODES else None),
         eval_dataset_fn=(functools.partial(task.build_inputs, False)
                          if mode != 'train' else None),
-        jit_compile=config.jit_compile, prediction_callback=prediction_callback,
+        jit_compile=config.jit_compile,
+        in_graph_loop=uses_in_graph_loop(config, strategy), prediction_callback=prediction_callback,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         initial_loss_scale=config.initial_loss_scale, seed=config.seed)
 

@@ -1,9 +1,26 @@
 """Orbit trainer and evaluator of panoptic mask transformers.
 
 `PanopticTrainer` implements Orbit's `StandardTrainer` (a custom train step under
-any `tf.distribute` strategy, optionally XLA-compiled) and `StandardEvaluator`
-(model + in-graph post-processing per replica; PQ / SQ / RQ / mIoU accumulated on
-the host). `orbit.Controller` drives it (see `train_lib`).
+any `tf.distribute` strategy) and `StandardEvaluator` (model + in-graph
+post-processing per replica; PQ / SQ / RQ / mIoU accumulated on the host).
+`orbit.Controller` drives it (see `train_lib`).
+
+The train loop of `steps_per_loop` steps runs either in Python (one
+`tf.function` call per step; a preemption stops it after any step) or in graph
+(`in_graph_loop`: one `tf.function` holding a `tf.while_loop` over the steps,
+no host round trip between steps; a preemption stops it at the end of the
+loop). Both give the same updates. The running loss sums are variables made
+before the first loop, from a trace of the loss (`_create_loss_sums`).
+
+With `jit_compile`, XLA compiles each replica's whole update: forward pass,
+matching, every loss term, gradients (recomputation included), clipping, the
+float16 overflow check and both optimizers' updates; with gradient accumulation,
+the per-micro-batch step (forward, backward, adding to the sums) and the update
+from the sums are each one compiled function. Outside them stay what XLA cannot
+take or the step does not need: string features (image ids) and the count of
+skipped input records. Under (Multi-Worker) MirroredStrategy, whose optimizer
+updates sum the replicas' gradients in Python threads, XLA compiles the forward
+and backward pass only. (Under TPUStrategy, all of the step is XLA anyway.)
 
 Fitting a step into memory:
 - gradient accumulation: one train step (one optimizer update, one global step,
@@ -39,6 +56,9 @@ SKIPPED_RECORDS = common.SKIPPED_RECORDS
 
 _EVAL_KEYS = (common.PANOPTIC, common.SEMANTIC, common.VALID_SIZE)
 _PRED_KEYS = (common.PANOPTIC_PRED, common.SEMANTIC_PRED)
+# Their replica contexts sum across replicas (merge_call) in Python threads, which
+# a function nested in the replica step (an XLA one) cannot enter.
+_MERGE_IN_PYTHON = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
 # Strings cannot leave a TPU replica: image ids travel only for a submission.
 _SUBMISSION_KEYS = (common.ORIGINAL_SIZE, common.IMAGE_ID)
 
@@ -60,6 +80,7 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
                train_dataset_fn: Optional[Callable] = None,
                eval_dataset_fn: Optional[Callable] = None,
                jit_compile: bool = False,
+               in_graph_loop: bool = False,
                prediction_callback: Optional[Callable[[Dict[str, np.ndarray]],
                                                       None]] = None,
                gradient_accumulation_steps: int = 1,
@@ -75,7 +96,9 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
       post_processor: model outputs -> panoptic predictions (in graph).
       evaluator: accumulates PQ / mIoU on the host.
       train_dataset_fn, eval_dataset_fn: `input_context -> tf.data.Dataset`.
-      jit_compile: compile the per-replica train step with XLA.
+      jit_compile: compile each replica's update with XLA (see the module doc).
+      in_graph_loop: run the `steps_per_loop` steps of a train loop in one
+        `tf.while_loop` (see the module doc) instead of a Python loop.
       prediction_callback: called on the host with every evaluated replica batch:
         NumPy arrays of the ground truth's PANOPTIC, SEMANTIC, VALID_SIZE,
         ORIGINAL_SIZE and IMAGE_ID and the predictions (e.g. to write a
@@ -135,21 +158,30 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
                       aggregation=tf.VariableAggregation.SUM)
           for v in self.backbone_variables + self.other_variables
       ] if gradient_accumulation_steps > 1 else []
-    self._compute = (tf.function(self._losses_and_gradients, jit_compile=True)
-                     if jit_compile else self._losses_and_gradients)
+    whole_update = jit_compile and not isinstance(strategy, _MERGE_IN_PYTHON)
+    if jit_compile and not whole_update:
+      logging.info('jit_compile under %s: XLA compiles the forward and backward pass; '
+                   'the updates (cross-replica sums) run outside it.',
+                   type(strategy).__name__)
+    compile_if = lambda fn, on: tf.function(fn, jit_compile=True) if on else fn
+    self._gradients = compile_if(self._losses_and_gradients, jit_compile and not whole_update)
+    self._update = compile_if(self._losses_and_update, whole_update)
+    self._accumulate_gradients = compile_if(self._losses_and_gradient_sums, whole_update)
+    self._apply_sums = compile_if(self._apply_gradient_sums, whole_update)
+    self.in_graph_loop = in_graph_loop
     self._progress = None
     self._skipped_records_logged = 0
     self._total_steps = optimizer_config.train_steps
-    # Polled after every train step (e.g. `preemption.SigtermWatcher.requested`).
+    # Polled after every train step, or every loop in graph
+    # (e.g. `preemption.SigtermWatcher.requested`).
     self.stop_requested: Callable[[], bool] = lambda: False
     train_dataset = eval_dataset = None
     if train_dataset_fn:
       train_dataset = strategy.distribute_datasets_from_function(train_dataset_fn)
     if eval_dataset_fn:
       eval_dataset = strategy.distribute_datasets_from_function(eval_dataset_fn)
-    # Loss sums are created on the first trace, which a tf.while_loop forbids.
-    orbit.StandardTrainer.__init__(
-        self, train_dataset, options=orbit.StandardTrainerOptions(use_tf_while_loop=False))
+    orbit.StandardTrainer.__init__(self, train_dataset, options=orbit.StandardTrainerOptions(
+        use_tf_while_loop=in_graph_loop))
     orbit.StandardEvaluator.__init__(
         self, eval_dataset,
         options=orbit.StandardEvaluatorOptions(use_tf_while_loop=False))
@@ -161,13 +193,26 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
 
   # ---- Training. ----
 
+  def _create_loss_sums(self, iterator) -> None:
+    """Makes one running-sum variable per loss term, before any train step is traced.
+
+    The names come from a trace (never run) of one replica's forward pass and
+    loss on the iterator's element, so that the step holds no variable creation
+    and can run inside a `tf.while_loop`.
+    """
+    def replica_losses(features):
+      features = _loss_features(features)
+      with random_draws.seeded(self._step_seed(0)):
+        return self.loss_fn(features, self.model(features[common.IMAGE], training=True))
+    probe = tf.function(lambda it: self.strategy.run(replica_losses, args=(next(it),)))
+    names = probe.get_concrete_function(iterator).structured_outputs
+    with self.strategy.scope():
+      self.loss_sums.update({name: tf.Variable(0.0, trainable=False,
+                                               name=name.replace('/', '_'))
+                             for name in sorted(names)})
+
   def _accumulate(self, losses: Dict[str, tf.Tensor]) -> None:
     """Adds a step's replica-reduced losses to the running sums (cross-replica)."""
-    if not self.loss_sums:  # First trace: one variable per loss term, made eagerly.
-      with tf.init_scope(), self.strategy.scope():
-        self.loss_sums.update({name: tf.Variable(0.0, trainable=False,
-                                                 name=name.replace('/', '_'))
-                               for name in losses})
     for name, value in losses.items():
       self.loss_sums[name].assign_add(value)
     self.loss_steps.assign_add(1.0)
@@ -178,6 +223,7 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     return {name: float(total.numpy()) / steps for name, total in self.loss_sums.items()}
 
   def _losses_and_gradients(self, features, seed):
+    """The named loss terms and the gradients of every trainable variable."""
     with random_draws.seeded(seed), tf.GradientTape() as tape:
       outputs = self.model(features[common.IMAGE], training=True)
       losses = self.loss_fn(features, outputs)
@@ -189,6 +235,27 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
       gradients = self.optimizer.get_unscaled_gradients(gradients)
     return losses, gradients
 
+  def _losses_and_update(self, features, seed):
+    """One replica's update from one batch (XLA-compiled with `jit_compile`)."""
+    losses, gradients = self._gradients(features, seed)
+    self._apply_gradients(gradients)
+    return losses
+
+  def _losses_and_gradient_sums(self, features, seed):
+    """Adds one micro-batch's gradients to this replica's sums (XLA-compiled with
+    `jit_compile`)."""
+    losses, gradients = self._gradients(features, seed)
+    for total, gradient in zip(self._gradient_sums, gradients):
+      total.assign_add(tf.convert_to_tensor(gradient))
+    return losses
+
+  def _apply_gradient_sums(self):
+    """One update from the summed gradients, which restart at zero (XLA-compiled
+    with `jit_compile`)."""
+    self._apply_gradients([tf.identity(total) for total in self._gradient_sums])
+    for total in self._gradient_sums:
+      total.assign(tf.zeros_like(total))
+
   def _step_seed(self, micro_batch) -> tf.Tensor:
     """int64 [2]: the seed of this replica's micro-batch of the current step."""
     context = tf.distribute.get_replica_context()
@@ -197,32 +264,23 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     step = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.global_step, tf.int64)])
     return tf.random.experimental.stateless_fold_in(step, draw)
 
-  def _replica_losses_and_gradients(self, features, micro_batch):
+  def _replica_run(self, compute, features, micro_batch):
+    """`compute(features, seed)`'s losses on one replica, as parts of the global mean.
+
+    The skipped-record count and the string features stay outside `compute`.
+    """
     if common.SKIPPED_RECORDS in features:
       self.skipped_records.assign(tf.reduce_max(features[common.SKIPPED_RECORDS]))
-    # Strings (image ids) cannot enter an XLA cluster and the loss does not use them.
-    features = {k: v for k, v in features.items()
-                if v.dtype != tf.string and k != common.SKIPPED_RECORDS}
-    losses, gradients = self._compute(features, self._step_seed(micro_batch))
+    losses = compute(_loss_features(features), self._step_seed(micro_batch))
     replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-    return {name: value * replicas for name, value in losses.items()}, gradients
+    return {name: value * replicas for name, value in losses.items()}
 
   def _replica_step(self, features):
-    losses, gradients = self._replica_losses_and_gradients(features, 0)
-    self._apply_gradients(gradients)
-    return losses
+    return self._replica_run(self._update, features, 0)
 
   def _replica_accumulate(self, features, micro_batch):
     """Adds a micro-batch's gradients to this replica's sums."""
-    losses, gradients = self._replica_losses_and_gradients(features, micro_batch)
-    for total, gradient in zip(self._gradient_sums, gradients):
-      total.assign_add(tf.convert_to_tensor(gradient))
-    return losses
-
-  def _replica_apply_sums(self):
-    self._apply_gradients([tf.identity(total) for total in self._gradient_sums])
-    for total in self._gradient_sums:
-      total.assign(tf.zeros_like(total))
+    return self._replica_run(self._accumulate_gradients, features, micro_batch)
 
   def _apply_gradients(self, gradients):
     """One update of both optimizers (in replica context)."""
@@ -265,25 +323,43 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     for micro_batch in tf.range(1, self.gradient_accumulation_steps):
       micro = run(next(iterator), micro_batch)
       losses = {name: total + micro[name] for name, total in losses.items()}
-    self.strategy.run(self._replica_apply_sums)
+    self.strategy.run(self._apply_sums)
     return losses
 
   def create_train_loop_fn(self):
-    """Orbit's Python loop of `train_step` calls, stoppable after any step.
+    """Orbit's loop of `train_step` calls, in Python or in graph, stoppable.
 
-    After each step every worker contributes `stop_requested()` to an all-reduce;
-    if any asked, all raise `preemption.Preempted` at the same global step.
+    The Python loop checks for a stop after every step, the in-graph loop after
+    all of its steps: every worker contributes `stop_requested()` to an
+    all-reduce; if any asked, all raise `preemption.Preempted` at the same
+    global step.
     """
-    step_fn = tf.function(self.train_step)
     any_worker = tf.function(lambda flag: self.strategy.reduce(
         tf.distribute.ReduceOp.SUM, self.strategy.run(tf.identity, args=(flag,)), axis=None))
 
+    def stop_if_requested():
+      if any_worker(tf.constant(float(self.stop_requested()))) > 0:
+        raise preemption.Preempted(int(self.global_step.numpy()))
+
+    if self.in_graph_loop:
+      steps_fn = tf.function(orbit.utils.create_tf_while_loop_fn(self.train_step))
+
+      def run_steps(iterator, num_steps):
+        steps_fn(iterator, tf.convert_to_tensor(num_steps, tf.int32))
+        stop_if_requested()
+    else:
+      step_fn = tf.function(self.train_step)
+
+      def run_steps(iterator, num_steps):
+        for _ in range(int(num_steps)):
+          step_fn(iterator)
+          stop_if_requested()
+
     def loop_fn(iterator, num_steps, state=None, reduce_fn=None):
       del reduce_fn  # train_step returns nothing.
-      for _ in range(int(num_steps)):
-        step_fn(iterator)
-        if any_worker(tf.constant(float(self.stop_requested()))) > 0:
-          raise preemption.Preempted(int(self.global_step.numpy()))
+      if not self.loss_sums:
+        self._create_loss_sums(iterator)
+      run_steps(iterator, num_steps)
       return state
     return loop_fn
 
@@ -373,6 +449,13 @@ class PanopticTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     self.last_eval_results = results
     self.last_eval_batch = state
     return {key: value for key, value in results.items() if np.isscalar(value)}
+
+
+def _loss_features(features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  """The features a train step reads: strings (image ids), which cannot enter an
+  XLA cluster, and the skipped-record count are dropped."""
+  return {k: v for k, v in features.items()
+          if v.dtype != tf.string and k != common.SKIPPED_RECORDS}
 
 
 def check_finite(losses: Dict[str, float], step: int) -> None:

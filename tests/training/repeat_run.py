@@ -3,7 +3,7 @@ r"""A short deterministic train_and_eval run of the tiny model, in its own proce
 Op determinism is process-wide, so the determinism tests run each training here:
 
   python tests/training/repeat_run.py --records=DIR --model_dir=DIR --seed=0 \
-      [--steps=3] [--sigterm_after_step=1]
+      [--steps=3] [--sigterm_after_step=1] [--in_graph_loop] [--steps_per_loop=1]
 
 With --sigterm_after_step=s the process sends itself SIGTERM when step s is done:
 training checkpoints the next step and exits with status 143, as a preempted job;
@@ -22,6 +22,9 @@ flags.DEFINE_string('records', None, 'Folder with synthetic train-* / val-* shar
 flags.DEFINE_string('model_dir', None, 'Model dir.')
 flags.DEFINE_integer('seed', 0, 'ExperimentConfig.seed.')
 flags.DEFINE_integer('steps', 3, 'Training steps (one evaluation at the end).')
+flags.DEFINE_bool('in_graph_loop', False, 'ExperimentConfig.in_graph_loop.')
+flags.DEFINE_integer('steps_per_loop', 1, 'ExperimentConfig.steps_per_loop (also the '
+                     'summary interval).')
 flags.DEFINE_integer('sigterm_after_step', 0, 'Send SIGTERM to this process after this '
                      'step (0: never).')
 
@@ -52,9 +55,10 @@ def main(argv):
       dataset_name='synthetic', train_file_pattern=os.path.join(FLAGS.records, 'train-*'),
       eval_file_pattern=os.path.join(FLAGS.records, 'val-*'), train_batch_size=2,
       eval_batch_size=2, train_crop_size=(65, 65), eval_crop_size=(97, 97),
-      max_num_masks=12, train_steps=FLAGS.steps, steps_per_loop=1, summary_interval=1,
+      max_num_masks=12, train_steps=FLAGS.steps, steps_per_loop=FLAGS.steps_per_loop,
+      summary_interval=FLAGS.steps_per_loop,
       checkpoint_interval=FLAGS.steps, eval_interval=FLAGS.steps, seed=FLAGS.seed,
-      deterministic=True)
+      deterministic=True, in_graph_loop=FLAGS.in_graph_loop)
   train_lib.run('train_and_eval', FLAGS.model_dir, tf.distribute.get_strategy(), config)
 
 

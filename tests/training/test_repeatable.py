@@ -90,6 +90,33 @@ def test_same_seed_repeats_bitwise_across_a_preemption_other_seed_differs(
   assert len(differing) > len(first) // 2, differing
 
 
+@pytest.mark.slow
+def test_in_graph_loop_repeats_the_python_loop_bitwise_across_a_preemption(
+    tfrecord_dir, tmp_path):
+  """ExperimentConfig.in_graph_loop: one tf.while_loop of all steps, or one per step
+  with a SIGTERM after step 1, ends where the Python loop ends."""
+  in_graph = {'in_graph_loop': True}
+  runs = {'python': {}, 'one_loop': dict(in_graph, steps_per_loop=STEPS),
+          'preempted': dict(in_graph, sigterm_after_step=1)}
+  processes = {name: _start(tmp_path, name, tfrecord_dir, **flags)
+               for name, flags in runs.items()}
+  for name, process in processes.items():
+    _wait(process, tmp_path, name, 143 if name == 'preempted' else 0)
+  # The loop after the signal ran step 2, then the run checkpointed and stopped.
+  assert tf.train.latest_checkpoint(str(tmp_path / 'preempted')).endswith('ckpt-2')
+  _wait(_start(tmp_path, 'resumed', tfrecord_dir, model_dir=tmp_path / 'preempted',
+               **in_graph), tmp_path, 'resumed')
+
+  python, python_results = _final_state(tmp_path / 'python')
+  one_loop, one_loop_results = _final_state(tmp_path / 'one_loop')
+  assert not _differing(python, one_loop)
+  assert one_loop_results == python_results
+  assert list((tmp_path / 'one_loop' / 'train').glob('events.*'))  # Summaries.
+  resumed, resumed_results = _final_state(tmp_path / 'preempted')
+  assert not _differing(python, resumed, ignore=[_SAVE_COUNTER])
+  assert resumed_results == python_results
+
+
 def test_the_deterministic_flag_sets_the_gin_value(tfrecord_dir, tmp_path):
   """--deterministic binds ExperimentConfig.deterministic, which needs a seed."""
   result = subprocess.run(
