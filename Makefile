@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py --output_dir $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m 'not slow' tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m 'not slow' tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests

@@ -75,6 +75,13 @@ def _build_model(parameter, value, check_model):
   return f'build_model.{parameter}', value, check
 
 
+def _kmax_semantic_head(value):
+  def check():  # kmax_tiny's default is 'pixel_decoder', without the ASPP branch.
+    model = builder.build_model('kmax_tiny', num_classes=3, num_clusters=4)
+    assert model.semantic_decoder is not None
+  return 'build_model.kmax_semantic_head', value, check
+
+
 def _backbone_activation(value):
   def check():  # The tiny model's backbone activates its blocks with it.
     model = builder.build_model('tiny', num_classes=3, num_clusters=4)
@@ -195,6 +202,7 @@ _CHECKS = [
     _build_model('recompute', 'all', lambda model: model.recompute_parts == set(
         recompute_policy.KINDS)),
     _loss_recompute(),
+    _kmax_semantic_head('aspp'),
     _optimizer('learning_rate', 0.125),
     _optimizer('warmup_steps', 3),
     _optimizer('decay_power', 0.5),

@@ -43,11 +43,14 @@ SMOKE_RUNS = (
                                         '--num_slots=8', '--num_masks=4',
                                         '--loss_masks=4', '--rounds=1'],
                  '| forward + backward, XLA |', marks=pytest.mark.slow),
-    # These two trace a real training step (the loss included): ~40 s each.
-    ('bench_train_memory.py', ['--configs=tiny', '--sizes=65', '--recompute=on',
-                               '--time_size=0'], '| tiny | '),
-    ('bench_train.py', ['--configs=tiny:1:65:4', '--xla=false', '--rounds=1',
-                        '--work_dir={tmp}'], '| tiny | 1 | 65x65 | 4 | false |'),
+    # These two trace a real training step (the loss included) in fresh
+    # processes: 80-100 s each on 2 cores, so slow.
+    pytest.param('bench_train_memory.py', ['--configs=tiny', '--sizes=65',
+                                           '--recompute=on', '--time_size=0'],
+                 '| tiny | ', marks=pytest.mark.slow),
+    pytest.param('bench_train.py', ['--configs=tiny:1:65:4', '--xla=false',
+                                    '--rounds=1', '--work_dir={tmp}'],
+                 '| tiny | 1 | 65x65 | 4 | false |', marks=pytest.mark.slow),
     pytest.param('bench_train.py', ['--configs=tiny:1:65:4', '--xla=false', '--rounds=1',
                                     '--work_dir={tmp}', '--deterministic=compare'],
                  '| tiny | 1 | 65x65 | 4 | false |', marks=pytest.mark.slow),
@@ -92,6 +95,7 @@ def test_script_runs_at_tiny_size(script, arguments, expected_line, tmp_path):
   assert expected_line in process.stdout, process.stdout[-3000:]
 
 
+@pytest.mark.slow  # A memory probe of a training step in a fresh process: ~80 s.
 def test_a_policy_search_over_a_budget_even_all_exceeds_names_the_flag(tmp_path):
   # One memory probe ('all' goes first); kMaX has the loss's switch only.
   process = _run('bench_train_memory.py', ['--search', '--configs=kmax_tiny',

@@ -49,6 +49,7 @@ def _parse(model_dir, *params):
   experiment.parse_gin([], list(params), model_dir)
 
 
+@pytest.mark.slow  # Four runs of the train CLI's modes in one process: ~2 min.
 def test_eval_resume_and_continuous_eval_keep_the_record(tfrecord_dir, tmp_path, caplog):
   model_dir = str(tmp_path / 'run')
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')

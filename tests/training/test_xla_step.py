@@ -88,11 +88,10 @@ def _assert_xla_matches(name, num_clusters, size, batch, accumulation, tolerance
                                atol=update_tolerance * largest, err_msg=variable.name)
 
 
-# float32 stays in the default suite; the rest is slow (each ~4 CPU-minutes on
-# 2 cores, mostly tracing and XLA compilation).
+# Slow: each takes ~3 minutes on 2 cores, mostly tracing and XLA compilation.
+@pytest.mark.slow
 @pytest.mark.parametrize('policy, tolerance', [
-    ('float32', FLOAT32_TOLERANCE),
-    pytest.param('mixed_bfloat16', BFLOAT16_TOLERANCE, marks=pytest.mark.slow)])
+    ('float32', FLOAT32_TOLERANCE), ('mixed_bfloat16', BFLOAT16_TOLERANCE)])
 def test_xla_update_matches_the_plain_update(policy, tolerance):
   tf_keras.mixed_precision.set_global_policy(policy)
   _assert_xla_matches('tiny', 8, 65, BATCH, 1, tolerance)
