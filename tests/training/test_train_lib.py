@@ -134,6 +134,7 @@ def test_train_eval_resume_and_reject_another_architecture(tfrecord_dir, tmp_pat
     train_lib.run('eval', model_dir, strategy, config)
 
 
+@pytest.mark.slow  # Traces the bfloat16 step and its evaluation: ~45 s.
 def test_mixed_bfloat16_training_updates_float32_variables(tfrecord_dir, tmp_path):
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   config = _tiny_config(tfrecord_dir, mixed_precision='mixed_bfloat16')
