@@ -49,16 +49,23 @@ def _differing(a, b, ignore=()):
                 or a[n].tobytes() != b[n].tobytes())
 
 
-def test_same_seed_repeats_bitwise(tfrecord_dir, tmp_path):
-  processes = {name: _start(tmp_path, name, tfrecord_dir) for name in ('first', 'second')}
-  for name, process in processes.items():
-    _wait(process, tmp_path, name)
+def _assert_first_and_second_equal(tmp_path):
+  """The runs 'first' and 'second' (same seed) ended bitwise equal; returns the
+  first's final state and eval results."""
   first, first_results = _final_state(tmp_path / 'first')
   assert any(n.startswith('model/') for n in first) and 'global_step' in ' '.join(first)
   assert any('OPTIMIZER_SLOT' in n for n in first)
   second, second_results = _final_state(tmp_path / 'second')
   assert not _differing(first, second)
   assert second_results == first_results
+  return first, first_results
+
+
+def test_same_seed_repeats_bitwise(tfrecord_dir, tmp_path):
+  processes = {name: _start(tmp_path, name, tfrecord_dir) for name in ('first', 'second')}
+  for name, process in processes.items():
+    _wait(process, tmp_path, name)
+  _assert_first_and_second_equal(tmp_path)
 
 
 @pytest.mark.slow  # Five training processes: about 6 minutes on 2 cores.
@@ -76,12 +83,7 @@ def test_same_seed_repeats_bitwise_across_a_preemption_other_seed_differs(
         tmp_path, 'resumed')
   assert 'ckpt-2' in (tmp_path / 'resumed.log').read_text()
 
-  first, first_results = _final_state(tmp_path / 'first')
-  assert any(n.startswith('model/') for n in first) and 'global_step' in ' '.join(first)
-  assert any('OPTIMIZER_SLOT' in n for n in first)
-  second, second_results = _final_state(tmp_path / 'second')
-  assert not _differing(first, second)
-  assert second_results == first_results
+  first, first_results = _assert_first_and_second_equal(tmp_path)
   resumed, resumed_results = _final_state(tmp_path / 'preempted')
   assert not _differing(first, resumed, ignore=[_SAVE_COUNTER])
   assert resumed_results == first_results
