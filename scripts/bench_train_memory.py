@@ -13,7 +13,8 @@ whose resident memory grows past what the machine has available when it starts
 for the machine cannot push it into swap.
 
 Time: one process per config at --time_size builds the model once and traces
-one training step with recompute and one without, then times them in turns
+its forward + backward pass (model, PanopticLoss, gradients: what recompute
+changes) with recompute and without, then times them in turns
 (`analysis.timing`); the cost is the median of the per-round ratios.
 
   python scripts/bench_train_memory.py \
@@ -60,7 +61,15 @@ flags.DEFINE_float('headroom_gib', 2.0, 'Memory left to the rest of the machine.
 flags.DEFINE_bool('search', False, 'Search the fastest policy within --budget_gib '
                   'per config and size (see the module docstring).')
 flags.DEFINE_float('budget_gib', None, 'Peak-memory budget of --search (GiB).')
-flags.DEFINE_integer('search_group', 4, 'Traced steps per timing process of --search '
+flags.DEFINE_enum('search_mode', 'forward_backward', ['forward_backward', 'train_step'],
+                  'What the memory probes of --search run (analysis.cost.PROBE_MODES): '
+                  "forward_backward, as another implementation's step is measured "
+                  '(scripts/bench_train_vs_deeplab2.py), or the whole train_step (+ '
+                  'AdamW and its slots, the same for every policy).')
+flags.DEFINE_list('search_parts', [], 'Parts of several kinds measured as one by '
+                  "--search, each 'kind+kind...' (e.g. backbone_stage4+backbone_stage5); "
+                  'a kind in none is its own part. Fewer candidates, a cheaper search.')
+flags.DEFINE_integer('search_group', 8, 'Traced steps per timing process of --search '
                      "('all' and up to this many - 1 other candidates); >= 2.")
 flags.DEFINE_string('time_one', None, 'Internal: time one config in this process.')
 flags.DEFINE_string('time_policies', None, 'Internal: JSON [[build_model.recompute, '
@@ -107,37 +116,33 @@ def _memory_cell(name: str, size: int, setting: str, mode: str) -> str:
 
 
 def _time_one(name: str, size: int, settings: Sequence[Setting]) -> None:
-  """In this process: median step seconds of each setting, and ratios to the first.
+  """In this process: median seconds of each setting's forward + backward pass
+  (model, PanopticLoss, gradients: what a policy changes; the optimizer update is
+  the same for all), and ratios to the first.
 
-  Prints JSON {'seconds': [...], 'ratios': [...]}: one model, one trainer
-  traced per setting, timed in turns.
+  Prints JSON {'seconds': [...], 'ratios': [...]}: one model, one step traced
+  per setting, timed in turns.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.analysis import timing  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.modeling import builder  # pylint: disable=g-import-not-at-top
-  from cmt_deeplab_tf.training import optimization  # pylint: disable=g-import-not-at-top
-  from cmt_deeplab_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.losses import panoptic_loss  # pylint: disable=g-import-not-at-top
   model = cost.build(name, NUM_CLASSES, NUM_CLUSTERS)
   batch = cost.random_training_batch(size, size, NUM_CLASSES, NUM_CLUSTERS)
-  trainers = {}
+  steps = {}
   for index, (policy, loss_recompute) in enumerate(settings):
     builder.set_recompute(model, policy)
-    trainers[str(index)] = trainer = trainer_lib.PanopticTrainer(
-        strategy=tf.distribute.get_strategy(), model=model,
-        loss_fn=panoptic_loss.PanopticLoss(num_classes=NUM_CLASSES, global_batch_size=1,
-                                           recompute=loss_recompute),
-        optimizer_config=optimization.OptimizerConfig(train_steps=100, warmup_steps=0),
-        post_processor=None, evaluator=None,
-        train_dataset_fn=lambda _: tf.data.Dataset.from_tensors(batch).repeat())
-    trainer.train(tf.constant(1))  # Traced with this policy.
-  timings = timing.interleaved(
-      {key: (lambda t=trainer: t.train(tf.constant(1)))
-       for key, trainer in trainers.items()},
-      rounds=FLAGS.time_rounds, warmup=0)
-  print(json.dumps({'seconds': [timings.median(key) for key in trainers],
-                    'ratios': [timings.ratio_summary(key, '0')[0] for key in trainers]}),
+    steps[str(index)] = step = cost.forward_backward_step(
+        model, panoptic_loss.PanopticLoss(num_classes=NUM_CLASSES, global_batch_size=1,
+                                          recompute=loss_recompute))
+    step(batch)  # Traced with this policy.
+  # The function computes every gradient; only the loss is copied to the host.
+  timings = timing.interleaved({key: (lambda s=step: s(batch)[0])
+                                for key, step in steps.items()},
+                               rounds=FLAGS.time_rounds, warmup=0)
+  print(json.dumps({'seconds': [timings.median(key) for key in steps],
+                    'ratios': [timings.ratio_summary(key, '0')[0] for key in steps]}),
         flush=True)
 
 
@@ -189,12 +194,12 @@ class _Search:
     # The kinds need no variables: the model is not built further.
     self.kinds = builder.recompute_kinds(
         builder.build_model(name, NUM_CLASSES, NUM_CLUSTERS))
-    self.parts = rs.parts_of(self.kinds)
+    self.parts = rs.parts_of(self.kinds, FLAGS.search_parts)
     self.candidates = rs.candidates(self.parts)
     self.memory = {}  # {policy: peak bytes, None if over the machine's memory}
 
   def setting(self, policy) -> Setting:
-    return rs.model_policy(policy, self.kinds), rs.LOSS in policy
+    return rs.model_policy(policy, self.kinds), rs.recomputes_loss(policy)
 
   def measure(self, policy) -> Optional[int]:
     """Peak bytes of one step with `policy` (a fresh process, once per policy)."""
@@ -203,7 +208,7 @@ class _Search:
       try:
         self.memory[policy] = _memory(self.name, self.size,
                                       rs.gin_bindings(policy, self.kinds),
-                                      cost.TRAIN_STEP, _limit_bytes())['bytes']
+                                      FLAGS.search_mode, _limit_bytes())['bytes']
       except MemoryError:
         self.memory[policy] = None
       print(f'{self.name} {self.size}: {self.setting(policy)} '
@@ -270,7 +275,7 @@ def _chosen_lines(search: _Search, choice: rs.Choice) -> List[str]:
   table = paper_tables.markdown_table(
       ['chosen: model, loss recomputed', 'memory (GiB)', 'step time (s)',
        "time / 'none'", "time / 'all'"],
-      [[f"`'{rs.model_policy(chosen, search.kinds)}'`, loss {rs.LOSS in chosen}",
+      [[f"`'{rs.model_policy(chosen, search.kinds)}'`, loss {rs.recomputes_loss(chosen)}",
         _gib(choice.memory_bytes), _fmt(seconds, '{:.2f}'), _fmt(to_none, '{:.3f}'),
         _fmt(to_all, '{:.3f}')]])
   return [f"Dropped from 'all' (greedy order): {', '.join(choice.dropped) or '-'}; "

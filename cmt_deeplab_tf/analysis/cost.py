@@ -27,6 +27,7 @@ FPS uses the benchmarks' harness (`analysis.timing`).
 """
 import dataclasses
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -146,21 +147,26 @@ def random_training_batch(height: int, width: int, num_classes: int,
   return {key: value[tf.newaxis] for key, value in features.items()}
 
 
-def run_one_training_step(model, num_classes: int, batch: Dict[str, tf.Tensor]) -> float:
-  """One step of the project's `PanopticTrainer` on `batch`; returns the total loss."""
-  strategy = tf.distribute.get_strategy()
-  trainer = trainer_lib.PanopticTrainer(
-      strategy=strategy, model=model,
-      loss_fn=panoptic_loss.PanopticLoss(num_classes=num_classes, global_batch_size=1),
-      optimizer_config=optimization.OptimizerConfig(train_steps=2, warmup_steps=0),
+def step_trainer(model, loss_fn: panoptic_loss.PanopticLoss, batch: Dict[str, tf.Tensor],
+                 train_steps: int = 100) -> trainer_lib.PanopticTrainer:
+  """The project's `PanopticTrainer` on `batch` repeated (current strategy, no eval)."""
+  return trainer_lib.PanopticTrainer(
+      strategy=tf.distribute.get_strategy(), model=model, loss_fn=loss_fn,
+      optimizer_config=optimization.OptimizerConfig(train_steps=train_steps,
+                                                    warmup_steps=0),
       post_processor=None, evaluator=None,
       train_dataset_fn=lambda _: tf.data.Dataset.from_tensors(batch).repeat())
+
+
+def run_one_training_step(model, num_classes: int, batch: Dict[str, tf.Tensor]) -> float:
+  """One step of the project's `PanopticTrainer` on `batch`; returns the total loss."""
+  loss_fn = panoptic_loss.PanopticLoss(num_classes=num_classes, global_batch_size=1)
+  trainer = step_trainer(model, loss_fn, batch, train_steps=2)
   return trainer.train(tf.constant(1))[panoptic_loss.TOTAL]
 
 
-def run_forward_backward(model, num_classes: int, batch: Dict[str, tf.Tensor]) -> float:
-  """The forward pass, PanopticLoss and gradients of a step, without an update."""
-  loss_fn = panoptic_loss.PanopticLoss(num_classes=num_classes, global_batch_size=1)
+def forward_backward_step(model, loss_fn: panoptic_loss.PanopticLoss):
+  """A `tf.function` batch -> (total loss, gradients): a step without its update."""
 
   @tf.function
   def losses_and_gradients(features):
@@ -168,10 +174,17 @@ def run_forward_backward(model, num_classes: int, batch: Dict[str, tf.Tensor]) -
       total = loss_fn(features, model(features[common.IMAGE], training=True))[
           panoptic_loss.TOTAL]
     return total, tape.gradient(total, model.trainable_variables)
-  return losses_and_gradients(batch)[0]
+  return losses_and_gradients
 
 
-def _max_rss_bytes() -> int:
+def run_forward_backward(model, num_classes: int, batch: Dict[str, tf.Tensor]) -> float:
+  """The forward pass, PanopticLoss and gradients of a step, without an update."""
+  loss_fn = panoptic_loss.PanopticLoss(num_classes=num_classes, global_batch_size=1)
+  return forward_backward_step(model, loss_fn)(batch)[0]
+
+
+def max_rss_bytes() -> int:
+  """This process's peak resident memory so far, in bytes."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB.
 
 
@@ -194,10 +207,10 @@ def measure_training_step_memory(name: str, num_classes: int, num_clusters: int,
   the loss. `mode` is one of `PROBE_MODES`.
   """
   device = 'GPU:0' if tf.config.list_physical_devices('GPU') else 'CPU:0'
-  rss_before = _max_rss_bytes()
+  rss_before = max_rss_bytes()
   model = build(name, num_classes, num_clusters)
   batch = random_training_batch(height, width, num_classes, num_clusters)
-  rss_built = _max_rss_bytes()
+  rss_built = max_rss_bytes()
   built = _allocator_stats(device)
   if built is not None:
     tf.config.experimental.reset_memory_stats(device)
@@ -212,7 +225,7 @@ def measure_training_step_memory(name: str, num_classes: int, num_clusters: int,
   if device.startswith('GPU'):
     result.update(bytes=int(allocator_peak), what=GPU_PEAK)
   else:
-    rss_after = _max_rss_bytes()
+    rss_after = max_rss_bytes()
     # The growth of the peak over the step alone (the model already built).
     result.update(bytes=rss_after - rss_before, what=CPU_PEAK_RSS,
                   step_bytes=rss_after - rss_built)
@@ -256,19 +269,43 @@ def training_step_peak_memory(name: str, num_classes: int, num_clusters: int,
     raise ValueError(f'mode must be one of {PROBE_MODES}, got {mode!r}.')
   command = [sys.executable, '-m', __name__, mode, name, str(num_classes),
              str(num_clusters), str(height), str(width), *gin_bindings]
+  return run_memory_probe(command, memory_limit_bytes, f'{name} at {height}x{width}')
+
+
+def environment(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+  """This process's environment with `extra` added, for a child process."""
+  return dict(os.environ, **(extra or {}))
+
+
+def run_memory_probe(command: Sequence[str], memory_limit_bytes: Optional[int],
+                     label: str, env: Optional[Dict[str, str]] = None) -> Dict[str, object]:
+  """Runs a memory probe's fresh process; returns the JSON of its last stdout line.
+
+  Args:
+    command: the process's command line.
+    memory_limit_bytes: the process is killed once its resident memory exceeds
+      this; None: no limit.
+    label: what is probed, for the errors.
+    env: variables added to this process's environment.
+
+  Raises:
+    MemoryError: if the process went over `memory_limit_bytes`.
+    RuntimeError: with the process's stderr if it failed otherwise.
+  """
   with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
-    process = subprocess.Popen(command, stdout=out, stderr=err, text=True)
+    process = subprocess.Popen(command, stdout=out, stderr=err, text=True,
+                               env=environment(env))
     over_limit = wait_within_memory(process, memory_limit_bytes)
     process.wait()
     out.seek(0)
     err.seek(0)
     stdout, stderr = out.read(), err.read()
   if over_limit:
-    raise MemoryError(f'Memory probe of {name} at {height}x{width} went over '
+    raise MemoryError(f'Memory probe of {label} went over '
                       f'{memory_limit_bytes / 2**30:.1f} GiB and was stopped.')
   if process.returncode != 0:
     killed = ' (killed: out of memory?)' if process.returncode == -9 else ''
-    raise RuntimeError(f'Memory probe of {name} failed with code {process.returncode}'
+    raise RuntimeError(f'Memory probe of {label} failed with code {process.returncode}'
                        f'{killed}:\n{stderr[-3000:]}')
   return json.loads(stdout.strip().splitlines()[-1])
 

@@ -37,9 +37,37 @@ ALL, NONE = recompute_policy.ALL, recompute_policy.NONE
 Policy = FrozenSet[str]  # The parts recomputed.
 
 
-def parts_of(model_kinds: Sequence[str]) -> Tuple[str, ...]:
-  """Every part a policy can recompute: the model's kinds, then `LOSS`."""
-  return tuple(model_kinds) + (LOSS,)
+GROUP = '+'  # Joins the kinds of a part measured as one ('backbone_stage4+backbone_stage5').
+
+
+def parts_of(model_kinds: Sequence[str], groups: Sequence[str] = ()) -> Tuple[str, ...]:
+  """Every part a policy can recompute: the model's kinds, then `LOSS`.
+
+  Args:
+    model_kinds: the model's part kinds (`builder.recompute_kinds`).
+    groups: parts of several kinds, each 'kind+kind...', measured (and dropped
+      from 'all') as one: fewer candidates, a cheaper search. Each takes the
+      place of its first kind; a kind may be in one group at most.
+
+  Raises:
+    ValueError: naming a group with a kind the model (or `LOSS`) does not have,
+      or a kind in two groups.
+  """
+  every = tuple(model_kinds) + (LOSS,)
+  grouped = {}
+  for group in groups:
+    for kind in group.split(GROUP):
+      if kind not in every or kind in grouped:
+        raise ValueError(f'--search_parts: {group!r} has {kind!r}, which is '
+                         f'{"in two groups" if kind in grouped else "no part"}; '
+                         f'the parts are {every}.')
+      grouped[kind] = group
+  return tuple(dict.fromkeys(grouped.get(kind, kind) for kind in every))
+
+
+def kinds_in(policy: Policy) -> FrozenSet[str]:
+  """The kinds (`LOSS` included) of a policy's parts, groups split."""
+  return frozenset(kind for part in policy for kind in part.split(GROUP))
 
 
 def candidates(parts: Sequence[str]) -> Dict[str, Policy]:
@@ -57,12 +85,17 @@ def candidates(parts: Sequence[str]) -> Dict[str, Policy]:
 
 def model_policy(policy: Policy, model_kinds: Sequence[str]) -> str:
   """The `build_model.recompute` value of `policy` ('all' for all the model's kinds)."""
-  kinds = policy - {LOSS}
+  kinds = kinds_in(policy) - {LOSS}
   if not kinds:
     return NONE
   if kinds == frozenset(model_kinds):
     return ALL
   return ','.join(kind for kind in recompute_policy.KINDS if kind in kinds)
+
+
+def recomputes_loss(policy: Policy) -> bool:
+  """Whether `policy` recomputes the loss terms (`PanopticLoss.recompute`)."""
+  return LOSS in kinds_in(policy)
 
 
 def bindings(model_recompute: str, loss_recompute: bool) -> Tuple[str, str]:
@@ -73,7 +106,7 @@ def bindings(model_recompute: str, loss_recompute: bool) -> Tuple[str, str]:
 
 def gin_bindings(policy: Policy, model_kinds: Sequence[str]) -> Tuple[str, str]:
   """The gin bindings of `policy` (`bindings`)."""
-  return bindings(model_policy(policy, model_kinds), LOSS in policy)
+  return bindings(model_policy(policy, model_kinds), recomputes_loss(policy))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -100,3 +100,31 @@ def test_recompute_kinds_are_the_parts_a_model_has():
   # tiny has one CMT layer per decoder stage: every kind.
   tiny = builder.recompute_kinds(builder.build_model('tiny', 3, 8))
   assert tiny == recompute_policy.KINDS
+
+
+def test_grouped_kinds_are_one_part_measured_and_bound_as_their_kinds():
+  kinds = ('stem', 'backbone_stage2', 'backbone_stage4', 'backbone_stage5', 'heads')
+  parts = rs.parts_of(kinds, ['backbone_stage4+backbone_stage5', 'heads+loss'])
+  # A group takes its first kind's place; the kinds in no group stay parts.
+  assert parts == ('stem', 'backbone_stage2', 'backbone_stage4+backbone_stage5',
+                   'heads+loss')
+  policies = rs.candidates(parts)
+  assert len(policies) == 2 + len(parts)
+  # Dropping a group drops every kind in it, the loss's switch included.
+  assert rs.gin_bindings(policies['all - backbone_stage4+backbone_stage5'], kinds) == (
+      "build_model.recompute = 'stem,backbone_stage2,heads'",
+      'PanopticLoss.recompute = True')
+  assert rs.gin_bindings(policies['all - heads+loss'], kinds) == (
+      "build_model.recompute = 'stem,backbone_stage2,backbone_stage4,backbone_stage5'",
+      'PanopticLoss.recompute = False')
+  assert rs.gin_bindings(policies['all'], kinds)[0] == "build_model.recompute = 'all'"
+
+
+@pytest.mark.parametrize('groups, message', [
+    (['stem+transformer_s4'], "'transformer_s4', which is no part"),
+    (['stem+heads', 'heads+loss'], "'heads', which is in two groups"),
+])
+def test_a_group_the_model_cannot_have_is_an_error_naming_the_flag(groups, message):
+  with pytest.raises(ValueError, match='--search_parts') as error:
+    rs.parts_of(('stem', 'heads'), groups)
+  assert message in str(error.value)

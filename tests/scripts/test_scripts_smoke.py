@@ -16,8 +16,11 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # `make demo` runs demo.py; make_deeplab2_fixtures.py needs a DeepLab2 checkout
 # (tests/checkpoints/test_fixture_generator.py); bench_deploy.py converts models to
-# every format (minutes each), the paths tests/serving/test_deploy_formats.py runs.
-_NOT_SMOKED = {'demo.py', 'make_deeplab2_fixtures.py', 'bench_deploy.py'}
+# every format (minutes each), the paths tests/serving/test_deploy_formats.py runs;
+# bench_train_vs_deeplab2.py builds DeepLab2's full-size MaX-DeepLab-S
+# (tests/scripts/test_bench_train_vs_deeplab2.py).
+_NOT_SMOKED = {'demo.py', 'make_deeplab2_fixtures.py', 'bench_deploy.py',
+               'bench_train_vs_deeplab2.py'}
 _TINY_MODEL = ['--num_classes=3']
 
 # (script, tiny arguments, a line the table must contain).
