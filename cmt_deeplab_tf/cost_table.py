@@ -7,17 +7,21 @@ r"""Prints supplement Table 2 (accuracy-cost trade-off) with our configs beside 
 Per config: inference parameters (training-only heads excluded, as the paper
 counts), G multiply-adds of the inference graph at HxW, batch 1, FPS on this
 device (1 / median of --fps_runs `tf.function` forwards after warm-up) and the
-peak memory of one batch-1 training step (GPU: TF's peak allocation; CPU: the
-peak RSS increase of a fresh process running the step). See
+peak memory of one batch-1 training step with the memory policy the model's COCO
+config ships (--policy; GPU: TF's peak allocation; CPU: the peak RSS increase
+of a fresh process running the step). See
 `cmt_deeplab_tf.analysis.cost`.
 """
 import os
+from typing import Tuple
 
 from absl import app
 from absl import flags
 
 from cmt_deeplab_tf import cli
+from cmt_deeplab_tf import config_files
 from cmt_deeplab_tf.analysis import cost
+from cmt_deeplab_tf.analysis import recompute_search
 from cmt_deeplab_tf.modeling import builder
 
 
@@ -29,6 +33,9 @@ def _define_flags():
   flags.DEFINE_integer('width', 1200, 'Input width (the paper: 1200).')
   flags.DEFINE_integer('fps_runs', 5, 'Timed forwards for the FPS median; 0 skips FPS.')
   flags.DEFINE_bool('memory', True, 'Measure the peak memory of one training step.')
+  flags.DEFINE_enum('policy', 'shipped', ['shipped', 'none'],
+                    "Memory policy of the memory figure: 'shipped', the recompute policy "
+                    "of the model's COCO config (gin_configs/coco/<model>.gin), or 'none'.")
 
 
 def check_flags(flag_values) -> None:
@@ -44,17 +51,34 @@ def check_flags(flag_values) -> None:
     raise app.UsageError(f'--fps_runs must be >= 0, got {flag_values.fps_runs}.')
 
 
+def memory_policy(name: str, policy: str) -> Tuple[str, bool]:
+  """(build_model.recompute, PanopticLoss.recompute) of the memory figure of `name`.
+
+  Raises:
+    app.UsageError: for 'shipped' when `name` has no COCO config.
+  """
+  if policy == 'none':
+    return 'none', False
+  config = f'coco/{name}.gin'
+  if not config_files.find(config):
+    raise app.UsageError(f'--policy=shipped: {name} has no {config}; use --policy=none.')
+  _, recompute, loss_recompute = cost.shipped_policy(config)
+  return recompute, loss_recompute
+
+
 def main(argv):
   del argv
   FLAGS = flags.FLAGS
   check_flags(FLAGS)
   device = cost.device_name()
   load_before = os.getloadavg()[0]
-  measurements = []
+  measurements, policies = [], []
   for i, name in enumerate(FLAGS.models, 1):
+    policy = memory_policy(name, FLAGS.policy)
+    policies.append(f'{name}: {policy[0]!r}, loss {policy[1]}')
     measurements.append(cost.measure(name, FLAGS.num_classes, FLAGS.num_clusters,
                                      FLAGS.height, FLAGS.width, FLAGS.fps_runs,
-                                     FLAGS.memory))
+                                     FLAGS.memory, recompute_search.bindings(*policy)))
     print(f'measured {name} ({i}/{len(FLAGS.models)})', flush=True)
   for measurement in measurements:
     if measurement.memory_error:
@@ -62,7 +86,9 @@ def main(argv):
   print(f'\nInput {FLAGS.width}x{FLAGS.height}, batch 1, {FLAGS.num_classes} classes, '
         f'{FLAGS.num_clusters} clusters; ours on {device}. FLOPs = multiply-adds of '
         'the inference graph; memory: '
-        f'{cost.GPU_PEAK if device == "GPU" else cost.CPU_PEAK_RSS}. 1-minute load '
+        f'{cost.GPU_PEAK if device == "GPU" else cost.CPU_PEAK_RSS}, with the memory '
+        f'policy (build_model.recompute, PanopticLoss.recompute) {"; ".join(policies)}. '
+        '1-minute load '
         f'average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after '
         f'({os.cpu_count()} CPUs): FPS falls on a shared machine.\n')
   print(cost.markdown_table(measurements, device))

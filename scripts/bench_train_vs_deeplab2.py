@@ -31,6 +31,7 @@ from absl import flags
 from cmt_deeplab_tf.analysis import cost
 from cmt_deeplab_tf.analysis import deeplab2_peer
 from cmt_deeplab_tf.analysis import paper_tables
+from cmt_deeplab_tf.analysis import recompute_search
 from cmt_deeplab_tf.analysis import timing
 
 FLAGS = flags.FLAGS
@@ -57,27 +58,13 @@ VARIANTS = ('shipped', 'all', 'none')
 Setting = Tuple[str, str, str, bool]
 
 
-def shipped_setting(config: str) -> Tuple[str, str, bool]:
-  """(model name, build_model.recompute, PanopticLoss.recompute) a gin config ships."""
-  import gin  # pylint: disable=g-import-not-at-top
-  from cmt_deeplab_tf.training import experiment  # pylint: disable=g-import-not-at-top
-  from cmt_deeplab_tf.training import train_lib  # pylint: disable=g-import-not-at-top,unused-import
-  experiment.parse_gin([config], [])
-  try:
-    return (gin.query_parameter('build_model.name'),
-            gin.query_parameter('build_model.recompute'),
-            bool(gin.query_parameter('PanopticLoss.recompute')))
-  finally:
-    gin.clear_config()
-
-
 def settings(configs: Sequence[str], variants: Sequence[str]) -> List[Setting]:
   unknown = sorted(set(variants) - set(VARIANTS))
   if unknown:
     raise app.UsageError(f'--variants: unknown {unknown}; choose from {VARIANTS}.')
   result = []
   for config in configs:
-    name, recompute, loss_recompute = shipped_setting(config)
+    name, recompute, loss_recompute = cost.shipped_policy(config)
     policies = {'shipped': (recompute, loss_recompute), 'all': ('all', True),
                 'none': ('none', False)}
     for variant in variants:
@@ -108,8 +95,7 @@ def memory_rows(height: int, width: int, steps: Sequence[Setting]) -> Dict[str, 
   rows = {PEER: [_gib(lambda: deeplab2_peer.peak_memory(
       FLAGS.deeplab2_path, height, width, _limit_bytes())), '-']}
   for label, name, recompute, loss_recompute in steps:
-    bindings = (f"build_model.recompute = '{recompute}'",
-                f'PanopticLoss.recompute = {loss_recompute}')
+    bindings = recompute_search.bindings(recompute, loss_recompute)
     rows[label] = [_gib(lambda mode=mode: cost.training_step_peak_memory(
         name, NUM_CLASSES, NUM_CLUSTERS, height, width, bindings,
         memory_limit_bytes=_limit_bytes(), mode=mode))

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import gin
 import numpy as np
@@ -334,12 +334,29 @@ def wait_within_memory(process: subprocess.Popen, limit: Optional[int]) -> bool:
   return False
 
 
+def shipped_policy(gin_config: str) -> Tuple[str, str, bool]:
+  """(build_model.name, build_model.recompute, PanopticLoss.recompute) a gin config
+  binds (a shipped config's name, e.g. 'coco/cmt_deeplab_s.gin', or a path), its
+  includes followed."""
+  from cmt_deeplab_tf.training import experiment  # pylint: disable=g-import-not-at-top
+  from cmt_deeplab_tf.training import train_lib  # pylint: disable=g-import-not-at-top,unused-import
+  experiment.parse_gin([gin_config], [])
+  try:
+    return (gin.query_parameter('build_model.name'),
+            gin.query_parameter('build_model.recompute'),
+            bool(gin.query_parameter('PanopticLoss.recompute')))
+  finally:
+    gin.clear_config()
+
+
 def measure(name: str, num_classes: int, num_clusters: int, height: int, width: int,
-            fps_runs: int, with_memory: bool) -> Measurement:
+            fps_runs: int, with_memory: bool,
+            memory_bindings: Sequence[str] = ()) -> Measurement:
   """All of our figures for one config (FPS skipped when fps_runs == 0).
 
-  A failed memory probe (e.g. killed for lack of RAM) leaves `memory_bytes`
-  None and its error in `memory_error`; the other figures are kept.
+  `memory_bindings` (gin, e.g. `recompute_search.bindings`) apply to the memory probe. A
+  failed memory probe (e.g. killed for lack of RAM) leaves `memory_bytes` None
+  and its error in `memory_error`; the other figures are kept.
   """
   model = build(name, num_classes, num_clusters)
   multiply_adds, _ = flop_count.count_multiply_adds(model, height, width)
@@ -348,7 +365,7 @@ def measure(name: str, num_classes: int, num_clusters: int, height: int, width: 
   if with_memory:
     try:
       memory_bytes = training_step_peak_memory(name, num_classes, num_clusters, height,
-                                               width)['bytes']
+                                               width, memory_bindings)['bytes']
     except RuntimeError as e:
       memory_error = str(e)
   return Measurement(name, inference_parameters(model), multiply_adds, fps,

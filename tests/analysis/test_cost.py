@@ -3,12 +3,14 @@ import math
 import types
 
 from absl import app
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf import common
+from cmt_deeplab_tf import config_files
 from cmt_deeplab_tf import cost_table
 from cmt_deeplab_tf.analysis import cost
 from cmt_deeplab_tf.modeling import flop_count
@@ -159,3 +161,30 @@ def test_measure_fills_params_flops_and_fps():
   measurement = cost.measure('tiny', 5, 8, 65, 65, fps_runs=1, with_memory=False)
   assert measurement.params > 0 and measurement.multiply_adds > 0
   assert measurement.fps > 0 and measurement.memory_bytes is None
+
+
+def _policy_config(tmp_path, *lines):
+  path = tmp_path / 'policy.gin'
+  path.write_text('\n'.join(["include 'coco/base.gin'", *lines]) + '\n')
+  return str(path)
+
+
+def test_a_config_s_model_and_memory_policy_are_read_through_its_includes(tmp_path):
+  path = _policy_config(tmp_path, "build_model.name = 'max_deeplab_s'",
+                        "build_model.recompute = 'stem,heads'", 'PanopticLoss.recompute = False')
+  assert cost.shipped_policy(path) == ('max_deeplab_s', 'stem,heads', False)
+  # Only the base's policy: what coco/base.gin binds.
+  path = _policy_config(tmp_path, "build_model.name = 'cmt_deeplab_s'")
+  name, recompute, loss_recompute = cost.shipped_policy(path)
+  base = open(config_files.find('coco/base.gin')).read()
+  assert name == 'cmt_deeplab_s'
+  assert f"build_model.recompute = '{recompute}'" in base
+  assert f'PanopticLoss.recompute = {loss_recompute}' in base
+
+
+def test_the_cost_table_measures_memory_with_the_policy_each_coco_config_ships():
+  shipped = cost.shipped_policy('coco/cmt_deeplab_l_rfn.gin')
+  assert cost_table.memory_policy('cmt_deeplab_l_rfn', 'shipped') == shipped[1:]
+  assert cost_table.memory_policy('cmt_deeplab_l_rfn', 'none') == ('none', False)
+  with pytest.raises(app.UsageError, match='--policy=shipped: tiny has no coco/tiny.gin'):
+    cost_table.memory_policy('tiny', 'shipped')
