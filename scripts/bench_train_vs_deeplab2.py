@@ -45,6 +45,8 @@ flags.DEFINE_list('sizes', ['641', '1025'], 'Crops: N (square) or HxW.')
 flags.DEFINE_integer('rounds', 3, 'Timed rounds (each runs every step once).')
 flags.DEFINE_bool('memory', True, 'Measure peak memory.')
 flags.DEFINE_bool('time', True, 'Time the steps.')
+flags.DEFINE_bool('train_step', True, 'Also measure our whole train step (memory and '
+                  'time), beside the forward + backward pass the peer is measured with.')
 flags.DEFINE_float('headroom_gib', 2.0, 'Memory left to the rest of the machine.')
 flags.DEFINE_string('time_one', None, 'Internal: time every step at this crop in this '
                     'process; JSON [[label, model name, recompute, loss recompute], ...] '
@@ -96,10 +98,12 @@ def memory_rows(height: int, width: int, steps: Sequence[Setting]) -> Dict[str, 
       FLAGS.deeplab2_path, height, width, _limit_bytes())), '-']}
   for label, name, recompute, loss_recompute in steps:
     bindings = recompute_search.bindings(recompute, loss_recompute)
+    modes = (cost.FORWARD_BACKWARD, cost.TRAIN_STEP) if FLAGS.train_step else (
+        cost.FORWARD_BACKWARD,)
     rows[label] = [_gib(lambda mode=mode: cost.training_step_peak_memory(
         name, NUM_CLASSES, NUM_CLUSTERS, height, width, bindings,
-        memory_limit_bytes=_limit_bytes(), mode=mode))
-                   for mode in (cost.FORWARD_BACKWARD, cost.TRAIN_STEP)]
+        memory_limit_bytes=_limit_bytes(), mode=mode)) for mode in modes]
+    rows[label] += ['-'] * (2 - len(modes))
     print(f'{height}x{width} {label}: {rows[label]}', file=sys.stderr, flush=True)
   return rows
 
@@ -124,9 +128,10 @@ def _time_one(height: int, width: int, steps: Sequence[Setting]) -> None:
     loss_fn = panoptic_loss.PanopticLoss(num_classes=NUM_CLASSES, global_batch_size=1,
                                          recompute=loss_recompute)
     forward_backward = cost.forward_backward_step(model, loss_fn)
-    trainer = cost.step_trainer(model, loss_fn, batch)
     calls[f'{label} fwd+bwd'] = lambda f=forward_backward: f(batch)[0]
-    calls[f'{label} step'] = lambda t=trainer: t.train(tf.constant(1))
+    if FLAGS.train_step:
+      trainer = cost.step_trainer(model, loss_fn, batch)
+      calls[f'{label} step'] = lambda t=trainer: t.train(tf.constant(1))
   for call in calls.values():
     call()  # Traced (and run once) with its policy before any timing.
   timings = timing.interleaved(calls, rounds=FLAGS.rounds, warmup=0)
@@ -139,6 +144,7 @@ def time_rows(height: int, width: int,
   """`_time_one` in a fresh process; None if it went over the machine's memory."""
   command = [sys.executable, __file__, f'--deeplab2_path={FLAGS.deeplab2_path}',
              f'--time_one={height}x{width}', f'--rounds={FLAGS.rounds}',
+             f'--train_step={FLAGS.train_step}',
              f'--time_steps={json.dumps([list(s) for s in steps])}']
   with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
     process = subprocess.Popen(command, stdout=out, stderr=err, text=True,
