@@ -54,16 +54,21 @@ def tiny_model(drop_path=True):
 def one_step(model, batch, enabled, seed=7, strategy=None, jit_compile=False):
   """(loss, gradients, moving statistics) of one training step from `model`'s state.
 
+  `enabled`: True ('all' and the loss's switch), False ('none'), or a memory
+  policy (build_model.recompute, PanopticLoss.recompute).
+
   Under a strategy, `batch` is split over the replicas (batch size = replicas) and
   the loss and gradients are the replicas' sums. `jit_compile` compiles each
   replica's forward and backward with XLA.
   """
   strategy = strategy or tf.distribute.get_strategy()
-  builder.set_recompute(model, 'all' if enabled else 'none')
+  policy, loss_recompute = (enabled if isinstance(enabled, tuple)
+                            else ('all' if enabled else 'none', enabled))
+  builder.set_recompute(model, policy)
   initial = [v.numpy() for v in model.variables]
   replicas = strategy.num_replicas_in_sync
   loss_fn = panoptic_loss.PanopticLoss(num_classes=NUM_CLASSES, global_batch_size=replicas,
-                                       recompute=enabled)
+                                       recompute=loss_recompute)
   tf.random.set_seed(seed)
 
   def replica_step(features):
@@ -118,6 +123,18 @@ def test_recompute_gives_the_same_step_with_drop_path_and_batch_norm():
   model = tiny_model()
   batch = cost.random_training_batch(SIZE, SIZE, NUM_CLASSES, NUM_CLUSTERS)
   assert_same_steps(model, one_step(model, batch, False), one_step(model, batch, True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('config', ['coco/max_deeplab_s.gin'])
+def test_each_shipped_policy_gives_the_same_step(config):
+  """The policy a config ships (`cost.shipped_policy`), on the tiny model (every kind)."""
+  _, recompute, loss_recompute = cost.shipped_policy(config)
+  assert recompute not in ('all', 'none')  # 'all' is the test above.
+  model = tiny_model()
+  batch = cost.random_training_batch(SIZE, SIZE, NUM_CLASSES, NUM_CLUSTERS)
+  assert_same_steps(model, one_step(model, batch, False),
+                    one_step(model, batch, (recompute, loss_recompute)))
 
 
 @pytest.mark.slow
@@ -264,12 +281,13 @@ def test_an_unknown_part_kind_is_an_error_naming_the_valid_ones(policy):
     builder.build_model('tiny', NUM_CLASSES, NUM_CLUSTERS, recompute=policy)
 
 
-def test_all_is_every_kind_and_the_shipped_configs_recompute_every_part():
+def test_all_is_every_kind_and_the_base_configs_recompute_every_part():
   assert recompute_policy.parse('all') == set(recompute_policy.KINDS)
   assert recompute_policy.parse('none') == set()
   # The parts the per-class switches of coco/base.gin covered: the stem, each
   # block of the backbone and of the pixel decoder, each transformer layer and
-  # the heads; 'all' names each of them.
+  # the heads; 'all' names each of them. A model's config may ship a searched
+  # policy instead (test_each_shipped_policy_gives_the_same_step).
   assert set(recompute_policy.KINDS) == {
       'stem', 'backbone_stage2', 'backbone_stage3', 'backbone_stage4',
       'backbone_stage5', 'pixel_decoder_s16', 'pixel_decoder_s8',
