@@ -176,7 +176,11 @@ def table(height: int, width: int, steps: Sequence[Setting]) -> str:
     rows.append([label, *mem, *time_cells])
   header = ['step', 'fwd+bwd memory (GiB)', 'train step memory (GiB)',
             'fwd+bwd time (s)', f'/ {PEER}', 'train step time (s)', f'/ {PEER}']
-  return f'### {height}x{width}\n\n' + paper_tables.markdown_table(header, rows)
+  note = ('' if not FLAGS.time or times is not None else
+          '\n\nThe timing process went over the memory this machine had free '
+          '(--headroom_gib) and was stopped: time fewer --configs / --variants at once.')
+  return (f'### {height}x{width}\n\n' + paper_tables.markdown_table(header, rows) +
+          note)
 
 
 def main(argv):
