@@ -129,11 +129,12 @@ def _time_one(height: int, width: int, steps: Sequence[Setting]) -> None:
                                          recompute=loss_recompute)
     forward_backward = cost.forward_backward_step(model, loss_fn)
     calls[f'{label} fwd+bwd'] = lambda f=forward_backward: f(batch)[0]
+    calls[f'{label} fwd+bwd']()  # Traced now: the policy is read when tracing.
     if FLAGS.train_step:
       trainer = cost.step_trainer(model, loss_fn, batch)
       calls[f'{label} step'] = lambda t=trainer: t.train(tf.constant(1))
-  for call in calls.values():
-    call()  # Traced (and run once) with its policy before any timing.
+      calls[f'{label} step']()
+  calls[PEER]()
   timings = timing.interleaved(calls, rounds=FLAGS.rounds, warmup=0)
   print(json.dumps({label: [timings.median(label), timings.ratio_summary(label, PEER)[0]]
                     for label in calls}), flush=True)
