@@ -36,9 +36,7 @@ candidates and the chosen policy as gin bindings:
 """
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import app
@@ -123,7 +121,6 @@ def _time_one(name: str, size: int, settings: Sequence[Setting]) -> None:
   Prints JSON {'seconds': [...], 'ratios': [...]}: one model, one step traced
   per setting, timed in turns.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.analysis import timing  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.modeling import builder  # pylint: disable=g-import-not-at-top
@@ -157,17 +154,10 @@ def _time(name: str, size: int,
   command = [sys.executable, __file__, f'--time_one={name}', f'--time_size={size}',
              f'--time_rounds={FLAGS.time_rounds}',
              f'--time_policies={json.dumps([list(s) for s in settings])}']
-  with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
-    process = subprocess.Popen(command, stdout=out, stderr=err, text=True)
-    if cost.wait_within_memory(process, _limit_bytes()):
-      return None
-    out.seek(0)
-    err.seek(0)
-    lines, errors = out.read().strip().splitlines(), err.read()
-  if process.returncode != 0 or not lines:
-    raise RuntimeError(f'Timing {name} at {size} failed ({process.returncode}):\n'
-                       f'{errors[-2000:]}')
-  return json.loads(lines[-1])
+  try:
+    return cost.run_fresh_process(command, _limit_bytes(), f'Timing {name} at {size}')
+  except MemoryError:
+    return None
 
 
 def _time_cell(name: str, size: int) -> str:
@@ -203,7 +193,6 @@ class _Search:
 
   def measure(self, policy) -> Optional[int]:
     """Peak bytes of one step with `policy` (a fresh process, once per policy)."""
-    from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
     if policy not in self.memory:
       try:
         self.memory[policy] = _memory(self.name, self.size,

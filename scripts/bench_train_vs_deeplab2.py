@@ -20,9 +20,7 @@ Batch 1, float32, COCO's 133 classes and 128 clusters, random weights.
       --configs=coco/max_deeplab_s.gin,coco/cmt_deeplab_s.gin --sizes=641,1025
 """
 import json
-import subprocess
 import sys
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import app
@@ -147,18 +145,11 @@ def time_rows(height: int, width: int,
              f'--time_one={height}x{width}', f'--rounds={FLAGS.rounds}',
              f'--train_step={FLAGS.train_step}',
              f'--time_steps={json.dumps([list(s) for s in steps])}']
-  with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
-    process = subprocess.Popen(command, stdout=out, stderr=err, text=True,
-                               env=cost.environment(deeplab2_peer.LEGACY_KERAS))
-    if cost.wait_within_memory(process, _limit_bytes()):
-      return None
-    out.seek(0)
-    err.seek(0)
-    lines, errors = out.read().strip().splitlines(), err.read()
-  if process.returncode != 0 or not lines:
-    raise RuntimeError(f'Timing at {height}x{width} failed ({process.returncode}):\n'
-                       f'{errors[-3000:]}')
-  return json.loads(lines[-1])
+  try:
+    return cost.run_fresh_process(command, _limit_bytes(), f'Timing at {height}x{width}',
+                                  env=deeplab2_peer.LEGACY_KERAS)
+  except MemoryError:
+    return None
 
 
 def table(height: int, width: int, steps: Sequence[Setting]) -> str:

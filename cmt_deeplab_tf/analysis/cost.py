@@ -269,23 +269,20 @@ def training_step_peak_memory(name: str, num_classes: int, num_clusters: int,
     raise ValueError(f'mode must be one of {PROBE_MODES}, got {mode!r}.')
   command = [sys.executable, '-m', __name__, mode, name, str(num_classes),
              str(num_clusters), str(height), str(width), *gin_bindings]
-  return run_memory_probe(command, memory_limit_bytes, f'{name} at {height}x{width}')
+  return run_fresh_process(command, memory_limit_bytes,
+                           f'Memory probe of {name} at {height}x{width}')
 
 
-def environment(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-  """This process's environment with `extra` added, for a child process."""
-  return dict(os.environ, **(extra or {}))
-
-
-def run_memory_probe(command: Sequence[str], memory_limit_bytes: Optional[int],
+def run_fresh_process(command: Sequence[str], memory_limit_bytes: Optional[int],
                      label: str, env: Optional[Dict[str, str]] = None) -> Dict[str, object]:
-  """Runs a memory probe's fresh process; returns the JSON of its last stdout line.
+  """Runs a benchmark's fresh process (a memory probe, a timing); returns the JSON
+  of its last stdout line.
 
   Args:
     command: the process's command line.
     memory_limit_bytes: the process is killed once its resident memory exceeds
       this; None: no limit.
-    label: what is probed, for the errors.
+    label: what runs, for the errors ('Memory probe of ...').
     env: variables added to this process's environment.
 
   Raises:
@@ -294,18 +291,18 @@ def run_memory_probe(command: Sequence[str], memory_limit_bytes: Optional[int],
   """
   with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
     process = subprocess.Popen(command, stdout=out, stderr=err, text=True,
-                               env=environment(env))
+                               env=dict(os.environ, **(env or {})))
     over_limit = wait_within_memory(process, memory_limit_bytes)
     process.wait()
     out.seek(0)
     err.seek(0)
     stdout, stderr = out.read(), err.read()
   if over_limit:
-    raise MemoryError(f'Memory probe of {label} went over '
+    raise MemoryError(f'{label} went over '
                       f'{memory_limit_bytes / 2**30:.1f} GiB and was stopped.')
   if process.returncode != 0:
     killed = ' (killed: out of memory?)' if process.returncode == -9 else ''
-    raise RuntimeError(f'Memory probe of {label} failed with code {process.returncode}'
+    raise RuntimeError(f'{label} failed with code {process.returncode}'
                        f'{killed}:\n{stderr[-3000:]}')
   return json.loads(stdout.strip().splitlines()[-1])
 

@@ -3,7 +3,7 @@
 DeepLab2 (github.com/google-research/deeplab2) is not a dependency. Give the
 folder that holds its `deeplab2` package with the protos compiled
 (`../shared/tools/setup_deeplab2.sh` prepares one, README "DeepLab2 as a peer"),
-and run with TF_USE_LEGACY_KERAS=1, so DeepLab2's `tf.keras` is Keras 2 like ours
+and run with TF_USE_LEGACY_KERAS=1, so DeepLab2's Keras imports give Keras 2 like ours
 (`peak_memory` sets it for its fresh process).
 
 The model is DeepLab2's COCO MaX-DeepLab-S as its textproto
@@ -31,7 +31,7 @@ from cmt_deeplab_tf.analysis import cost
 CONFIG = 'configs/coco/max_deeplab/max_deeplab_s_os16_res641_400k.textproto'
 DATASET = 'coco_panoptic'
 NAME = 'deeplab2_max_deeplab_s'
-# DeepLab2's models read tf.keras; under TF 2.20 this makes it Keras 2.
+# DeepLab2's models import Keras through TensorFlow; under TF 2.20 this makes it Keras 2.
 LEGACY_KERAS = {'TF_USE_LEGACY_KERAS': '1'}
 PEER_PEAK_RSS = ('peak RSS increase of a fresh process from after its imports to after '
                  "one step of DeepLab2's MaX-DeepLab-S (model build, trace, forward, "
@@ -121,10 +121,11 @@ def measure_memory(path: str, height: int, width: int) -> Dict[str, object]:
 
 def peak_memory(path: str, height: int, width: int,
                 memory_limit_bytes: Optional[int] = None) -> Dict[str, object]:
-  """`measure_memory` in a fresh process (see `cost.run_memory_probe`)."""
+  """`measure_memory` in a fresh process (see `cost.run_fresh_process`)."""
   command = [sys.executable, '-m', __name__, check_path(path), str(height), str(width)]
-  return cost.run_memory_probe(command, memory_limit_bytes,
-                               f'{NAME} at {height}x{width}', env=LEGACY_KERAS)
+  return cost.run_fresh_process(command, memory_limit_bytes,
+                                f'Memory probe of {NAME} at {height}x{width}',
+                                env=LEGACY_KERAS)
 
 
 if __name__ == '__main__':
