@@ -7,8 +7,7 @@ backward and, in mode `train_step`, the AdamW update and its slots), then in
 parentheses from after the model is built (the step alone) and TensorFlow's
 peak tensor allocation of the step alone. Mode `forward_backward` stops at the
 gradients, as a forward + backward of another implementation is measured. A
-process
-whose resident memory grows past what the machine has available when it starts
+process whose resident memory grows past what the machine has available when it starts
 (minus --headroom_gib) is stopped and recorded as not fitting, so a step too big
 for the machine cannot push it into swap.
 
@@ -29,10 +28,13 @@ to 'all' (each timing process traces 'all' and at most --search_group - 1 other
 candidates, so the live traced steps stay bounded), a greedy choice, and its
 verification: a memory measurement (backed off while over the budget) and a
 timing against 'all' and 'none'. Each search prints a Markdown table of the
-candidates and the chosen policy as gin bindings:
+candidates and the chosen policy as gin bindings. --search_time_size times the
+candidates at a smaller crop (cheaper; a part's time saved is a fraction of the
+step); --search_memory_file keeps the memory figures for a rerun:
 
   python scripts/bench_train_memory.py --search --configs=cmt_deeplab_s \
-      --sizes=641 --budget_gib=2.28
+      --sizes=1025 --budget_gib=5.99 --search_time_size=641 \
+      --search_memory_file=cmt_deeplab_s_1025.json
 """
 import json
 import statistics
@@ -69,6 +71,15 @@ flags.DEFINE_list('search_parts', [], 'Parts of several kinds measured as one by
                   'a kind in none is its own part. Fewer candidates, a cheaper search.')
 flags.DEFINE_integer('search_group', 8, 'Traced steps per timing process of --search '
                      "('all' and up to this many - 1 other candidates); >= 2.")
+flags.DEFINE_integer('search_time_size', 0, 'Crop size at which --search times its '
+                     'candidates (0: the searched size). A part\'s time saved is a '
+                     'fraction of the step, about the same at a smaller crop, which '
+                     'traces and runs faster; memory is always measured at the '
+                     'searched size.')
+flags.DEFINE_string('search_memory_file', None, 'JSON file of --search\'s memory '
+                    'figures: read, and written after each probe, so a rerun measures '
+                    'only what it does not hold (analysis.recompute_search.MemoryFile; '
+                    'delete it after changing a model).')
 flags.DEFINE_string('time_one', None, 'Internal: time one config in this process.')
 flags.DEFINE_string('time_policies', None, 'Internal: JSON [[build_model.recompute, '
                     'PanopticLoss.recompute], ...] the --time_one process times.')
@@ -187,21 +198,32 @@ class _Search:
     self.parts = rs.parts_of(self.kinds, FLAGS.search_parts)
     self.candidates = rs.candidates(self.parts)
     self.memory = {}  # {policy: peak bytes, None if over the machine's memory}
+    self.time_size = FLAGS.search_time_size or size
+    self.saved = (rs.MemoryFile(FLAGS.search_memory_file)
+                  if FLAGS.search_memory_file else None)
 
   def setting(self, policy) -> Setting:
     return rs.model_policy(policy, self.kinds), rs.recomputes_loss(policy)
 
   def measure(self, policy) -> Optional[int]:
     """Peak bytes of one step with `policy` (a fresh process, once per policy)."""
-    if policy not in self.memory:
+    if policy in self.memory:
+      return self.memory[policy]
+    key = (self.name, self.size, FLAGS.search_mode, *self.setting(policy))
+    if self.saved is not None and key in self.saved:
+      self.memory[policy], source = self.saved[key], FLAGS.search_memory_file
+    else:
       try:
         self.memory[policy] = _memory(self.name, self.size,
                                       rs.gin_bindings(policy, self.kinds),
                                       FLAGS.search_mode, _limit_bytes())['bytes']
       except MemoryError:
         self.memory[policy] = None
-      print(f'{self.name} {self.size}: {self.setting(policy)} '
-            f'{_gib(self.memory[policy])} GiB', file=sys.stderr, flush=True)
+      source = 'measured'
+      if self.saved is not None and self.memory[policy] is not None:
+        self.saved.put(key, self.memory[policy])
+    print(f'{self.name} {self.size}: {self.setting(policy)} '
+          f'{_gib(self.memory[policy])} GiB ({source})', file=sys.stderr, flush=True)
     return self.memory[policy]
 
   def time(self, policies) -> Dict[object, Tuple[float, float]]:
@@ -216,7 +238,7 @@ class _Search:
     times, all_seconds = {}, []
     for start in range(0, len(others), size):
       group = others[start:start + size]
-      result = _time(self.name, self.size,
+      result = _time(self.name, self.time_size,
                      [self.setting(p) for p in [everything] + group])
       if result is None:
         continue
@@ -275,7 +297,9 @@ def _chosen_lines(search: _Search, choice: rs.Choice) -> List[str]:
 def _search(name: str, size: int, budget: int) -> Tuple[str, bool]:
   """The Markdown report of one search, and whether a policy fits the budget."""
   search = _Search(name, size)
-  lines = [f'### {name}, {size}x{size}, budget {budget / 2**30:.2f} GiB', '']
+  timed_at = search.time_size
+  lines = [f'### {name}, {size}x{size}, budget {budget / 2**30:.2f} GiB'
+           + (f', timed at {timed_at}x{timed_at}' if timed_at != size else ''), '']
   if not search.kinds:
     lines += [f"{name} has no recompute parts: only build_model.recompute = 'none' "
               "exists; the search covers the loss's switch only.", '']
@@ -305,6 +329,9 @@ def _search_main() -> None:
     raise app.UsageError(f'--search needs --budget_gib > 0, got {FLAGS.budget_gib}.')
   if FLAGS.search_group < 2:
     raise app.UsageError(f'--search_group must be >= 2, got {FLAGS.search_group}.')
+  if FLAGS.search_time_size < 0:
+    raise app.UsageError(f'--search_time_size must be >= 0, got '
+                         f'{FLAGS.search_time_size}.')
   budget = int(FLAGS.budget_gib * 2**30)
   fits = True
   for name in FLAGS.configs:

@@ -1,15 +1,15 @@
 r"""Our training step against DeepLab2's MaX-DeepLab-S, side by side: memory and time.
 
 For each crop of --sizes, DeepLab2's COCO MaX-DeepLab-S built from its source
-(`analysis.deeplab2_peer`: forward, an objective over its outputs, gradients) and
+(`analysis.deeplab2_peer`: forward, DeepLab2's own loss, gradients) and
 each shipped config of --configs with the memory policy of each --variants
 ('shipped': the config's `build_model.recompute` and `PanopticLoss.recompute`;
 'all'; 'none'):
 
 - memory, a fresh process per figure (GiB of peak-RSS growth from after the
   imports: build, trace, step; `analysis.cost`): our forward + backward (model,
-  PanopticLoss, gradients: the peer's step plus our loss) and our whole train
-  step (+ clipping, AdamW and its slots);
+  PanopticLoss, gradients: what the peer's step does) and our whole train step
+  (+ clipping, AdamW and its slots);
 - time, one process at each crop: builds the peer and every (config, variant),
   traces each step once, then times them in turns (`analysis.timing.interleaved`,
   --rounds); a ratio is the median of the per-round ratios to the peer's step.
@@ -113,10 +113,8 @@ def _time_one(height: int, width: int, steps: Sequence[Setting]) -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.losses import panoptic_loss  # pylint: disable=g-import-not-at-top
   from cmt_deeplab_tf.modeling import builder  # pylint: disable=g-import-not-at-top
-  peer = deeplab2_peer.build_max_deeplab_s(FLAGS.deeplab2_path, height, width)
-  peer_step, images = deeplab2_peer.forward_backward(peer), deeplab2_peer.random_images(
-      height, width)
-  calls = {PEER: lambda: peer_step(images)}
+  calls = {PEER: deeplab2_peer.train_step(
+      deeplab2_peer.build(FLAGS.deeplab2_path, height, width))}
   batch = cost.random_training_batch(height, width, NUM_CLASSES, NUM_CLUSTERS)
   models = {}
   for label, name, recompute, loss_recompute in steps:

@@ -131,17 +131,26 @@ def frames_per_second(model, height: int, width: int, runs: int,
   return 1.0 / timing.median_seconds(lambda: forward(images), runs, warmup)
 
 
-def random_training_batch(height: int, width: int, num_classes: int,
-                          max_num_masks: int, seed: int = 0) -> Dict[str, tf.Tensor]:
-  """A batch-1 random image with the pipeline's targets of a random block label."""
+def random_block_label(height: int, width: int, num_classes: int,
+                       seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+  """(classes, instance ids), int64 [height, width]: random 64x64 blocks, each of
+  a class in [0, num_classes) and an instance id in 1..3, the probes' label."""
   rng = np.random.default_rng(seed)
   rows, cols = -(-height // _MEMORY_PROBE_BLOCK), -(-width // _MEMORY_PROBE_BLOCK)
-  block_ids = (rng.integers(0, num_classes, [rows, cols]) * _MEMORY_PROBE_LABEL_DIVISOR +
-               rng.integers(1, 4, [rows, cols]))
-  panoptic = np.kron(block_ids, np.ones([_MEMORY_PROBE_BLOCK] * 2, np.int64))
+  block = np.ones([_MEMORY_PROBE_BLOCK] * 2, np.int64)
+  classes = np.kron(rng.integers(0, num_classes, [rows, cols]), block)
+  instances = np.kron(rng.integers(1, 4, [rows, cols]), block)
+  return classes[:height, :width], instances[:height, :width]
+
+
+def random_training_batch(height: int, width: int, num_classes: int,
+                          max_num_masks: int, seed: int = 0) -> Dict[str, tf.Tensor]:
+  """A batch-1 random image with the pipeline's targets of `random_block_label`
+  (the even classes things)."""
+  classes, instances = random_block_label(height, width, num_classes, seed)
   is_thing = [index % 2 == 0 for index in range(num_classes)]
   features = targets_lib.build_targets(
-      tf.constant(panoptic[:height, :width], tf.int32), is_thing,
+      tf.constant(classes * _MEMORY_PROBE_LABEL_DIVISOR + instances, tf.int32), is_thing,
       _MEMORY_PROBE_LABEL_DIVISOR, max_num_masks)
   features[common.IMAGE] = tf.random.uniform([height, width, 3], -1.0, 1.0, seed=seed)
   return {key: value[tf.newaxis] for key, value in features.items()}

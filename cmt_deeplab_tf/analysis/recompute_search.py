@@ -27,6 +27,8 @@ The method (`scripts/bench_train_memory.py --search` measures, this module choos
    worst, measured in 1). An 'all' over the budget is an error: no policy fits.
 """
 import dataclasses
+import json
+import os
 from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from cmt_deeplab_tf.modeling import recompute_policy
@@ -223,3 +225,58 @@ def choose(costs: Sequence[PartCost], all_bytes: int, budget_bytes: int,
       return Choice(tuple(dropped), measured, tuple(backed_off))
     backed_off.append(dropped.pop())
   return Choice((), all_bytes, tuple(backed_off))
+
+
+# A memory figure's key: (config, crop size, probe mode, build_model.recompute,
+# PanopticLoss.recompute).
+MemoryKey = Tuple[str, int, str, str, bool]
+_FIELDS = ('config', 'size', 'mode', 'model_recompute', 'loss_recompute')
+
+
+class MemoryFile:
+  """A search's peak-memory figures, kept in a JSON file across runs.
+
+  A rerun (a new budget, a new timing crop, a search stopped half-way) measures
+  only the policies the file does not hold. A figure is only as current as the
+  code and machine it was measured with: delete the file after changing a model.
+  The file is a JSON list of records {config, size, mode, model_recompute,
+  loss_recompute, bytes}. A step that did not fit the machine is not kept: it
+  depends on what else ran. Each `put` rewrites the file atomically, so a
+  stopped search loses nothing.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self._figures: Dict[MemoryKey, int] = {}
+    if os.path.exists(path):
+      self._read()
+
+  def _read(self) -> None:
+    with open(self.path) as f:
+      try:
+        records = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'--search_memory_file={self.path}: not JSON ({e}).') from e
+    if not isinstance(records, list):
+      raise ValueError(f'--search_memory_file={self.path}: expected a list of records.')
+    for index, record in enumerate(records):
+      missing = [field for field in _FIELDS + ('bytes',)
+                 if not isinstance(record, dict) or field not in record]
+      if missing or not isinstance(record['bytes'], int):
+        raise ValueError(f'--search_memory_file={self.path}: record {index} has no '
+                         f'{", ".join(missing) or "whole number of bytes"}.')
+      self._figures[tuple(record[field] for field in _FIELDS)] = record['bytes']
+
+  def __contains__(self, key: MemoryKey) -> bool:
+    return key in self._figures
+
+  def __getitem__(self, key: MemoryKey) -> int:
+    return self._figures[key]
+
+  def put(self, key: MemoryKey, peak_bytes: int) -> None:
+    self._figures[key] = peak_bytes
+    records = [dict(zip(_FIELDS, k), bytes=v) for k, v in self._figures.items()]
+    temporary = f'{self.path}.tmp'
+    with open(temporary, 'w') as f:
+      json.dump(records, f, indent=1)
+    os.replace(temporary, self.path)

@@ -128,3 +128,36 @@ def test_a_group_the_model_cannot_have_is_an_error_naming_the_flag(groups, messa
   with pytest.raises(ValueError, match='--search_parts') as error:
     rs.parts_of(('stem', 'heads'), groups)
   assert message in str(error.value)
+
+
+_KEY = ('cmt_deeplab_s', 1025, 'forward_backward', 'stem,heads', False)
+
+
+def test_a_memory_file_keeps_its_figures_for_the_next_run(tmp_path):
+  path = str(tmp_path / 'memory.json')
+  first = rs.MemoryFile(path)
+  assert _KEY not in first
+  first.put(_KEY, 5 * GIB)
+  first.put(('max_deeplab_s', 641, 'train_step', 'all', True), 2 * GIB)
+  again = rs.MemoryFile(path)
+  assert _KEY in again and again[_KEY] == 5 * GIB
+  assert again[('max_deeplab_s', 641, 'train_step', 'all', True)] == 2 * GIB
+  # A figure is keyed by every field: another mode is not the same figure.
+  assert ('cmt_deeplab_s', 1025, 'train_step', 'stem,heads', False) not in again
+  assert [p.name for p in tmp_path.iterdir()] == ['memory.json']  # Nothing half-written.
+
+
+@pytest.mark.parametrize('text, message', [
+    ('{"config": 1', 'not JSON'),
+    ('{}', 'expected a list of records'),
+    ('[{"config": "tiny", "size": 65, "mode": "train_step", "bytes": 1}]',
+     'record 0 has no model_recompute, loss_recompute'),
+    ('[{"config": "tiny", "size": 65, "mode": "train_step", "model_recompute": "all", '
+     '"loss_recompute": true, "bytes": 1.5}]', 'record 0 has no whole number of bytes'),
+])
+def test_a_bad_memory_file_is_an_error_naming_the_flag_and_file(tmp_path, text, message):
+  path = tmp_path / 'memory.json'
+  path.write_text(text)
+  with pytest.raises(ValueError, match='--search_memory_file') as error:
+    rs.MemoryFile(str(path))
+  assert str(path) in str(error.value) and message in str(error.value)

@@ -107,3 +107,19 @@ def test_a_policy_search_over_a_budget_even_all_exceeds_names_the_flag(tmp_path)
   assert ("kmax_tiny has no recompute parts: only build_model.recompute = 'none' "
           'exists' in process.stdout), process.stdout
   assert 'No policy fits: --budget_gib=0.00' in process.stdout, process.stdout
+
+
+def test_a_policy_search_reads_its_memory_file_instead_of_measuring(tmp_path):
+  # 'all' of kMaX (no recompute parts: the loss's switch only) is in the file and
+  # over the budget: the search reports the file's figure and measures nothing.
+  memory_file = tmp_path / 'memory.json'
+  memory_file.write_text(
+      '[{"config": "kmax_tiny", "size": 65, "mode": "forward_backward", '
+      '"model_recompute": "none", "loss_recompute": true, "bytes": 3221225472}]')
+  process = _run('bench_train_memory.py', [
+      '--search', '--configs=kmax_tiny', '--sizes=65', '--budget_gib=1',
+      f'--search_memory_file={memory_file}'], tmp_path)
+  assert process.returncode == 1, process.stderr[-3000:]
+  assert ("even recomputing every part ('all') takes 3.00 GiB" in process.stdout), (
+      process.stdout)
+  assert f"('none', True) 3.00 GiB ({memory_file})" in process.stderr
