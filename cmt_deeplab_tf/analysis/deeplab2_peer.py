@@ -113,7 +113,8 @@ def build(path: str, height: int, width: int, seed: int = 0) -> Peer:
       ignore_label=info.ignore_label, ignore_depth=None,
       thing_class_ids=info.class_has_instances_list,
       auxiliary_output_number=model.auxiliary_output_number)
-  # Our probes' label, its classes 0..132 as DeepLab2's COCO ids 1..133 (0: void).
+  # Our probes' label, its classes 0..132 as DeepLab2's COCO ids 1..133 (0: void);
+  # its MaX-S has 128 mask slots (`num_mask_slots`, the default).
   classes, instances = cost.random_block_label(height, width, info.num_classes - 1, seed)
   targets = deeplab2_targets(classes + 1, instances, info.class_has_instances_list,
                              info.ignore_label)
@@ -122,7 +123,8 @@ def build(path: str, height: int, width: int, seed: int = 0) -> Peer:
 
 def deeplab2_targets(semantic: np.ndarray, instances: np.ndarray,
                      thing_classes: Sequence[int], ignore_label: int,
-                     max_thing_id: int = 128) -> Dict[str, tf.Tensor]:
+                     max_thing_id: int = 128, num_mask_slots: int = 128
+                     ) -> Dict[str, tf.Tensor]:
   """A batch-1 target of DeepLab2's MaX-DeepLab loss, as its sample generator makes it.
 
   Args:
@@ -132,23 +134,27 @@ def deeplab2_targets(semantic: np.ndarray, instances: np.ndarray,
     thing_classes: The dataset's classes with instances.
     ignore_label: The dataset's void class.
     max_thing_id: Thing masks DeepLab2 holds (its sample generator's 128).
+    num_mask_slots: The model's mask slots: at most this many masks (things
+      and stuff classes) are kept, as our targets keep `max_num_masks`.
 
   Returns:
     SEMANTIC int32 [1, H, W]; THING_ID_MASK int32 [1, H, W], the thing masks
     numbered from 0 in order of first appearance (raster order), -1 elsewhere;
     THING_ID_CLASS float32 [1, max_thing_id], each number's class, -1 after the
-    last; SEMANTIC_WEIGHT float32 [1, H, W] ones. Things past `max_thing_id`
-    become void (DeepLab2's generator refuses them).
+    last; SEMANTIC_WEIGHT float32 [1, H, W] ones. Things past `max_thing_id`,
+    or past the slots the stuff classes leave, become void.
   """
   semantic = np.array(semantic, np.int32)
   thing_mask = np.full(semantic.shape, -1, np.int32)
   thing_class = np.full([max_thing_id], -1.0, np.float32)
   is_thing = np.isin(semantic, list(thing_classes))
+  stuff = set(np.unique(semantic[~is_thing]).tolist()) - {ignore_label}
+  max_things = min(max_thing_id, num_mask_slots - len(stuff))
   pairs = np.stack([semantic[is_thing], np.asarray(instances)[is_thing]], axis=-1)
   _, first, numbers = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
   by_appearance = np.argsort(np.argsort(first))  # Sorted pair -> its number.
   numbers = by_appearance[numbers.reshape(-1)]
-  kept = numbers < max_thing_id
+  kept = numbers < max_things
   thing_mask[tuple(index[kept] for index in np.nonzero(is_thing))] = numbers[kept]
   semantic[tuple(index[~kept] for index in np.nonzero(is_thing))] = ignore_label
   thing_class[numbers[kept]] = pairs[kept, 0]

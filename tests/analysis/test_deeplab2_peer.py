@@ -77,6 +77,19 @@ def test_deeplab2_targets_make_things_past_the_last_id_void():
   np.testing.assert_array_equal(targets[deeplab2_peer.THING_ID_CLASS].numpy()[0], [5, 5])
 
 
+def test_deeplab2_targets_keep_no_more_masks_than_the_model_has_slots():
+  # Stuff classes 7 and 8 take two of 3 slots: one thing is kept, of 3 thing ids.
+  semantic = np.array([[5, 7, 5, 8, 0]])
+  instances = np.array([[1, 1, 2, 1, 1]])
+  targets = deeplab2_peer.deeplab2_targets(semantic, instances, thing_classes=[5],
+                                           ignore_label=0, max_thing_id=3,
+                                           num_mask_slots=3)
+  np.testing.assert_array_equal(targets[deeplab2_peer.THING_ID_MASK].numpy()[0],
+                                [[0, -1, -1, -1, -1]])
+  np.testing.assert_array_equal(targets[deeplab2_peer.SEMANTIC].numpy()[0],
+                                [[5, 7, 0, 8, 0]])
+
+
 def test_a_folder_without_deeplab2_is_named_with_its_flag(tmp_path):
   with pytest.raises(ValueError, match=f'--deeplab2_path={tmp_path} has no '
                                        'deeplab2/config_pb2.py'):
