@@ -53,6 +53,9 @@ flags.DEFINE_list('sizes', ['641', '1025'], 'Square crop sizes of the memory fig
 flags.DEFINE_list('recompute', ['off', 'on'], 'Recompute settings of the memory figures.')
 flags.DEFINE_list('modes', ['train_step'], 'What each memory probe runs: train_step '
                   'and / or forward_backward (analysis.cost.PROBE_MODES).')
+flags.DEFINE_enum('mixed_precision', None, ['mixed_bfloat16', 'mixed_float16'],
+                  'Dtype policy of the memory probes (ExperimentConfig.mixed_precision; '
+                  'default float32).')
 flags.DEFINE_integer('time_size', 641, 'Crop size of the step-time comparison (0: skip).')
 flags.DEFINE_list('time_configs', ['max_deeplab_s', 'cmt_deeplab_s'],
                   'Configs whose step time is compared (each traces two steps).')
@@ -106,6 +109,8 @@ def _limit_bytes() -> int:
 
 def _memory(name: str, size: int, bindings: Sequence[str], mode: str, limit: int):
   from cmt_deeplab_tf.analysis import cost  # pylint: disable=g-import-not-at-top
+  if FLAGS.mixed_precision:
+    bindings = [*bindings, f"ExperimentConfig.mixed_precision = '{FLAGS.mixed_precision}'"]
   return cost.training_step_peak_memory(name, NUM_CLASSES, NUM_CLUSTERS, size, size,
                                         bindings, memory_limit_bytes=limit, mode=mode)
 

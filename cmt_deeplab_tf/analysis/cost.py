@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import gin
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 from cmt_deeplab_tf import common
 from cmt_deeplab_tf.analysis import paper_tables
@@ -47,6 +48,7 @@ from cmt_deeplab_tf.losses import panoptic_loss
 from cmt_deeplab_tf.modeling import builder
 from cmt_deeplab_tf.modeling import flop_count
 from cmt_deeplab_tf.modeling import parameter_count
+from cmt_deeplab_tf.training import experiment
 from cmt_deeplab_tf.training import optimization
 from cmt_deeplab_tf.training import task as task_lib
 from cmt_deeplab_tf.training import trainer as trainer_lib
@@ -225,7 +227,8 @@ def measure_training_step_memory(name: str, num_classes: int, num_clusters: int,
     tf.config.experimental.reset_memory_stats(device)
   run = run_one_training_step if mode == TRAIN_STEP else run_forward_backward
   loss = run(model, num_classes, batch)
-  result = {'loss': float(loss)}
+  result = {'loss': float(loss),
+            'dtype_policy': tf_keras.mixed_precision.global_policy().name}
   if built is not None:
     # TensorFlow's own peak allocation during the step, over what the built model
     # held: tensors only (no graph, allocator slack, oneDNN caches or Python).
@@ -236,7 +239,9 @@ def measure_training_step_memory(name: str, num_classes: int, num_clusters: int,
   else:
     rss_after = max_rss_bytes()
     # The growth of the peak over the step alone (the model already built).
-    result.update(bytes=rss_after - rss_before, what=CPU_PEAK_RSS,
+    what = CPU_PEAK_RSS if mode == TRAIN_STEP else CPU_PEAK_RSS.replace(
+        'train step', 'forward + backward').replace(', AdamW update', '')
+    result.update(bytes=rss_after - rss_before, what=what,
                   step_bytes=rss_after - rss_built)
   return result
 
@@ -255,7 +260,8 @@ def training_step_peak_memory(name: str, num_classes: int, num_clusters: int,
 
   Args:
     name, num_classes, num_clusters, height, width: the config and input size.
-    gin_bindings: gin bindings for the fresh process (e.g. recompute switches).
+    gin_bindings: gin bindings for the fresh process (e.g. recompute switches;
+      `ExperimentConfig.mixed_precision` sets the dtype policy).
     memory_limit_bytes: the process is killed once its resident memory exceeds
       this (so that a step that does not fit cannot push a shared machine into
       swap); None: no limit.
@@ -419,12 +425,23 @@ def device_name() -> str:
   return 'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'
 
 
+def _bound_mixed_precision() -> Optional[str]:
+  """`ExperimentConfig.mixed_precision` if a binding set it, else None (float32)."""
+  try:
+    return gin.query_parameter('ExperimentConfig.mixed_precision')
+  except ValueError:  # ExperimentConfig has no bound parameter.
+    return None
+
+
 def _probe_main(argv: Sequence[str]) -> None:
+  """The fresh process of `training_step_peak_memory`; a binding of
+  `ExperimentConfig.mixed_precision` sets the dtype policy of the model and step."""
   mode, name, num_classes, num_clusters, height, width, *bindings = argv
   for binding in bindings:
     gin.parse_config(binding)
-  result = measure_training_step_memory(name, int(num_classes), int(num_clusters),
-                                        int(height), int(width), mode)
+  with experiment.dtype_policy(_bound_mixed_precision()):
+    result = measure_training_step_memory(name, int(num_classes), int(num_clusters),
+                                          int(height), int(width), mode)
   print(json.dumps(result), flush=True)
 
 

@@ -145,6 +145,15 @@ def test_training_step_memory_in_a_fresh_process(monkeypatch):
   assert 0 < without_update['allocator_step_bytes'] < result['allocator_step_bytes']
 
 
+@pytest.mark.slow
+def test_a_mixed_precision_binding_sets_the_probes_dtype_policy():
+  result = cost.training_step_peak_memory(
+      'tiny', 5, 8, 65, 65, mode=cost.FORWARD_BACKWARD,
+      gin_bindings=["ExperimentConfig.mixed_precision = 'mixed_bfloat16'"])
+  assert result['dtype_policy'] == 'mixed_bfloat16' and math.isfinite(result['loss'])
+  assert 'AdamW' not in result['what'] and 'forward + backward' in result['what']
+
+
 def test_unknown_memory_probe_mode_is_named():
   with pytest.raises(ValueError, match="mode must be one of .* got 'update'"):
     cost.training_step_peak_memory('tiny', 5, 8, 65, 65, mode='update')
