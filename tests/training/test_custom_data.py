@@ -150,6 +150,8 @@ def test_train_on_your_own_data(tmp_path):
     train_lib.run('train', model_dir, strategy, other)
 
 
+# Slow: 30-140 s of training on 2 cores; the default suite keeps under 15 minutes.
+@pytest.mark.slow
 def test_eval_mode_predicts_what_predict_does(tfrecord_dir, synthetic_dir, tmp_path):
   """The same checkpoint through `train --mode=eval` and `predict`: the same files."""
   model_dir = str(tmp_path / 'run')

@@ -81,6 +81,8 @@ def test_file_pattern_matching_nothing_is_named(tfrecord_dir, tmp_path):
     train_lib.run('train', str(tmp_path / 'run'), tf.distribute.get_strategy(), config)
 
 
+# Slow: 30-140 s of training on 2 cores; the default suite keeps under 15 minutes.
+@pytest.mark.slow
 def test_train_eval_resume_and_reject_another_architecture(tfrecord_dir, tmp_path, caplog,
                                                           capsys):
   model_dir = str(tmp_path / 'run')
@@ -189,6 +191,8 @@ def _corrupt_copy(tfrecord_dir, target):
   return os.path.join(target, 'train-*'), bad_shard
 
 
+# Slow: 30-140 s of training on 2 cores; the default suite keeps under 15 minutes.
+@pytest.mark.slow
 def test_a_bad_training_record_stops_the_run_naming_it(tfrecord_dir, tmp_path):
   pattern, bad_shard = _corrupt_copy(tfrecord_dir, str(tmp_path / 'records'))
   # Six steps of two read the first 12 examples; with one-example shuffling and a

@@ -20,6 +20,8 @@ from cmt_deeplab_tf.training import trainer as trainer_lib
 NUM_CLASSES, NUM_CLUSTERS, SIZE = 5, 8, 33
 
 
+# Slow: 30-140 s of training on 2 cores; the default suite keeps under 15 minutes.
+@pytest.mark.slow
 def test_in_graph_loop_runs_its_steps_then_honours_a_stop():
   model = builder.build_model('tiny', NUM_CLASSES, NUM_CLUSTERS)
   task_lib.create_all_variables(model, tf.distribute.get_strategy())
