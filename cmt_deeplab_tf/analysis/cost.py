@@ -57,6 +57,9 @@ GPU_PEAK = 'GPU:0 peak allocated (tf.config.experimental.get_memory_info)'
 CPU_PEAK_RSS = ('peak RSS increase of a fresh process from after its imports to '
                 'after one train step (model build, trace, forward, PanopticLoss, '
                 'backward, AdamW update)')
+CPU_PEAK_RSS_FORWARD_BACKWARD = ('peak RSS increase of a fresh process from after its '
+                                 'imports to after one forward + backward (model build, '
+                                 'trace, forward, PanopticLoss, backward)')
 # What the memory probe runs: the project's whole training step, or its forward
 # pass, PanopticLoss and gradients only (no optimizer: how a forward + backward is
 # measured for another implementation).
@@ -239,8 +242,7 @@ def measure_training_step_memory(name: str, num_classes: int, num_clusters: int,
   else:
     rss_after = max_rss_bytes()
     # The growth of the peak over the step alone (the model already built).
-    what = CPU_PEAK_RSS if mode == TRAIN_STEP else CPU_PEAK_RSS.replace(
-        'train step', 'forward + backward').replace(', AdamW update', '')
+    what = CPU_PEAK_RSS if mode == TRAIN_STEP else CPU_PEAK_RSS_FORWARD_BACKWARD
     result.update(bytes=rss_after - rss_before, what=what,
                   step_bytes=rss_after - rss_built)
   return result
