@@ -179,10 +179,11 @@ def run_one_training_step(model, num_classes: int, batch: Dict[str, tf.Tensor]) 
   return trainer.train(tf.constant(1))[panoptic_loss.TOTAL]
 
 
-def forward_backward_step(model, loss_fn: panoptic_loss.PanopticLoss):
+def forward_backward_step(model, loss_fn: panoptic_loss.PanopticLoss,
+                          jit_compile: bool = False):
   """A `tf.function` batch -> (total loss, gradients): a step without its update."""
 
-  @tf.function
+  @tf.function(jit_compile=jit_compile)
   def losses_and_gradients(features):
     with tf.GradientTape() as tape:
       total = loss_fn(features, model(features[common.IMAGE], training=True))[

@@ -1,5 +1,6 @@
 """Tests of the CMT-DeepLab model on a tiny configuration."""
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -96,7 +97,12 @@ def test_every_trainable_variable_gets_a_gradient(model):
   assert not missing
   zero = [v.name for v, g in zip(model.trainable_variables, gradients)
           if not np.any(tf.convert_to_tensor(g).numpy())]
-  assert not zero
+  # A logit norm's offset shifts its logits by a constant per head; where the
+  # logits only reach softmaxes (directly, or as the next layer's residual)
+  # the shift cancels and its exact gradient is zero (the fused
+  # implementation gives exactly zero, the plain one float32 rounding).
+  softmax_shift = re.compile(r'/logit_batch_norm/beta:0$')
+  assert not [name for name in zero if not softmax_shift.search(name)]
 
 
 def test_checkpoint_round_trip(model):

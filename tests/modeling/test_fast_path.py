@@ -7,6 +7,8 @@ The separable reference prior: tests/modeling/test_reference_mask.py.
 import ast
 import os
 import pathlib
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -250,3 +252,52 @@ def test_mixed_bfloat16_fused_equals_plain_within_bfloat16_precision():
     a_value, b_value = (tf.cast(x[key], tf.float32).numpy() for x in (a, b))
     scale = np.abs(a_value).max()
     assert np.abs(a_value - b_value).max() < 0.1 * scale
+
+
+_TWO_REPLICA_SCRIPT = """
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from cmt_deeplab_tf.modeling.layers import attention
+from cmt_deeplab_tf.modeling.layers import fast_path
+strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+rng = np.random.default_rng(0)
+data = [[tf.constant(rng.normal(size=shape) + replica, tf.float32)
+         for shape in ([1, 5, 8], [1, 7, 8], [1, 7, 6])] for replica in (0, 1)]
+with strategy.scope():
+  layers = [cls(num_heads=2, name='attention') for cls in
+            (attention.MultiHeadAttention, fast_path.FusedMultiHeadAttention)]
+  for layer in layers:
+    layer(*data[0], training=False)
+  for plain, fused in zip(layers[0].weights, layers[1].weights):
+    fused.assign(plain)
+inputs = strategy.experimental_distribute_values_from_function(
+    lambda context: data[context.replica_id_in_sync_group])
+outputs = [strategy.run(lambda x, l=layer: l(*x, training=True).output,
+                        args=(inputs,)) for layer in layers]
+result = {'synchronized': [l._logit_norm.synchronized for l in layers]}
+for name, output in zip(('plain', 'fused'), outputs):
+  result[name] = np.concatenate(
+      [t.numpy() for t in strategy.experimental_local_results(output)]).tolist()
+for name, layer in zip(('plain', 'fused'), layers):
+  result[name + '_moving'] = [layer._logit_norm.moving_mean.numpy().tolist(),
+                              layer._logit_norm.moving_variance.numpy().tolist()]
+print(result)
+"""
+
+
+@pytest.mark.slow  # A subprocess with two logical CPUs: about 10 s.
+def test_fused_training_statistics_are_all_reduced_over_replicas():
+  # Two replicas with different inputs: the fused attention's logit norm uses
+  # the global batch statistics (as Keras' synchronised norm does) and moves
+  # its moving statistics as Keras does.
+  result = subprocess.run(
+      [sys.executable, '-c', _TWO_REPLICA_SCRIPT], capture_output=True,
+      text=True, check=True, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+  got = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+  assert got['synchronized'] == [True, True]
+  np.testing.assert_allclose(got['fused'], got['plain'], atol=1e-5)
+  for fused, plain in zip(got['fused_moving'], got['plain_moving']):
+    np.testing.assert_allclose(fused, plain, rtol=1e-5)

@@ -142,3 +142,56 @@ def test_rank_3_view_runs_the_fused_kernel_with_the_generic_results():
                              rtol=1e-5)
   np.testing.assert_allclose(var_b, momentum + (1 - momentum) * flat.var(0, ddof=1),
                              rtol=1e-5)
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_batch_affine_and_moving_update_equal_the_keras_call(fused):
+  # With the batch's own moments, the affine map and the moving-statistics
+  # update are what Keras' training call computes (fused: unbiased variance
+  # for the moving average; generic: biased).
+  rng = np.random.default_rng(4)
+  x = tf.constant(rng.normal(1.5, 2.0, size=(2, 3, 6, 5)), tf.float32)
+  keras_norm, ours = (normalization.get_norm_layer(axis=1, fused=fused)
+                      for _ in range(2))
+  for norm in (keras_norm, ours):
+    norm(x, training=False)
+  for variable in ('gamma', 'beta', 'moving_mean'):
+    value = rng.normal(size=3).astype(np.float32)
+    getattr(keras_norm, variable).assign(value)
+    getattr(ours, variable).assign(value)
+  for norm in (keras_norm, ours):
+    norm.moving_variance.assign([0.5, 1.0, 2.0])
+  expected = keras_norm(x, training=True).numpy()
+  values = np.moveaxis(x.numpy(), 1, -1).reshape(-1, 3)
+  mean, variance = values.mean(axis=0), values.var(axis=0)
+  scale, offset = normalization.batch_affine(ours, tf.constant(mean),
+                                             tf.constant(variance))
+  got = (x.numpy() * scale.numpy()[:, None, None] +
+         offset.numpy()[:, None, None])
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  normalization.update_moving_statistics(
+      ours, tf.constant(mean), tf.constant(variance),
+      tf.constant(float(len(values))))
+  np.testing.assert_allclose(ours.moving_mean, keras_norm.moving_mean, rtol=1e-6)
+  np.testing.assert_allclose(ours.moving_variance, keras_norm.moving_variance,
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize('mean_offset', [0.0, 30.0])
+def test_product_moments_equal_the_moments_of_the_logits(mean_offset):
+  # Per head, over batch, queries and keys: the mean and mean square of the
+  # materialised logits q . k. A large common offset of the operands makes
+  # the logits' mean dominate their spread (the variance must not cancel).
+  rng = np.random.default_rng(11)
+  query = rng.normal(size=(3, 2, 7, 4)) + mean_offset
+  key = rng.normal(size=(3, 2, 9, 4)) * rng.uniform(0.5, 2.0, 4) + 1.0
+  logits = np.einsum('bhqd,bhkd->bhqk', query, key)  # float64
+  mean, mean_square = normalization.product_moments(
+      tf.constant(query, tf.float32), tf.constant(key, tf.float32))
+  np.testing.assert_allclose(mean, logits.mean(axis=(0, 2, 3)), rtol=1e-5)
+  variance = mean_square.numpy() - mean.numpy() ** 2
+  np.testing.assert_allclose(variance, logits.var(axis=(0, 2, 3)), rtol=2e-3)
+  per_image = logits.reshape(3, 2, -1)
+  np.testing.assert_allclose(
+      mean_square, (per_image.var(axis=2) + per_image.mean(axis=2) ** 2).mean(0),
+      rtol=1e-5)

@@ -31,6 +31,9 @@ SMOKE_RUNS = (
                         '--matmul_size=64'] + _TINY_MODEL, '| tiny | 65x65 | False |'),
     ('profile_model.py', ['--model=tiny', '--size=65x65', '--runs=1'] + _TINY_MODEL,
      '| component | op time (s) |'),
+    pytest.param('profile_model.py', ['--model=tiny', '--size=65x65', '--runs=1',
+                                      '--step=forward_backward'] + _TINY_MODEL,
+                 '| loss | ', marks=pytest.mark.slow),
     ('bench_layers.py', ['--baseline=HEAD', '--models=tiny', '--size=65', '--rounds=1']
      + _TINY_MODEL, '| tiny | decoder_stage2_block0 | 17x17x'),
     ('bench_evaluator.py', ['--num_images=1', '--sizes=coco:48x64,cityscapes:64x128',

@@ -16,7 +16,8 @@ optional additive bias and the softmax are computed in float32 even under the
 
 This module is the plain form, written as the equations read.
 `fast_path.FusedMultiHeadAttention` computes the same outputs with the same
-variables faster at inference (folded norms, reordered products).
+variables faster (folded norms, the logits' batch statistics from the operands,
+reordered products).
 
 [1] MaX-DeepLab: End-to-End Panoptic Segmentation with Mask Transformers,
     Wang et al., CVPR 2021.

@@ -11,10 +11,14 @@ batch-norm statistics.
   query the centers, softmax over keys) instead of the paper's [B, heads, N,
   HW]: the normalised axis is the last one of the largest tensor of the model,
   and both retrievals are batch matmuls in its stored order.
-- `FusedMultiHeadAttention`: at inference the per-head logit batch norm is
-  folded into the shorter operand and its offset, which cancels in the
-  softmax, is dropped; the value batch norm runs on the (fewer) values
-  instead of the outputs when every row of the weights sums to one.
+- `FusedMultiHeadAttention`: the per-head logit batch norm is folded into the
+  shorter operand and its offset, which cancels in the softmax, is dropped. At
+  inference the norm is the moving statistics' affine map; in training its
+  batch statistics come from the operands' [d, d] second moments
+  (`normalization.product_affine`) instead of passes over the [B, heads, Lq, Lk] logits
+  (TensorFlow's fused kernel for a norm over axis 1 transposes them on CPU).
+  The value batch norm runs on the (fewer) values instead of the outputs at
+  inference when every row of the weights sums to one.
 - `FusedLinearBN`: at inference the batch norm is folded into the projection
   (one matmul with a bias, which oneDNN fuses with the ReLU); a list of inputs
   (pixel features and their coordinates) is projected without materialising
@@ -117,29 +121,35 @@ class FusedLinearBN(linear_bn.LinearBN):
 
 
 class FusedMultiHeadAttention(attention.MultiHeadAttention):
-  """`MultiHeadAttention` with folded inference norms and reordered products."""
+  """`MultiHeadAttention` with folded logit norms and reordered products."""
 
   def _shifted_logits(self, query, key, logit_bias, training):
-    """Logits up to the per-head offset of the inference batch norm.
+    """Logits up to the per-head offset of the logit batch norm.
 
-    At inference the logit batch norm is a per-head affine map; its scale is
-    applied before the product to the shorter of queries and keys (the
-    cluster centers), and its offset, a constant per head, is returned
-    separately [heads, 1, 1]: it cancels in both softmaxes, so only callers
-    that need the logits themselves add it. The [B, heads, Lq, Lk] tensor is
-    then written once and, with a bias, updated once. In training the Keras
-    batch norm runs on the logits (batch statistics, moving averages) and the
-    offset is None.
+    The norm is a per-head affine map (`normalization.product_affine`: the
+    moving statistics' at inference, in training the batch statistics of the
+    product computed from its operands); its scale is applied
+    before the product to the shorter of queries and keys (the cluster
+    centers), and its offset, a constant per head, is returned separately
+    [heads, 1, 1]: it cancels in both softmaxes, so only callers that need
+    the logits themselves add it. The [B, heads, Lq, Lk] tensor is then
+    written once and, with a bias, updated once. With a tensor `training`
+    the Keras batch norm runs on the logits and the offset is None.
 
     Returns:
       (float32 [B, heads, Lq, Lk] logits - offset, offset or None).
     """
-    if self._logit_norm is None or not normalization.is_inference(training):
+    if self._logit_norm is None or isinstance(training, tf.Tensor):
       return self.compute_logits(query, key, logit_bias, training), None
     query = self._to_heads(query, tf.float32)
     key = self._to_heads(key, tf.float32)
-    scale, offset = normalization.inference_affine(
-        self._logit_norm, [1, self.num_heads, 1, 1])
+    scale, offset = normalization.product_affine(self._logit_norm, query, key,
+                                                 training)
+    if training:
+      # A caller that drops the offset has zero as its exact gradient (a
+      # constant per head cancels in the softmax); a zero term keeps beta's
+      # gradient a zero rather than None for such callers.
+      scale += 0.0 * tf.reduce_sum(offset)
     if _is_shorter(key, query):
       key *= scale[:, tf.newaxis, tf.newaxis]
     else:
