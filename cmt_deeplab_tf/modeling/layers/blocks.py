@@ -63,8 +63,10 @@ class _ResidualBlock(tf_keras.layers.Layer):
     """
     if self._projection is not None:
       shortcut = self._projection(inputs, training=training)
-    else:
+    elif self._strides > 1:
       shortcut = inputs[:, ::self._strides, ::self._strides, :]
+    else:  # Not a stride-1 slice: its gradient would be a copy.
+      shortcut = inputs
     residual = self._drop_path(self._residual(inputs, training),
                                training=training)
     outputs = shortcut + residual
@@ -148,6 +150,10 @@ class AxialBlock(_ResidualBlock):
   def _residual(self, inputs, training):
     stride = self._strides
     x = self._conv1(inputs, training=training)
-    x = self._height_attention(x, training=training)[:, ::stride]
-    x = self._width_attention(x, training=training)[:, :, ::stride]
+    x = self._height_attention(x, training=training)
+    if stride > 1:
+      x = x[:, ::stride]
+    x = self._width_attention(x, training=training)
+    if stride > 1:
+      x = x[:, :, ::stride]
     return self._conv3(self._activation(x), training=training)
