@@ -15,8 +15,9 @@ batch-norm statistics.
   shorter operand and its offset, which cancels in the softmax, is dropped. At
   inference the norm is the moving statistics' affine map; in training its
   batch statistics come from the operands' [d, d] second moments
-  (`normalization.product_affine`) instead of passes over the [B, heads, Lq, Lk] logits
-  (TensorFlow's fused kernel for a norm over axis 1 transposes them on CPU).
+  (`normalization.product_affine`) instead of passes over the [B, heads, Lq,
+  Lk] logits (TensorFlow's fused kernel for a norm over axis 1 transposes
+  them on CPU).
   The value batch norm runs on the (fewer) values instead of the outputs at
   inference when every row of the weights sums to one.
 - `FusedLinearBN`: at inference the batch norm is folded into the projection
@@ -128,9 +129,9 @@ class FusedMultiHeadAttention(attention.MultiHeadAttention):
 
     The norm is a per-head affine map (`normalization.product_affine`: the
     moving statistics' at inference, in training the batch statistics of the
-    product computed from its operands); its scale is applied
-    before the product to the shorter of queries and keys (the cluster
-    centers), and its offset, a constant per head, is returned separately
+    product computed from its operands); its scale is applied before the
+    product to the shorter of queries and keys (the cluster centers), and
+    its offset, a constant per head, is returned separately
     [heads, 1, 1]: it cancels in both softmaxes, so only callers that need
     the logits themselves add it. The [B, heads, Lq, Lk] tensor is then
     written once and, with a bias, updated once. With a tensor `training`
