@@ -1,4 +1,9 @@
 """Shared helpers of the transformer / model tests."""
+import ast
+import os
+import subprocess
+import sys
+
 import numpy as np
 import tensorflow as tf
 
@@ -41,3 +46,12 @@ def sum_of_outputs(outputs):
   """A scalar touching every float tensor of a (nested) output structure."""
   return tf.add_n([tf.reduce_sum(tf.cast(t, tf.float32) * 1e-3)
                    for t in tf.nest.flatten(outputs)])
+
+
+def python_literal_of_script(script):
+  """Runs `script` in a fresh Python (e.g. one that sets up logical devices
+  before TensorFlow starts) and returns the literal its last line prints."""
+  result = subprocess.run(
+      [sys.executable, '-c', script], capture_output=True, text=True,
+      check=True, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+  return ast.literal_eval(result.stdout.strip().splitlines()[-1])

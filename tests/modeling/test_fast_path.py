@@ -7,8 +7,6 @@ The separable reference prior: tests/modeling/test_reference_mask.py.
 import ast
 import os
 import pathlib
-import subprocess
-import sys
 import tempfile
 
 import numpy as np
@@ -21,6 +19,7 @@ from cmt_deeplab_tf.modeling.layers import clustering_transformer as ct
 from cmt_deeplab_tf.modeling.layers import cmt_implementations
 from cmt_deeplab_tf.modeling.layers import fast_path
 from cmt_deeplab_tf.modeling.layers import linear_bn
+from tests.modeling import cmt_test_utils
 
 SMALL = dict(filters=8, center_channels=12, num_heads=2,
              feed_forward_channels=16)
@@ -293,10 +292,7 @@ def test_fused_training_statistics_are_all_reduced_over_replicas():
   # Two replicas with different inputs: the fused attention's logit norm uses
   # the global batch statistics (as Keras' synchronised norm does) and moves
   # its moving statistics as Keras does.
-  result = subprocess.run(
-      [sys.executable, '-c', _TWO_REPLICA_SCRIPT], capture_output=True,
-      text=True, check=True, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
-  got = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+  got = cmt_test_utils.python_literal_of_script(_TWO_REPLICA_SCRIPT)
   assert got['synchronized'] == [True, True]
   np.testing.assert_allclose(got['fused'], got['plain'], atol=1e-5)
   for fused, plain in zip(got['fused_moving'], got['plain_moving']):

@@ -1,8 +1,4 @@
 """Tests of the synchronized batch norm factory."""
-import ast
-import os
-import subprocess
-import sys
 
 import gin
 import numpy as np
@@ -11,6 +7,7 @@ import tensorflow as tf
 import tf_keras
 
 from cmt_deeplab_tf.modeling.layers import normalization
+from tests.modeling import cmt_test_utils
 
 
 @pytest.fixture(autouse=True)
@@ -75,10 +72,7 @@ print(np.concatenate([t.numpy() for t in strategy.experimental_local_results(y)]
 def test_statistics_are_all_reduced_over_replicas():
   # Two replicas see batches {1, 3} and {5, 7}. Synchronized, both use the
   # global mean 4 and variance 5; unsynchronized, replica 0 would give -1, 1.
-  result = subprocess.run(
-      [sys.executable, '-c', _TWO_REPLICA_SCRIPT], capture_output=True,
-      text=True, check=True, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
-  got = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+  got = cmt_test_utils.python_literal_of_script(_TWO_REPLICA_SCRIPT)
   want = (np.array([1.0, 3.0, 5.0, 7.0]) - 4.0) / np.sqrt(5.0 + 1e-3)
   np.testing.assert_allclose(got, want, rtol=1e-5)
 

@@ -106,9 +106,10 @@ def build_by_call(norm, input_shape):
 
 
 def batch_affine(norm, mean, variance):
-  """(scale, offset) of a batch norm in training: BN(x) = x * scale + offset,
-  with the batch's `mean` and `variance` [channels] in place of the moving
-  statistics (computed by the caller, e.g. without materialising x)."""
+  """(scale, offset) of a batch norm normalising by `mean` and `variance`
+  [channels]: BN(x) = x * scale + offset. In training the batch's statistics
+  (computed by the caller, e.g. without materialising x), at inference the
+  moving ones (`inference_affine`)."""
   scale = tf.math.rsqrt(variance + norm.epsilon)
   if norm.scale:
     scale *= norm.gamma
@@ -233,10 +234,4 @@ def inference_affine(norm, input_shape):
     float32 (scale, offset), each [channels] of the norm's axis.
   """
   build_by_call(norm, input_shape)
-  scale = tf.math.rsqrt(norm.moving_variance + norm.epsilon)
-  if norm.scale:
-    scale *= norm.gamma
-  offset = -norm.moving_mean * scale
-  if norm.center:
-    offset += norm.beta
-  return scale, offset
+  return batch_affine(norm, norm.moving_mean, norm.moving_variance)
