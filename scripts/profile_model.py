@@ -58,15 +58,22 @@ _INTER_OP = flags.DEFINE_integer(
     'inter_op_threads', 1, 'Inter-op threads; 1 runs ops one at a time, so '
     'op times add up to the wall time (0: TensorFlow default).')
 
-_LAYER = re.compile(r'/((?:decoder|backbone)_stage(\d)_block(\d+))/([^/]+)')
+_LAYER = re.compile(r'(?:^|/)((?:decoder|backbone)_stage(\d)_block(\d+))/([^/]+)')
 _GRADIENT_SCOPE = 'gradient_tape'
 _STRIDES = {'decoder': (16, 8, 4), 'backbone': (16, 16, 16, 16)}
+_HEAD_SCOPES = ('heads', 'pixel_embedding_head', 'semantic_head')
+# A recomputed layer's rerun (`tf.recompute_grad`) names its ops from the layer's
+# own scope, without the model's: the layer names of the recompute parts.
+_RERUN_SCOPES = ((re.compile(r'stem|stage\d_block\d+'), 'backbone'),
+                 (re.compile(r'stride\d+_(?:block\d+|fuse)'), 'decoder'),
+                 (re.compile('|'.join(_HEAD_SCOPES)), 'heads'))
 
 
 def component(op_name, model_name):
   """(group, detail) of a graph op name, e.g. ('cmt s4 decoder_stage2_block0',
-  'clustering'); a gradient op's is that of the op it differentiates, an op
-  outside `model_name`'s scope is the loss's."""
+  'clustering'); a gradient op's is that of the op it differentiates. An op
+  outside `model_name`'s scope belongs to a recomputed layer's rerun when its
+  top scope is that layer's name, else to the loss."""
   match = _LAYER.search(op_name)
   if match:
     location, stage, _, sublayer = match.groups()
@@ -76,15 +83,24 @@ def component(op_name, model_name):
   if parts[0] == _GRADIENT_SCOPE:
     parts = parts[1:]
   if parts[0] != model_name:
-    return 'loss', parts[0].rstrip('_0123456789')
+    return _outside_model_scope(parts[0])
   if len(parts) < 3:
     return 'model-level ops', parts[-1].split('_')[0]
   scope = parts[1]
   if scope == 'pixel_decoder':
     return f'decoder {parts[2]}', parts[2]
-  if scope in ('heads', 'pixel_embedding_head'):
+  if scope in _HEAD_SCOPES:
     return 'heads', scope
   return 'backbone', scope
+
+
+def _outside_model_scope(scope):
+  """(group, detail) of an op whose top scope is not the model's: a
+  recomputed layer's rerun, else the loss."""
+  for pattern, group in _RERUN_SCOPES:
+    if pattern.fullmatch(scope):
+      return (f'decoder {scope}' if group == 'decoder' else group), scope
+  return 'loss', scope.rstrip('_0123456789')
 
 
 def op_times(logdir):

@@ -127,7 +127,8 @@ def test_recompute_gives_the_same_step_with_drop_path_and_batch_norm():
 
 @pytest.mark.slow
 @pytest.mark.parametrize('config', ['coco/max_deeplab_s.gin', 'coco/cmt_deeplab_s.gin',
-                                    'cityscapes/max_deeplab_s.gin'])
+                                    'cityscapes/max_deeplab_s.gin',
+                                    'cityscapes/cmt_deeplab_s.gin'])
 def test_each_shipped_policy_gives_the_same_step(config):
   """The policy a config ships (`cost.shipped_policy`), on the tiny model (every kind)."""
   _, recompute, loss_recompute = cost.shipped_policy(config)
