@@ -42,7 +42,7 @@ def ray_tmpdir(monkeypatch):
 
 
 def test_two_runs_at_once_with_retries_and_a_lost_worker(tmp_path, ray_tmpdir):
-  points = sweep.named_points(['a:Fake.sleep=3', 'b:Fake.sleep=3;Fake.crash_once=True',
+  points = sweep.named_points(['a:Fake.sleep=8', 'b:Fake.sleep=3;Fake.crash_once=True',
                                'lost:Fake.kill_parent=True'])
   settings = sweep.Settings(str(tmp_path), 'base.gin', command_prefix=FAKE_TRAIN)
   runner = sweep_runner.RayRunner(num_cpus=2, cpus_per_run=1)
@@ -54,7 +54,8 @@ def test_two_runs_at_once_with_retries_and_a_lost_worker(tmp_path, ray_tmpdir):
   a, b, lost = outcomes
   assert (a.status, a.attempts, b.status, b.attempts) == ('finished', 1, 'finished', 2)
   assert b.results['resumed_from'] == 300
-  # Both ran at the same time, each with one intra-op thread.
+  # Both ran at the same time, each with one intra-op thread ('a' outlasts the
+  # scheduling of b's retry by seconds even on a loaded machine).
   assert max(a.results['started'], b.results['started']) < min(
       a.results['ended'], b.results['ended'])
   assert a.results['threads'] == b.results['threads'] == '1'
