@@ -10,7 +10,8 @@ profiler and sums the time of every
 graph op by the component its name scope belongs to: backbone, pixel-decoder
 blocks, each transformer layer (by location and pixel stride) and its sublayers,
 heads, and the model-level ops (e.g. reference-mask outputs); a gradient op
-counts to the component of the op it differentiates, the loss's ops to 'loss'.
+counts to the component of the op it differentiates, a recomputed layer's rerun
+to that layer's, the loss's ops to 'loss'.
 Multiply-adds per component come from the traced graph (`flop_count`), so each
 row also shows its achieved GFLOP/s. By default ops run one at a time (`--inter_op_threads=1`,
 each op still uses all cores), so the op times add up to about the wall time;
@@ -64,8 +65,9 @@ _STRIDES = {'decoder': (16, 8, 4), 'backbone': (16, 16, 16, 16)}
 _HEAD_SCOPES = ('heads', 'pixel_embedding_head', 'semantic_head')
 # A recomputed layer's rerun (`tf.recompute_grad`) names its ops from the layer's
 # own scope, without the model's: the layer names of the recompute parts.
+# (pattern of the layer's name, its group with {} for the name).
 _RERUN_SCOPES = ((re.compile(r'stem|stage\d_block\d+'), 'backbone'),
-                 (re.compile(r'stride\d+_(?:block\d+|fuse)'), 'decoder'),
+                 (re.compile(r'stride\d+_(?:block\d+|fuse)'), 'decoder {}'),
                  (re.compile('|'.join(_HEAD_SCOPES)), 'heads'))
 
 
@@ -99,7 +101,7 @@ def _outside_model_scope(scope):
   recomputed layer's rerun, else the loss."""
   for pattern, group in _RERUN_SCOPES:
     if pattern.fullmatch(scope):
-      return (f'decoder {scope}' if group == 'decoder' else group), scope
+      return group.format(scope), scope
   return 'loss', scope.rstrip('_0123456789')
 
 

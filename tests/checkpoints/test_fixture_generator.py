@@ -4,8 +4,6 @@ Remaking them needs a DeepLab2 source checkout with compiled protos: set
 DEEPLAB2_PATH to the folder holding `deeplab2/` (the script's docstring says how
 to get one); without it that test is skipped.
 """
-import functools
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,19 +13,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import script_modules
 from tests.checkpoints import fixtures
 
-_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'scripts', 'make_deeplab2_fixtures.py')
+_SCRIPT = str(script_modules.SCRIPTS / 'make_deeplab2_fixtures.py')
 
 
-@functools.lru_cache(maxsize=None)
 def _load_script():
-  """The script as a module (once: it defines absl flags)."""
-  spec = importlib.util.spec_from_file_location('make_deeplab2_fixtures', _SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return script_modules.load('make_deeplab2_fixtures')
 
 
 def test_a_folder_without_deeplab2_is_an_error_naming_the_flag(tmp_path):

@@ -4,8 +4,6 @@ Its end-to-end run builds DeepLab2's full-size MaX-DeepLab-S (DEEPLAB2_PATH, and
 minutes), so it is not in the tiny-size smoke runs; the peer itself is tested in
 tests/analysis/test_deeplab2_peer.py.
 """
-import functools
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -15,17 +13,14 @@ import gin
 import pytest
 from absl import app
 
+from tests import script_modules
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-_SCRIPT = ROOT / 'scripts' / 'bench_train_vs_deeplab2.py'
+_SCRIPT = script_modules.SCRIPTS / 'bench_train_vs_deeplab2.py'
 
 
-@functools.lru_cache(maxsize=None)
 def _script():
-  """The script as a module (once: it defines absl flags)."""
-  spec = importlib.util.spec_from_file_location('bench_train_vs_deeplab2', _SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return script_modules.load('bench_train_vs_deeplab2')
 
 
 @pytest.fixture(autouse=True)

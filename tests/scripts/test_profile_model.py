@@ -5,24 +5,11 @@ The op names are those of a profile of CMT-DeepLab-S's training step at
 a recomputed layer's rerun names its ops from the layer's own scope, without
 the model's.
 """
-import functools
-import importlib.util
-import pathlib
-
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests import script_modules
+
 MODEL = 'cmt_deeplab_s'
-
-
-@functools.lru_cache(maxsize=None)
-def _script():
-  """The script as a module (once: it defines absl flags)."""
-  path = ROOT / 'scripts' / 'profile_model.py'
-  spec = importlib.util.spec_from_file_location('profile_model', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.mark.parametrize('op_name, expected', [
@@ -49,4 +36,4 @@ def _script():
     ('gradient_tape/ReduceLogSumExp/Tile', ('loss', 'ReduceLogSumExp')),
 ])
 def test_each_op_counts_to_its_component(op_name, expected):
-  assert _script().component(op_name, MODEL) == expected
+  assert script_modules.load('profile_model').component(op_name, MODEL) == expected
