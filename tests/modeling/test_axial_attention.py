@@ -180,38 +180,6 @@ def test_runs_at_sizes_other_than_the_traced_one():
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('axis', [axial_attention.WIDTH, axial_attention.HEIGHT])
-@pytest.mark.parametrize('terms', [ALL_TERMS, dict(
-    ALL_TERMS, use_content_similarity=False, retrieve_value_content=False)])
-def test_attending_in_rows_trains_as_in_the_input_layout(axis, terms):
-  """Outputs, gradients and moving statistics in training: the same."""
-  rng = np.random.default_rng(1)
-  layers = [axial_attention.AxialAttention(axis, 8, 12, num_heads=2,
-                                           max_span=4, attend_in_rows=rows,
-                                           **terms) for rows in (True, False)]
-  x = tf.constant(rng.normal(size=[2, 6, 5, 7]).astype(np.float32))
-  upstream = tf.constant(rng.normal(size=[2, 6, 5, 12]).astype(np.float32))
-  for layer in layers:
-    layer(x)
-  _randomize_norms(layers[0], rng)
-  layers[1].set_weights(layers[0].get_weights())
-  results = []
-  for layer in layers:
-    with tf.GradientTape() as tape:
-      tape.watch(x)
-      outputs = layer(x, training=True)
-      loss = tf.reduce_sum(outputs * upstream)
-    grads = tape.gradient(loss, [x] + layer.trainable_variables)
-    results.append([outputs] + [tf.convert_to_tensor(g) for g in grads])
-  # (The similarity norms' betas get zero up to rounding, ~5e-6.)
-  for rows, input_layout in zip(*results):
-    np.testing.assert_allclose(rows, input_layout, rtol=1e-4,
-                               atol=1e-4 * np.abs(input_layout).max() + 1e-5)
-  for rows, input_layout in zip(layers[0].weights, layers[1].weights):
-    np.testing.assert_allclose(rows, input_layout, rtol=1e-5, atol=1e-6,
-                               err_msg=rows.name)
-
-
 def test_xla_matches_eager():
   layer = axial_attention.AxialAttention(axial_attention.WIDTH, 8, 16,
                                          num_heads=2)

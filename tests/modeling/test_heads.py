@@ -57,54 +57,6 @@ def test_mask_logits_are_scaled_dot_products():
   np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
 
 
-def _mask_head_pair():
-  """Two mask heads, folded and plain logit norm, with the same random
-  variables (batch-norm statistics and gammas away from their defaults)."""
-  rng = np.random.default_rng(3)
-  embeddings = rng.standard_normal([2, 6, 5, 8]).astype(np.float32)
-  embeddings /= np.linalg.norm(embeddings, axis=-1, keepdims=True)
-  centers = tf.constant(rng.standard_normal([2, 4, 10]).astype(np.float32))
-  heads = [mask_head.MaskHead(embedding_channels=8, feature_channels=16,
-                              fold_logit_norm=fold) for fold in (True, False)]
-  for head in heads:
-    head(tf.constant(embeddings), centers, training=False)
-  for variable in heads[0].weights:
-    shape = variable.shape
-    if 'moving_variance' in variable.name:
-      variable.assign(rng.uniform(0.5, 2.0, shape))
-    elif 'moving_mean' in variable.name or 'beta' in variable.name:
-      variable.assign(0.3 * rng.standard_normal(shape))
-    elif 'gamma' in variable.name:
-      variable.assign(rng.uniform(0.5, 1.5, shape))
-  heads[1].set_weights(heads[0].get_weights())
-  return heads, tf.constant(embeddings), centers
-
-
-def test_folded_mask_logit_norm_equals_the_norm_of_the_logits():
-  (folded, plain), embeddings, centers = _mask_head_pair()
-  assert ([v.name for v in folded.weights] == [v.name for v in plain.weights])
-  np.testing.assert_allclose(folded(embeddings, centers, training=False),
-                             plain(embeddings, centers, training=False),
-                             rtol=1e-5, atol=1e-5)
-  upstream = tf.random.stateless_normal([2, 6, 5, 4], seed=[1, 2])
-  results = []
-  for head in (folded, plain):
-    with tf.GradientTape() as tape:
-      tape.watch([embeddings, centers])
-      logits = head(embeddings, centers, training=True)
-      loss = tf.reduce_sum(logits * upstream)
-    results.append((logits, tape.gradient(
-        loss, [embeddings, centers] + head.trainable_variables)))
-  (folded_logits, folded_grads), (plain_logits, plain_grads) = results
-  np.testing.assert_allclose(folded_logits, plain_logits, rtol=1e-4, atol=1e-4)
-  for folded_grad, plain_grad in zip(folded_grads, plain_grads):
-    scale = np.abs(plain_grad).max()
-    np.testing.assert_allclose(folded_grad, plain_grad, atol=1e-4 * scale)
-  # Both moved the moving statistics once, towards the same batch statistics.
-  for folded_var, plain_var in zip(folded.weights, plain.weights):
-    np.testing.assert_allclose(folded_var, plain_var, rtol=1e-5, atol=1e-6)
-
-
 def test_semantic_head_shape():
   head = semantic_head.SemanticHead(num_classes=5, head_channels=8)
   logits = head(tf.random.normal([1, 9, 11, 6]), training=True)
