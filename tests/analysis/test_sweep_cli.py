@@ -12,6 +12,8 @@ from cmt_deeplab_tf import sweep as sweep_cli
 from cmt_deeplab_tf.analysis import sweep
 from cmt_deeplab_tf.analysis import sweep_runner
 from cmt_deeplab_tf.training import experiment
+# The configurables a run's config binds, as the train command registers them.
+from cmt_deeplab_tf.training import train_lib  # pylint: disable=unused-import
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE_CALL = 'python -m cmt_deeplab_tf.sweep'
