@@ -90,7 +90,10 @@ def component(op_name, model_name):
     return 'model-level ops', parts[-1].split('_')[0]
   scope = parts[1]
   if scope == 'pixel_decoder':
-    return f'decoder {parts[2]}', parts[2]
+    # An op directly in the decoder's scope (activations and identities between
+    # its blocks) is no block of its own.
+    block = parts[2] if len(parts) > 3 else 'between blocks'
+    return f'decoder {block}', block
   if scope in _HEAD_SCOPES:
     return 'heads', scope
   return 'backbone', scope

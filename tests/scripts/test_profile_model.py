@@ -17,6 +17,9 @@ MODEL = 'cmt_deeplab_s'
     ('cmt_deeplab_s/axial_r50/stage2_block1/conv2/conv/Conv2D', ('backbone', 'axial_r50')),
     ('gradient_tape/cmt_deeplab_s/pixel_decoder/stride4_block2/conv2/conv/Conv2D/'
      'Conv2DBackpropFilter', ('decoder stride4_block2', 'stride4_block2')),
+    ('gradient_tape/cmt_deeplab_s/pixel_decoder/ReluGrad_9',
+     ('decoder between blocks', 'between blocks')),
+    ('cmt_deeplab_s/pixel_decoder/IdentityN_3', ('decoder between blocks', 'between blocks')),
     ('cmt_deeplab_s/pixel_decoder/decoder_stage2_block0/center_attention/MatMul_6',
      ('transformer s4 decoder_stage2_block0', 'center_attention')),
     ('gradient_tape/cmt_deeplab_s/semantic_head/conv_head/output/Conv2D/'
